@@ -1,0 +1,23 @@
+# Set-up and everyday tasks. VENV=path puts the virtual environment elsewhere (CI keeps one outside the
+# clone, so torch is not reinstalled on every run).
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP_INSTALL := $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: install demo test models clean
+
+install:
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PIP_INSTALL) -e ".[dev]"
+
+demo: install
+	$(VENV)/bin/senet models
+
+test: install
+	$(PYTHON) -m pytest -q
+
+models: install
+	$(VENV)/bin/senet models
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache

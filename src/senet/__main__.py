@@ -1,0 +1,3 @@
+from senet.cli import main
+
+raise SystemExit(main())

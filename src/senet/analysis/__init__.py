@@ -1,0 +1,1 @@
+"""Measuring networks: complexity (params, FLOPs) and, later, latency, ablations and excitation statistics."""

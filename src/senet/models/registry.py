@@ -1,0 +1,111 @@
+"""Model registry: every network is a small builder function registered by name with the paper's figures.
+
+Builders take keyword options only and return an ``nn.Module``; ``create_model`` adds ``num_classes``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """Reference figures for one network, from ../shared/paper/reference.md.
+
+    ``params_m`` in millions, ``gflops`` in GFLOPs as the paper counts them (multiply-adds, one image at
+    ``input_size``), errors in percent (single centre crop). ``None`` where no source gives a figure.
+    """
+
+    params_m: float | None = None
+    gflops: float | None = None
+    top1_err: float | None = None
+    top5_err: float | None = None
+    input_size: int = 224
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows of one model."""
+
+    name: str
+    family: str
+    description: str
+    paper: PaperFigures
+    aliases: tuple[str, ...]
+    builder: Builder
+
+
+_MODELS: dict[str, ModelInfo] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(
+    paper: PaperFigures | None = None, aliases: tuple[str, ...] = ()
+) -> Callable[[Builder], Builder]:
+    """Register a builder under its function name (and ``aliases``, other projects' spellings)."""
+
+    def register(builder: Builder) -> Builder:
+        name = builder.__name__
+        if name in _MODELS or name in _ALIASES:
+            raise ValueError(f"model {name!r} is registered twice")
+        doc = inspect.getdoc(builder) or ""
+        _MODELS[name] = ModelInfo(
+            name=name,
+            family=builder.__module__.rsplit(".", 1)[-1],
+            description=doc.splitlines()[0] if doc else "",
+            paper=paper or PaperFigures(),
+            aliases=tuple(aliases),
+            builder=builder,
+        )
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return builder
+
+    return register
+
+
+def _resolve(name: str) -> str:
+    if name in _MODELS:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    known = list(_MODELS) + list(_ALIASES)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}" if close else "see `senet models` for the list"
+    raise ValueError(f"unknown model {name!r}; {hint}")
+
+
+def create_model(name: str, num_classes: int = 1000, **options) -> nn.Module:
+    """Build the registered network ``name`` (or one of its aliases) with randomly initialised weights.
+
+    ``options`` are the family's build options, e.g. ``in_chans``, ``drop_rate``, ``stride_in_1x1`` or the
+    SE options ``se_reduction``, ``se_squeeze``, ``se_gate``, ``se_bias``, ``se_stages``, ``se_position``.
+    """
+    info = model_info(name)
+    try:
+        return info.builder(num_classes=num_classes, **options)
+    except TypeError as error:
+        # An unknown keyword surfaces from deep inside the family class: say it in the user's terms.
+        if "unexpected keyword argument" not in str(error):
+            raise
+        bad = str(error).split("argument", 1)[1].strip()
+        raise ValueError(f"{info.name} has no option {bad}; see senet.model_info({info.name!r})") from None
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern`` (e.g. ``"se_*"``), in registration order."""
+    return [name for name in _MODELS if fnmatch.fnmatchcase(name, pattern)]
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name`` (aliases resolve); unknown names fail with the closest known ones."""
+    return _MODELS[_resolve(name)]

@@ -1,0 +1,402 @@
+"""ResNet, ResNeXt, SE-ResNet, SE-ResNeXt and SENet-154: one family, one class (paper Sec. 4, Table 1).
+
+Key names follow torchvision's ``models/resnet.py`` (``conv1``, ``layer1.0.conv2``, ``downsample.0``...),
+so torchvision state dicts load strictly into the non-SE models; SE models add ``.se.fc1`` / ``.se.fc2``.
+
+Two layout options matter for matching published numbers and weights:
+
+* ``stride_in_1x1``: the stride-2 of a down-sampling bottleneck sits in its first 1x1 conv (original
+  Caffe ResNet and the authors' SE-ResNets; 3.86 GFLOPs for ResNet-50) or in its 3x3 conv
+  (torchvision, ResNeXt, SENet-154; 4.09 GFLOPs for ResNet-50).
+* ``stem_pool``: ``"caffe"`` max-pools 3x3/2 without padding, rounding up (the released models), and
+  ``"torchvision"`` pads by 1. Both give 56x56 at 224x224 but different values.
+
+``create_model("resnet50", stride_in_1x1=False, stem_pool="torchvision")`` is torchvision's resnet50.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+from senet.layers.squeeze_excite import SEConfig
+from senet.models.registry import PaperFigures, register_model
+
+StemType = Literal["7x7", "deep", "cifar"]
+StemPool = Literal["torchvision", "caffe"]
+
+
+class _ResidualUnit(nn.Module):
+    """Shared forward of residual units: where the SE block acts (paper Fig. 5, Tables 14-15).
+
+    ``standard``: on the residual branch before the sum; ``pre``: on the branch input; ``post``: after
+    the sum and its ReLU; ``identity``: on the shortcut, in parallel to the branch; ``3x3``: inside the
+    branch, right after the 3x3 conv (subclasses place it there themselves).
+    """
+
+    se: nn.Module | None
+    se_position: str
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        position = self.se_position if self.se is not None else None
+        if position == "pre":
+            x = self.se(x)
+        out = self.branch(x)
+        if position == "standard":
+            out = self.se(out)
+        elif position == "identity":
+            shortcut = self.se(shortcut)
+        out = self.relu(out + shortcut)
+        if position == "post":
+            out = self.se(out)
+        return out
+
+    def _attach_se(self, se: SEConfig | None, inplanes: int, width: int, out_channels: int) -> None:
+        self.se_position = se.position if se is not None else "standard"
+        channels = {"pre": inplanes, "3x3": width}.get(self.se_position, out_channels)
+        self.se = se.block(channels) if se is not None else None
+
+    def _se_after_3x3(self, out: torch.Tensor) -> torch.Tensor:
+        return self.se(out) if self.se is not None and self.se_position == "3x3" else out
+
+
+class BasicBlock(_ResidualUnit):
+    """Two 3x3 convs (ResNet-18/34 and the CIFAR ResNets). ``3x3`` SE acts after the first conv."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        se: SEConfig | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        stride_in_1x1: bool = False,
+        first_conv_ratio: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if groups != 1 or base_width != 64 or first_conv_ratio != 1.0:
+            raise ValueError("BasicBlock supports only groups=1, base_width=64, first_conv_ratio=1.0")
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self._attach_se(se, inplanes, planes, planes)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._se_after_3x3(self.relu(self.bn1(self.conv1(x))))
+        return self.bn2(self.conv2(out))
+
+
+class Bottleneck(_ResidualUnit):
+    """1x1 reduce -> 3x3 (grouped for ResNeXt) -> 1x1 expand, with optional SE (paper Table 1).
+
+    ``first_conv_ratio=0.5`` halves the first 1x1 conv's width relative to the 3x3 (SENet-154, appendix a).
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        se: SEConfig | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        stride_in_1x1: bool = False,
+        first_conv_ratio: float = 1.0,
+    ) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        reduced = int(width * first_conv_ratio)
+        out_channels = planes * self.expansion
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, reduced, 1, stride_1x1, bias=False)
+        self.bn1 = nn.BatchNorm2d(reduced)
+        self.conv2 = nn.Conv2d(reduced, width, 3, stride_3x3, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self._attach_se(se, inplanes, width, out_channels)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self._se_after_3x3(self.relu(self.bn2(self.conv2(out))))
+        return self.bn3(self.conv3(out))
+
+
+class ResNet(nn.Module):
+    """The whole family: a stem, ``len(depths)`` stages of residual units, global pooling, a classifier.
+
+    Args:
+        block: ``BasicBlock`` or ``Bottleneck``.
+        depths: units per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
+        widths: ``planes`` of each stage (the unit's output is ``planes * block.expansion``).
+        groups, base_width: ResNeXt cardinality and width per group (32, 4 for 32x4d).
+        first_conv_ratio: width of a bottleneck's first 1x1 conv relative to its 3x3 (0.5 in SENet-154).
+        stem: ``"7x7"`` conv (ResNet), ``"deep"`` three 3x3 convs (SENet-154), ``"cifar"`` one 3x3 conv
+            and no pooling.
+        stem_width: output width of the stem's first conv (``deep`` ends at twice this).
+        stem_pool: ``"caffe"`` or ``"torchvision"`` max pooling after the stem (see the module doc).
+        stride_in_1x1: put a down-sampling bottleneck's stride in its first 1x1 conv, not its 3x3.
+        down_kernel_size: kernel of stride-2 projection shortcuts (3 in SENet-154, appendix c).
+        se: where and how SE blocks are used; ``None`` for the plain network.
+        num_classes, in_chans, drop_rate: classifier size, input channels, dropout before the classifier.
+        zero_init_residual: start each unit's last BN at zero, so units begin as identities.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        depths: Sequence[int],
+        *,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        groups: int = 1,
+        base_width: int = 64,
+        first_conv_ratio: float = 1.0,
+        stem: StemType = "7x7",
+        stem_width: int = 64,
+        stem_pool: StemPool = "torchvision",
+        stride_in_1x1: bool = False,
+        down_kernel_size: int = 1,
+        se: SEConfig | None = None,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(depths) != len(widths):
+            raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.se_config = se
+
+        self.conv1, stem_out = _make_stem(stem, in_chans, stem_width)
+        self.bn1 = nn.BatchNorm2d(stem_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = _make_stem_pool(stem, stem_pool)
+
+        self._block = block
+        self._unit_options = dict(
+            groups=groups, base_width=base_width, stride_in_1x1=stride_in_1x1, first_conv_ratio=first_conv_ratio
+        )
+        inplanes = stem_out
+        for index, (depth, planes) in enumerate(zip(depths, widths)):
+            stage = index + 1
+            stride = 1 if stage == 1 else 2
+            stage_se = se if se is not None and se.in_stage(stage) else None
+            layer, inplanes = self._make_stage(inplanes, planes, depth, stride, stage_se, down_kernel_size)
+            self.add_module(f"layer{stage}", layer)
+        self.num_stages = len(depths)
+        self.num_features = inplanes
+
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate)
+        self.fc: nn.Module = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(zero_init_residual)
+
+    def _make_stage(
+        self, inplanes: int, planes: int, depth: int, stride: int, se: SEConfig | None, down_kernel_size: int
+    ) -> tuple[nn.Sequential, int]:
+        out_channels = planes * self._block.expansion
+        downsample = None
+        if stride != 1 or inplanes != out_channels:
+            kernel = down_kernel_size if stride > 1 else 1
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, out_channels, kernel, stride, kernel // 2, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        units = [self._block(inplanes, planes, stride, downsample, se=se, **self._unit_options)]
+        units += [self._block(out_channels, planes, se=se, **self._unit_options) for _ in range(1, depth)]
+        return nn.Sequential(*units), out_channels
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    nn.init.zeros_(module.bn3.weight)
+                elif isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
+
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before global pooling: (N, num_features, H/32, W/32) at default strides."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.avgpool(x), 1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def _make_stem(stem: StemType, in_chans: int, width: int) -> tuple[nn.Module, int]:
+    if stem == "7x7":
+        return nn.Conv2d(in_chans, width, 7, 2, 3, bias=False), width
+    if stem == "deep":
+        # SENet-154 (appendix b): three 3x3 convs replace the 7x7; the last BN/ReLU are the model's bn1/relu.
+        layers = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width * 2, 3, 1, 1, bias=False),
+        )
+        return layers, width * 2
+    if stem == "cifar":
+        return nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), width
+    raise ValueError(f"unknown stem {stem!r}; choose one of 7x7, deep, cifar")
+
+
+def _make_stem_pool(stem: StemType, stem_pool: StemPool) -> nn.Module:
+    if stem == "cifar":
+        return nn.Identity()
+    if stem_pool == "torchvision":
+        return nn.MaxPool2d(3, 2, padding=1)
+    if stem_pool == "caffe":
+        return nn.MaxPool2d(3, 2, padding=0, ceil_mode=True)
+    raise ValueError(f"unknown stem_pool {stem_pool!r}; choose torchvision or caffe")
+
+
+# Layouts of the networks in the paper's Table 2; a builder's keyword options override them.
+_PAPER_RESNET = dict(stride_in_1x1=True, stem_pool="caffe")  # original ResNet and the released SE-ResNets
+_RESNEXT_32X4D = dict(groups=32, base_width=4, stem_pool="caffe")
+
+
+def _resnet(block: type[BasicBlock] | type[Bottleneck], depths: Sequence[int], se: bool, layout: dict, options: dict) -> ResNet:
+    options = {**layout, **options}
+    se_config = SEConfig.pop_from(options, enabled=se)
+    return ResNet(block, depths, se=se_config, **options)
+
+
+@register_model()
+def resnet18(**options) -> ResNet:
+    """ResNet-18 (He et al. 2016), basic blocks; not in the SE paper."""
+    return _resnet(BasicBlock, (2, 2, 2, 2), False, _PAPER_RESNET, options)
+
+
+@register_model(aliases=("seresnet18",))
+def se_resnet18(**options) -> ResNet:
+    """SE-ResNet-18: ResNet-18 with SE on each residual branch; not in the SE paper."""
+    return _resnet(BasicBlock, (2, 2, 2, 2), True, _PAPER_RESNET, options)
+
+
+@register_model()
+def resnet34(**options) -> ResNet:
+    """ResNet-34 (He et al. 2016), basic blocks; not in the SE paper."""
+    return _resnet(BasicBlock, (3, 4, 6, 3), False, _PAPER_RESNET, options)
+
+
+@register_model(aliases=("seresnet34",))
+def se_resnet34(**options) -> ResNet:
+    """SE-ResNet-34: ResNet-34 with SE on each residual branch; not in the SE paper."""
+    return _resnet(BasicBlock, (3, 4, 6, 3), True, _PAPER_RESNET, options)
+
+
+@register_model(paper=PaperFigures(25.6, 3.86, 24.80, 7.48, source="Table 2 re-impl.; params Tables 10/13/16"))
+def resnet50(**options) -> ResNet:
+    """ResNet-50, stride in the first 1x1 conv as the paper's baseline (Table 1, left column)."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), False, _PAPER_RESNET, options)
+
+
+@register_model(paper=PaperFigures(None, 7.58, 23.17, 6.52, source="Table 2 re-impl."))
+def resnet101(**options) -> ResNet:
+    """ResNet-101, stride in the first 1x1 conv as the paper's baseline (Table 2)."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), False, _PAPER_RESNET, options)
+
+
+@register_model(paper=PaperFigures(None, 11.30, 22.42, 6.34, source="Table 2 re-impl."))
+def resnet152(**options) -> ResNet:
+    """ResNet-152, stride in the first 1x1 conv as the paper's baseline (Table 2)."""
+    return _resnet(Bottleneck, (3, 8, 36, 3), False, _PAPER_RESNET, options)
+
+
+@register_model(paper=PaperFigures(28.09, 3.87, 23.29, 6.62, source="Table 2; params released prototxt (paper: 28.1)"), aliases=("seresnet50", "legacy_seresnet50"))
+def se_resnet50(**options) -> ResNet:
+    """SE-ResNet-50 (paper Table 1, middle column)."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), True, _PAPER_RESNET, options)
+
+
+@register_model(paper=PaperFigures(49.33, 7.60, 22.38, 6.07, source="Table 2; params released prototxt"), aliases=("seresnet101", "legacy_seresnet101"))
+def se_resnet101(**options) -> ResNet:
+    """SE-ResNet-101 (paper Table 2)."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), True, _PAPER_RESNET, options)
+
+
+@register_model(paper=PaperFigures(66.82, 11.32, 21.57, 5.73, source="Table 2; params released prototxt"), aliases=("seresnet152", "legacy_seresnet152"))
+def se_resnet152(**options) -> ResNet:
+    """SE-ResNet-152 (paper Table 2)."""
+    return _resnet(Bottleneck, (3, 8, 36, 3), True, _PAPER_RESNET, options)
+
+
+@register_model(paper=PaperFigures(None, 4.24, 22.11, 5.90, source="Table 2 re-impl."))
+def resnext50_32x4d(**options) -> ResNet:
+    """ResNeXt-50 (32x4d): 32 groups of width 4 in stage 1, stride in the 3x3 conv (Table 1, left of SE)."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), False, _RESNEXT_32X4D, options)
+
+
+@register_model(paper=PaperFigures(None, 7.99, 21.18, 5.57, source="Table 2 re-impl."))
+def resnext101_32x4d(**options) -> ResNet:
+    """ResNeXt-101 (32x4d), stride in the 3x3 conv (Table 2)."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), False, _RESNEXT_32X4D, options)
+
+
+@register_model(paper=PaperFigures(27.56, 4.25, 21.10, 5.49, source="Table 2; params released prototxt"), aliases=("seresnext50_32x4d", "legacy_seresnext50_32x4d"))
+def se_resnext50_32x4d(**options) -> ResNet:
+    """SE-ResNeXt-50 (32x4d) (paper Table 1, right column)."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), True, _RESNEXT_32X4D, options)
+
+
+@register_model(paper=PaperFigures(48.96, 8.00, 20.70, 5.01, source="Table 2; params released prototxt"), aliases=("seresnext101_32x4d", "legacy_seresnext101_32x4d"))
+def se_resnext101_32x4d(**options) -> ResNet:
+    """SE-ResNeXt-101 (32x4d) (paper Table 2)."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), True, _RESNEXT_32X4D, options)
+
+
+@register_model(paper=PaperFigures(115.09, None, 18.68, 4.47, source="Table 8; params released prototxt"), aliases=("legacy_senet154",))
+def senet154(**options) -> ResNet:
+    """SENet-154: SE-ResNeXt-152 (64x4d) with halved first 1x1 convs, a 3x3 stem, 3x3 stride-2 shortcuts, dropout 0.2 (appendix)."""
+    layout = dict(
+        groups=64, base_width=4, first_conv_ratio=0.5, stem="deep", stem_pool="caffe", down_kernel_size=3, drop_rate=0.2
+    )
+    return _resnet(Bottleneck, (3, 8, 36, 3), True, layout, options)

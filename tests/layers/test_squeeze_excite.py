@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from senet import SqueezeExcite
+from senet.layers.squeeze_excite import SEConfig
+
+
+def test_output_is_input_times_gates_and_gates_are_probabilities():
+    se = SqueezeExcite(32, reduction=4)
+    x = torch.randn(3, 32, 5, 7)
+    gates = se.gates(x)
+    assert gates.shape == (3, 32, 1, 1)
+    assert ((gates > 0) & (gates < 1)).all()
+    torch.testing.assert_close(se(x), x * gates)
+
+
+def test_excitation_is_fc_relu_fc_sigmoid_of_the_channel_means():
+    se = SqueezeExcite(16, reduction=4)
+    x = torch.randn(2, 16, 4, 4)
+    z = x.mean((2, 3))  # squeeze: one value per channel
+    w1, b1 = se.fc1.weight.flatten(1), se.fc1.bias
+    w2, b2 = se.fc2.weight.flatten(1), se.fc2.bias
+    expected = torch.sigmoid(torch.relu(z @ w1.T + b1) @ w2.T + b2)
+    torch.testing.assert_close(se.gates(x).flatten(1), expected)
+
+
+@pytest.mark.parametrize("channels, reduction, hidden", [(256, 16, 16), (2048, 16, 128), (64, 8, 8), (10, 16, 1)])
+def test_reduced_width_is_channels_over_r(channels, reduction, hidden):
+    se = SqueezeExcite(channels, reduction)
+    assert se.fc1.weight.shape == (hidden, channels, 1, 1)
+    assert se.fc2.weight.shape == (channels, hidden, 1, 1)
+
+
+def test_max_squeeze_uses_the_channel_maxima():
+    se = SqueezeExcite(8, reduction=2, squeeze="max")
+    x = torch.randn(2, 8, 3, 3)
+    gates_of_max = SqueezeExcite(8, reduction=2)
+    gates_of_max.load_state_dict(se.state_dict())
+    torch.testing.assert_close(se.gates(x), gates_of_max.gates(x.amax((2, 3), keepdim=True)))
+
+
+def test_no_squeeze_keeps_spatial_gates():
+    se = SqueezeExcite(8, reduction=2, squeeze="none")
+    x = torch.randn(2, 8, 3, 5)
+    assert se.gates(x).shape == x.shape
+    torch.testing.assert_close(se(x), x * se.gates(x))
+
+
+@pytest.mark.parametrize("gate, low, high", [("tanh", -1, 1), ("relu", 0, float("inf"))])
+def test_other_gates_have_their_ranges(gate, low, high):
+    se = SqueezeExcite(16, reduction=2, gate=gate)
+    gates = se.gates(torch.randn(4, 16, 3, 3) * 10)
+    assert (gates >= low).all() and (gates <= high).all()
+
+
+def test_bias_free_variant_has_no_biases():
+    se = SqueezeExcite(32, bias=False)
+    assert se.fc1.bias is None and se.fc2.bias is None
+    assert sum(p.numel() for p in se.parameters()) == 2 * 32 * 2
+
+
+def test_bad_options_fail_with_the_choices():
+    with pytest.raises(ValueError, match="sigmoid, tanh, relu"):
+        SqueezeExcite(8, gate="softmax")
+    with pytest.raises(ValueError, match="avg, max, none"):
+        SqueezeExcite(8, squeeze="median")
+    with pytest.raises(ValueError, match="standard, pre, post, identity, 3x3"):
+        SEConfig(position="after")
+
+
+def test_train_and_eval_and_channels_last_agree():
+    se = SqueezeExcite(32, reduction=4)
+    x = torch.randn(2, 32, 6, 6)
+    out_train = se.train()(x)
+    out_eval = se.eval()(x)
+    torch.testing.assert_close(out_train, out_eval)  # no state depends on the mode
+    out_cl = se(x.to(memory_format=torch.channels_last))
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_cl, out_eval)
+
+
+def test_gradients_reach_the_input_and_both_fcs():
+    se = SqueezeExcite(16, reduction=4)
+    x = torch.randn(2, 16, 3, 3, requires_grad=True)
+    se(x).square().sum().backward()
+    assert x.grad is not None and se.fc1.weight.grad.abs().sum() > 0 and se.fc2.weight.grad.abs().sum() > 0
+
+
+def test_config_pops_only_se_options():
+    options = {"se_reduction": 8, "se_stages": [2, 3], "drop_rate": 0.1}
+    config = SEConfig.pop_from(options, enabled=True)
+    assert config == SEConfig(reduction=8, stages=(2, 3))
+    assert options == {"drop_rate": 0.1}
+    assert SEConfig.pop_from({}, enabled=False) is None
+    with pytest.raises(ValueError, match="se_gate given to a network without SE"):
+        SEConfig.pop_from({"se_gate": "tanh"}, enabled=False)
+
+
+def test_torch_compile_matches_eager():
+    se = SqueezeExcite(16, reduction=4)
+    x = torch.randn(2, 16, 4, 4)
+    compiled = torch.compile(se, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), se(x))

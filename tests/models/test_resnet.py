@@ -1,0 +1,138 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import senet
+from senet.models.resnet import Bottleneck
+
+RESNET_FAMILY = senet.list_models("*res*") + ["senet154"]
+
+
+@pytest.mark.parametrize("name", RESNET_FAMILY)
+def test_every_model_maps_an_image_to_logits(name):
+    model = senet.create_model(name, num_classes=10).eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, 3, 64, 64))
+        logits = model(torch.randn(1, 3, 64, 64))
+    assert features.shape == (1, model.num_features, 2, 2)
+    assert logits.shape == (1, 10) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d"])
+def test_torchvision_state_dicts_load_strictly_and_give_the_same_outputs(name):
+    theirs = getattr(torchvision.models, name)().eval()
+    ours = senet.create_model(name, stride_in_1x1=False, stem_pool="torchvision").eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_paper_layout_puts_the_stride_in_the_first_1x1_conv():
+    paper = senet.create_model("se_resnet50")
+    block = paper.layer2[0]
+    assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
+    resnext = senet.create_model("se_resnext50_32x4d").layer2[0]
+    assert resnext.conv1.stride == (1, 1) and resnext.conv2.stride == (2, 2) and resnext.conv2.groups == 32
+
+
+def test_stem_pool_options_differ_in_values_not_in_shape():
+    caffe = senet.create_model("resnet18").eval()
+    tv = senet.create_model("resnet18", stem_pool="torchvision").eval()
+    tv.load_state_dict(caffe.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        a, b = caffe.forward_features(x), tv.forward_features(x)
+    assert a.shape == b.shape == (1, 512, 7, 7)
+    assert not torch.allclose(a, b)
+
+
+def test_se_blocks_have_table_1_widths_and_torchvision_keys_plus_se():
+    model = senet.create_model("se_resnet50")
+    widths = {stage: model.get_submodule(f"layer{stage}.0.se.fc1").weight.shape[:2] for stage in (1, 2, 3, 4)}
+    assert widths == {1: (16, 256), 2: (32, 512), 3: (64, 1024), 4: (128, 2048)}
+    plain_keys = set(senet.create_model("resnet50").state_dict())
+    extra = set(model.state_dict()) - plain_keys
+    assert plain_keys <= set(model.state_dict())
+    assert extra and all(".se.fc1." in k or ".se.fc2." in k for k in extra)
+
+
+def _close_gates(block: Bottleneck) -> None:
+    """Make the block's SE gates ~0, so whatever it rescales vanishes."""
+    nn.init.zeros_(block.se.fc2.weight)
+    nn.init.constant_(block.se.fc2.bias, -100.0)
+
+
+def test_standard_se_rescales_the_residual_branch_before_the_sum():
+    block = senet.create_model("se_resnet50").layer1[1].eval()
+    _close_gates(block)
+    x = torch.randn(2, 256, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), torch.relu(x))  # branch gated off: out = relu(identity)
+
+
+@pytest.mark.parametrize("position, expected", [
+    ("post", lambda x, block: torch.zeros_like(x)),  # SE after the sum rescales everything
+    ("identity", lambda x, block: torch.relu(block.branch(x))),  # SE on the shortcut removes it
+    ("pre", lambda x, block: torch.relu(block.branch(torch.zeros_like(x)) + x)),  # SE feeds only the branch
+])
+def test_integration_strategies_of_figure_5(position, expected):
+    block = senet.create_model("se_resnet50", se_position=position).layer1[1].eval()
+    _close_gates(block)
+    x = torch.randn(2, 256, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected(x, block))
+
+
+def test_se_3x3_acts_on_the_3x3_conv_output_width():
+    model = senet.create_model("se_resnet50", se_position="3x3")
+    assert model.layer1[0].se.fc1.weight.shape[:2] == (4, 64)
+
+
+def test_se_stages_select_where_blocks_go():
+    model = senet.create_model("se_resnet50", se_stages=(2, 4))
+    assert [stage[0].se is not None for stage in model.stages()] == [False, True, False, True]
+
+
+def test_senet154_follows_the_appendix():
+    model = senet.create_model("senet154")
+    stem = [m for m in model.conv1 if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size, c.out_channels) for c in stem] == [((3, 3), 64), ((3, 3), 64), ((3, 3), 128)]
+    first = model.layer1[0]
+    assert (first.conv1.out_channels, first.conv2.out_channels, first.conv2.groups) == (128, 256, 64)
+    assert first.downsample[0].kernel_size == (1, 1)
+    assert [s[0].downsample[0].kernel_size for s in model.stages()[1:]] == [(3, 3)] * 3
+    assert [len(s) for s in model.stages()] == [3, 8, 36, 3]
+    assert model.dropout.p == 0.2
+
+
+def test_build_options_in_chans_drop_rate_and_reset_classifier():
+    model = senet.create_model("se_resnet18", num_classes=5, in_chans=1, drop_rate=0.3)
+    assert model.dropout.p == 0.3
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+    model.reset_classifier(3)
+    assert model.num_classes == 3 and model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+    model.reset_classifier(0)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, model.num_features)
+
+
+def test_zero_init_residual_makes_units_start_as_identities():
+    model = senet.create_model("resnet50", zero_init_residual=True)
+    assert all(unit.bn3.weight.abs().sum() == 0 for stage in model.stages() for unit in stage)
+
+
+def test_trains_in_channels_last():
+    model = senet.create_model("se_resnet18", num_classes=4).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last)
+    loss = nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert model.layer1[0].se.fc1.weight.grad is not None
+
+
+def test_torch_compile_runs_a_small_se_resnet():
+    model = senet.create_model("se_resnet18", num_classes=4, widths=(8, 16, 16, 16)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)

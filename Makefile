@@ -11,7 +11,7 @@ install:
 	$(PIP_INSTALL) -e ".[dev]"
 
 demo: install
-	$(VENV)/bin/senet models
+	$(VENV)/bin/senet demo
 
 test: install
 	$(PYTHON) -m pytest -q

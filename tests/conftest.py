@@ -1,5 +1,12 @@
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+MakeFolder = Callable[..., Path]
 
 
 @pytest.fixture(autouse=True)
@@ -7,3 +14,30 @@ def _seeded():
     """Every test starts from the same random state, so failures reproduce."""
     torch.manual_seed(0)
     yield
+
+
+def _write_jpeg(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> None:
+    """A random-noise RGB JPEG, ``size`` = (width, height)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG")
+
+
+@pytest.fixture
+def make_folder(tmp_path: Path) -> MakeFolder:
+    """Build ROOT/{train,val}/CLASS/*.jpg; returns ROOT."""
+
+    def make(
+        classes: Iterable[str] = ("cat", "dog", "fox"), per_class: int = 4, splits: Iterable[str] = ("train", "val")
+    ) -> Path:
+        root = tmp_path / "images"
+        seed = 0
+        for split in splits:
+            for name in classes:
+                for k in range(per_class):
+                    _write_jpeg(root / split / name / f"{k}.jpg", seed)
+                    seed += 1
+        root.mkdir(exist_ok=True)
+        return root
+
+    return make

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
+import typing
 from typing import Sequence
 
 
@@ -48,10 +50,91 @@ def _models(args: argparse.Namespace) -> int:
             if n == 0:
                 print("  ".join("-" * w for w in widths))
         print(
-            "\nparams: all learnable parameters; GFLOPs: multiply-adds of one forward pass at 224x224 (convs and"
-            "\nFC layers); paper columns: ../shared/paper (Table 2, released prototxts); errors: paper, single crop."
+            "\nparams: all learnable parameters; GFLOPs: multiply-adds of one forward pass of one 224x224 image"
+            "\n(@N: NxN), convs and FC layers; paper columns: ../shared/paper (Table 2, released prototxts);"
+            "\nerrors: the paper's single-crop top-1/top-5 (ImageNet; CIFAR-10 for @32 models)."
         )
     return 0
+
+
+def _config_overrides(args: argparse.Namespace) -> dict:
+    from senet.train.config import TrainConfig, parse_model_options
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if args.model_opt:
+        overrides["model_options"] = parse_model_options(args.model_opt)
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> int:
+    from senet.train.checkpoint import load_checkpoint
+    from senet.train.config import TrainConfig, resolve_config
+    from senet.train.engine import train
+
+    overrides = _config_overrides(args)
+    if args.resume:
+        saved = load_checkpoint(args.resume).meta["config"]
+        config = TrainConfig.from_dict({**saved, **overrides})
+    else:
+        config = resolve_config(args.preset, **overrides)
+    result = train(config, resume=args.resume)
+    if result.best:
+        print(f"best val top-1 error {result.best['val_top1_err']:.2f}% (epoch {result.best['epoch']}); run: {result.run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from senet.train.evaluation import evaluate_runs, write_per_class
+
+    scales = [int(s) for s in args.scales.split(",")] if args.scales else None
+    result = evaluate_runs(args.checkpoint, args.data, data_root=args.data_root, scales=scales, ten_crop=args.ten_crop,
+                           batch_size=args.batch_size, workers=args.workers, device=args.device, weights=args.weights)
+    if args.per_class:
+        write_per_class(result, args.per_class)
+    if args.format == "json":
+        print(json.dumps({"top1_err": result.top1_err, "top5_err": result.top5_err, "images": result.images}))
+    else:
+        print(f"top-1 error {result.top1_err:.2f}%  top-5 error {result.top5_err:.2f}%  ({result.images} images)")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from senet.train.plot import plot_runs
+
+    print(plot_runs(args.runs, args.out, metric=args.metric))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from senet.train.demo import format_demo, run_demo
+
+    overrides = {k: v for k, v in {"epochs": args.epochs, "device": args.device}.items() if v is not None}
+    print(format_demo(run_demo(output=args.output, **overrides)))
+    return 0
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field, so every field of a preset can be overridden."""
+    from senet.train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model_options":
+            continue
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if type(None) in args:
+            kind = next(a for a in args if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(flag, type=lambda text: tuple(float(x) for x in text.split(",") if x), default=None,
+                                metavar="E1,E2", help="comma-separated epochs")
+        else:
+            parser.add_argument(flag, type=kind, default=None)
+    parser.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
+                        help="model build option, e.g. se_reduction=8 or se_stages=(1,2); repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,14 +145,58 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'se_*'")
     models.add_argument("--format", choices=("table", "json", "csv"), default="table")
     models.set_defaults(run=_models)
+
+    train = commands.add_parser("train", help="train a model (torchrun --nproc_per_node=N -m senet train ... for DDP)")
+    train.add_argument("--preset", choices=("demo", "imagenet-paper", "cifar-paper"), default=None,
+                       help="a recipe of the paper; every field can still be overridden")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    _add_config_arguments(train)
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="top-1/top-5 error of trained runs, with multi-crop/scale fusion and ensembles")
+    evaluate.add_argument("--checkpoint", action="append", required=True, metavar="RUN_DIR",
+                          help="a run directory; repeat to average the softmax of an ensemble")
+    evaluate.add_argument("--data", help="dataset (default: the run's own)")
+    evaluate.add_argument("--data-root")
+    evaluate.add_argument("--scales", metavar="S1,S2", help="evaluation crop sizes to fuse, e.g. 224,320")
+    evaluate.add_argument("--ten-crop", action="store_true", help="average over 10 crops (corners, centre, flips)")
+    evaluate.add_argument("--weights", choices=("last", "best"), default="last")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--workers", type=int, default=0)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--per-class", metavar="CSV", help="write per-class errors to this CSV file")
+    evaluate.add_argument("--format", choices=("text", "json"), default="text")
+    evaluate.set_defaults(run=_eval)
+
+    plot = commands.add_parser("plot", help="train/val error curves of runs on one chart (paper Fig. 4)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", default="curves.png")
+    plot.add_argument("--metric", choices=("top1_err", "top5_err", "loss"), default="top1_err")
+    plot.set_defaults(run=_plot)
+
+    demo = commands.add_parser("demo", help="train se_resnet20_cifar and resnet20_cifar on the embedded digits")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--epochs", type=int)
+    demo.add_argument("--device")
+    demo.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from senet.train.engine import TrainingDiverged
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        # Users get one line naming the problem; the traceback is for bugs, not for bad input.
-        print(f"senet {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+        # Users get one line naming the problem; the traceback is for bugs, not for bad input. An error raised
+        # in a DataLoader worker arrives wrapped in its traceback: its last line is the message.
+        message = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+        print(f"senet {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"senet {args.command}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"senet {args.command}: interrupted", file=sys.stderr)
+        return 130

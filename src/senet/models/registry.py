@@ -41,6 +41,7 @@ class ModelInfo:
     description: str
     paper: PaperFigures
     aliases: tuple[str, ...]
+    num_classes: int
     builder: Builder
 
 
@@ -49,9 +50,12 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_model(
-    paper: PaperFigures | None = None, aliases: tuple[str, ...] = ()
+    paper: PaperFigures | None = None, aliases: tuple[str, ...] = (), num_classes: int = 1000
 ) -> Callable[[Builder], Builder]:
-    """Register a builder under its function name (and ``aliases``, other projects' spellings)."""
+    """Register a builder under its function name (and ``aliases``, other projects' spellings).
+
+    ``num_classes`` is the classifier size when the caller gives none (10 for the CIFAR networks).
+    """
 
     def register(builder: Builder) -> Builder:
         name = builder.__name__
@@ -64,6 +68,7 @@ def register_model(
             description=doc.splitlines()[0] if doc else "",
             paper=paper or PaperFigures(),
             aliases=tuple(aliases),
+            num_classes=num_classes,
             builder=builder,
         )
         for alias in aliases:
@@ -84,15 +89,17 @@ def _resolve(name: str) -> str:
     raise ValueError(f"unknown model {name!r}; {hint}")
 
 
-def create_model(name: str, num_classes: int = 1000, **options) -> nn.Module:
+def create_model(name: str, num_classes: int | None = None, **options) -> nn.Module:
     """Build the registered network ``name`` (or one of its aliases) with randomly initialised weights.
+
+    ``num_classes`` defaults to the model's dataset: 1000 (ImageNet), 10 for the CIFAR networks.
 
     ``options`` are the family's build options, e.g. ``in_chans``, ``drop_rate``, ``stride_in_1x1`` or the
     SE options ``se_reduction``, ``se_squeeze``, ``se_gate``, ``se_bias``, ``se_stages``, ``se_position``.
     """
     info = model_info(name)
     try:
-        return info.builder(num_classes=num_classes, **options)
+        return info.builder(num_classes=info.num_classes if num_classes is None else num_classes, **options)
     except TypeError as error:
         # An unknown keyword surfaces from deep inside the family class: say it in the user's terms.
         if "unexpected keyword argument" not in str(error):

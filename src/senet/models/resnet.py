@@ -38,6 +38,7 @@ class _ResidualUnit(nn.Module):
 
     se: nn.Module | None
     se_position: str
+    preact = False  # pre-activation units (He et al. 2016b) add without a ReLU after the sum
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -52,7 +53,7 @@ class _ResidualUnit(nn.Module):
             out = self.se(out)
         elif position == "identity":
             shortcut = self.se(shortcut)
-        out = self.relu(out + shortcut)
+        out = out + shortcut if self.preact else self.relu(out + shortcut)
         if position == "post":
             out = self.se(out)
         return out
@@ -142,11 +143,47 @@ class Bottleneck(_ResidualUnit):
         return self.bn3(self.conv3(out))
 
 
+class PreActBasicBlock(BasicBlock):
+    """BN-ReLU-conv3x3 twice, identity added without a final ReLU (He et al. 2016b, "Identity mappings").
+
+    The CIFAR ResNet-110 baseline of the paper's Table 4 (6.37% on CIFAR-10) is this network.
+    """
+
+    preact = True
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, **options) -> None:
+        super().__init__(inplanes, planes, stride, downsample, **options)
+        self.bn1 = nn.BatchNorm2d(inplanes)  # normalises the unit's input, not conv1's output
+        self.bn2 = nn.BatchNorm2d(planes)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._se_after_3x3(self.conv1(self.relu(self.bn1(x))))
+        return self.conv2(self.relu(self.bn2(out)))
+
+
+class PreActBottleneck(Bottleneck):
+    """Pre-activation bottleneck (He et al. 2016b): the CIFAR ResNet-164 of the paper's Table 4 (5.46%)."""
+
+    preact = True
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, **options) -> None:
+        super().__init__(inplanes, planes, stride, downsample, **options)
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.bn2 = nn.BatchNorm2d(self.conv1.out_channels)
+        self.bn3 = nn.BatchNorm2d(self.conv2.out_channels)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.relu(self.bn1(x)))
+        out = self._se_after_3x3(self.conv2(self.relu(self.bn2(out))))
+        return self.conv3(self.relu(self.bn3(out)))
+
+
 class ResNet(nn.Module):
     """The whole family: a stem, ``len(depths)`` stages of residual units, global pooling, a classifier.
 
     Args:
-        block: ``BasicBlock`` or ``Bottleneck``.
+        block: ``BasicBlock``, ``Bottleneck`` or their pre-activation forms; with a pre-activation block
+            the stem has no BN/ReLU of its own and a final BN-ReLU precedes pooling.
         depths: units per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
         widths: ``planes`` of each stage (the unit's output is ``planes * block.expansion``).
         groups, base_width: ResNeXt cardinality and width per group (32, 4 for 32x4d).
@@ -164,7 +201,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self,
-        block: type[BasicBlock] | type[Bottleneck],
+        block: type[_ResidualUnit],
         depths: Sequence[int],
         *,
         widths: Sequence[int] = (64, 128, 256, 512),
@@ -190,7 +227,7 @@ class ResNet(nn.Module):
         self.se_config = se
 
         self.conv1, stem_out = _make_stem(stem, in_chans, stem_width)
-        self.bn1 = nn.BatchNorm2d(stem_out)
+        self.bn1 = nn.Identity() if block.preact else nn.BatchNorm2d(stem_out)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = _make_stem_pool(stem, stem_pool)
 
@@ -207,6 +244,7 @@ class ResNet(nn.Module):
             self.add_module(f"layer{stage}", layer)
         self.num_stages = len(depths)
         self.num_features = inplanes
+        self.final_act = nn.Sequential(nn.BatchNorm2d(inplanes), nn.ReLU(inplace=True)) if block.preact else nn.Identity()
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
@@ -237,9 +275,10 @@ class ResNet(nn.Module):
                 nn.init.zeros_(module.bias)
         if zero_init_residual:
             for module in self.modules():
-                if isinstance(module, Bottleneck):
+                # The last BN of a post-activation branch; pre-activation branches end in a conv.
+                if isinstance(module, Bottleneck) and not module.preact:
                     nn.init.zeros_(module.bn3.weight)
-                elif isinstance(module, BasicBlock):
+                elif isinstance(module, BasicBlock) and not module.preact:
                     nn.init.zeros_(module.bn2.weight)
 
     def stages(self) -> list[nn.Sequential]:
@@ -250,7 +289,7 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages():
             x = stage(x)
-        return x
+        return self.final_act(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.dropout(torch.flatten(self.avgpool(x), 1))
@@ -303,7 +342,7 @@ _PAPER_RESNET = dict(stride_in_1x1=True, stem_pool="caffe")  # original ResNet a
 _RESNEXT_32X4D = dict(groups=32, base_width=4, stem_pool="caffe")
 
 
-def _resnet(block: type[BasicBlock] | type[Bottleneck], depths: Sequence[int], se: bool, layout: dict, options: dict) -> ResNet:
+def _resnet(block: type[_ResidualUnit], depths: Sequence[int], se: bool, layout: dict, options: dict) -> ResNet:
     options = {**layout, **options}
     se_config = SEConfig.pop_from(options, enabled=se)
     return ResNet(block, depths, se=se_config, **options)
@@ -400,3 +439,55 @@ def senet154(**options) -> ResNet:
         groups=64, base_width=4, first_conv_ratio=0.5, stem="deep", stem_pool="caffe", down_kernel_size=3, drop_rate=0.2
     )
     return _resnet(Bottleneck, (3, 8, 36, 3), True, layout, options)
+
+
+# CIFAR ResNets (He et al. 2016a/b): a 3x3 stem, three stages of 16/32/64 planes, pre-activation units.
+_CIFAR_RESNET = dict(widths=(16, 32, 64), stem="cifar", stem_width=16)
+
+
+@register_model(paper=PaperFigures(0.27, input_size=32, source="He et al. 2016a (ResNet-20: 0.27M)"), num_classes=10)
+def resnet20_cifar(**options) -> ResNet:
+    """ResNet-20 for 32x32 inputs: 3 stages of 3 pre-activation basic units."""
+    return _resnet(PreActBasicBlock, (3, 3, 3), False, _CIFAR_RESNET, options)
+
+
+@register_model(paper=PaperFigures(input_size=32), num_classes=10)
+def se_resnet20_cifar(**options) -> ResNet:
+    """SE-ResNet-20 for 32x32 inputs."""
+    return _resnet(PreActBasicBlock, (3, 3, 3), True, _CIFAR_RESNET, options)
+
+
+@register_model(paper=PaperFigures(0.85, input_size=32, source="He et al. 2016a (ResNet-56: 0.85M)"), num_classes=10)
+def resnet56_cifar(**options) -> ResNet:
+    """ResNet-56 for 32x32 inputs: 3 stages of 9 pre-activation basic units."""
+    return _resnet(PreActBasicBlock, (9, 9, 9), False, _CIFAR_RESNET, options)
+
+
+@register_model(paper=PaperFigures(input_size=32), num_classes=10)
+def se_resnet56_cifar(**options) -> ResNet:
+    """SE-ResNet-56 for 32x32 inputs."""
+    return _resnet(PreActBasicBlock, (9, 9, 9), True, _CIFAR_RESNET, options)
+
+
+@register_model(paper=PaperFigures(1.73, None, 6.37, input_size=32, source="Table 4 (CIFAR-10 error); params He et al. 2016a (1.7M; 1.73M unrounded)"), num_classes=10)
+def resnet110_cifar(**options) -> ResNet:
+    """ResNet-110 for CIFAR: 3 stages of 18 pre-activation basic units (paper Table 4)."""
+    return _resnet(PreActBasicBlock, (18, 18, 18), False, _CIFAR_RESNET, options)
+
+
+@register_model(paper=PaperFigures(None, None, 5.21, input_size=32, source="Table 4 (CIFAR-10 error)"), num_classes=10)
+def se_resnet110_cifar(**options) -> ResNet:
+    """SE-ResNet-110 for CIFAR (paper Table 4)."""
+    return _resnet(PreActBasicBlock, (18, 18, 18), True, _CIFAR_RESNET, options)
+
+
+@register_model(paper=PaperFigures(1.7, None, 5.46, input_size=32, source="Table 4 (CIFAR-10 error); params He et al. 2016b"), num_classes=10)
+def resnet164_cifar(**options) -> ResNet:
+    """ResNet-164 for CIFAR: 3 stages of 18 pre-activation bottlenecks (paper Table 4)."""
+    return _resnet(PreActBottleneck, (18, 18, 18), False, _CIFAR_RESNET, options)
+
+
+@register_model(paper=PaperFigures(None, None, 4.39, input_size=32, source="Table 4 (CIFAR-10 error)"), num_classes=10)
+def se_resnet164_cifar(**options) -> ResNet:
+    """SE-ResNet-164 for CIFAR (paper Table 4)."""
+    return _resnet(PreActBottleneck, (18, 18, 18), True, _CIFAR_RESNET, options)

@@ -1,0 +1,364 @@
+"""Datasets: the bundled digits, CIFAR-10/100, and ImageNet-layout image folders, behind one ``build_data``.
+
+All layout problems are found by ``build_data``, before any training starts. An image that cannot be decoded is
+only found when it is loaded: it is skipped with a warning (the loader's collate drops it and counts it), or,
+with ``strict_data``, it stops the run with an error naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+from torch.nn import functional as nnf
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from senet.data import transforms as T
+
+_LOG = logging.getLogger("senet.data")
+
+_FOLDER_LAYOUT = "ROOT/train/CLASS/*.jpg and ROOT/val/CLASS/*.jpg (the same CLASS folders in both)"
+_DEFAULT_FOLDER_SIZE = 224  # the paper's training crop (Sec. 5.1)
+_SMALL_SIZE = 32  # native size of CIFAR, and of digits once upsampled
+
+# What PIL raises on a file it cannot decode: garbage (UnidentifiedImageError is an OSError), truncation
+# (OSError), broken plugin data (SyntaxError, ValueError), or a decompression bomb.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@dataclass
+class DataSpec:
+    """A dataset ready for training: both splits and what a model and the engine need to know of them.
+
+    ``train``/``val`` items are ``(image, label)``: a normalised float tensor (C, H, W) -- (10, C, H, W) for
+    ten-crop evaluation -- and an int; image-folder items are None for an unreadable file (see ``build_loader``).
+    """
+
+    train: Dataset[Any]
+    val: Dataset[Any]
+    num_classes: int
+    classes: list[str]
+    in_chans: int
+    image_size: int
+    name: str
+    train_targets: list[int]
+
+
+def build_data(
+    source: str,
+    *,
+    root: str | None = None,
+    image_size: int | None = None,
+    eval_crop: int | None = None,
+    ten_crop: bool = False,
+    strict_data: bool = False,
+    download: bool = False,
+    cutout: int = 0,
+) -> DataSpec:
+    """Build the train and val splits of ``source``.
+
+    Args:
+        source: ``"digits"`` (scikit-learn's bundled 8 x 8 digits, offline), ``"cifar10"``/``"cifar100"`` (files in
+            ``root``), or a directory: CIFAR when it holds ``cifar-10-batches-py``/``cifar-100-python``,
+            otherwise an ImageNet-layout image folder (ROOT/train/CLASS/*.jpg, ROOT/val/CLASS/*.jpg; Places365 too).
+        root: the folder holding CIFAR's ``cifar-10-batches-py``/``cifar-100-python``; only the named CIFAR
+            sources read it.
+        image_size: training crop; 224 for image folders, 32 for digits/CIFAR (another size resizes them).
+        eval_crop: evaluation crop; image folders resize to ``round(eval_crop / 0.875)`` then centre-crop
+            (the paper's 320 crop: Table 8); digits/CIFAR resize their 32 x 32 images to it. Defaults to
+            ``image_size``.
+        ten_crop: image folders only: evaluate ten crops per image, items (10, C, H, W).
+        strict_data: image folders only: an unreadable image stops the run instead of being skipped.
+        download: CIFAR only: fetch the files with torchvision when they are missing.
+        cutout: > 0 adds Cutout of that many pixels to the training transform (DeVries & Taylor 2017).
+    """
+    for flag, value in (("image_size", image_size), ("eval_crop", eval_crop)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1 pixel, got {value}")
+    if cutout < 0:
+        raise ValueError(f"cutout must be >= 0 pixels (0 = off), got {cutout}")
+    if source == "digits":
+        _no_ten_crop(source, ten_crop)
+        return _build_digits(image_size or _SMALL_SIZE, eval_crop, cutout)
+    if source in _CIFAR:
+        _no_ten_crop(source, ten_crop)
+        return _build_cifar(source, _cifar_root(source, root), image_size or _SMALL_SIZE, eval_crop, download, cutout)
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"data source {source!r} is neither digits, cifar10, cifar100 nor an existing directory; "
+            f"an image folder needs {_FOLDER_LAYOUT}"
+        )
+    cifar_name, cifar_root = _detect_cifar(path)
+    if cifar_name is not None:
+        _no_ten_crop(cifar_name, ten_crop)
+        return _build_cifar(cifar_name, cifar_root, image_size or _SMALL_SIZE, eval_crop, download, cutout)
+    return _build_folder(path, image_size or _DEFAULT_FOLDER_SIZE, eval_crop, ten_crop, strict_data, cutout)
+
+
+def _no_ten_crop(name: str, ten_crop: bool) -> None:
+    # Ten crops of a 32 x 32 image at 32 x 32 would be ten copies of it (and its mirror).
+    if ten_crop:
+        raise ValueError(f"ten_crop needs images larger than the crop; {name} is 32 x 32: evaluate without it")
+
+
+def _names(items: list[str], limit: int = 5) -> str:
+    """'a, b, c' -- or the first ``limit`` and a count, so that one bad ImageNet split keeps the error one line."""
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+
+
+class _TensorImages(Dataset[tuple[torch.Tensor, int]]):
+    """Images held in memory as one (N, C, H, W) tensor, transformed per item."""
+
+    def __init__(self, images: torch.Tensor, targets: list[int], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.images = images
+        self.targets = targets
+        self.transform = transform
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), self.targets[index]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+# ---------------------------------------------------------------------------------------------- digits
+
+
+def _build_digits(image_size: int, eval_crop: int | None, cutout: int) -> DataSpec:
+    """scikit-learn's 1,797 8 x 8 digits, upsampled once to 32 x 32; a fixed stratified 80/20 split."""
+    try:  # scikit-learn is the optional "data" extra
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise ValueError("the digits data set comes with scikit-learn: pip install 'senet[data]'") from None
+    digits = load_digits()
+    pixels = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # values 0..16 -> [0, 1]
+    images = nnf.interpolate(pixels, size=(_SMALL_SIZE, _SMALL_SIZE), mode="bilinear", align_corners=False)
+    labels = [int(label) for label in digits.target]
+    # random_state fixed on purpose: the split must not move with the run's seed, or val scores would not compare.
+    train_idx, val_idx = train_test_split(range(len(labels)), test_size=0.2, random_state=0, stratify=labels)
+    train_images = images[train_idx]
+    mean, std = (train_images.mean().item(),), (train_images.std().item(),)
+    train_targets = [labels[i] for i in train_idx]
+    train = _TensorImages(
+        train_images,
+        train_targets,
+        T.small_train_transform(mean, std, padding=2, flip=False, size=image_size, cutout=cutout),
+    )
+    val = _TensorImages(
+        images[val_idx], [labels[i] for i in val_idx], T.small_eval_transform(mean, std, size=eval_crop or image_size)
+    )
+    classes = [str(name) for name in digits.target_names]
+    return DataSpec(train, val, len(classes), classes, 1, image_size, "digits", train_targets)
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+
+
+class _CIFAR10Files(CIFAR10):
+    """torchvision's CIFAR10 checking that its files exist instead of their md5 sums.
+
+    Hashing 180 MB on every build (and again for each evaluation scale) is slow, and the md5 check would also
+    reject the small files in the same format that the tests write. A damaged file still fails, at unpickling,
+    with a clear error (see ``_load_cifar``); ``download`` still verifies the archive's md5.
+    """
+
+    train_list = [[name, None] for name, _ in CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in CIFAR10.test_list]
+    meta = {**CIFAR10.meta, "md5": None}
+
+
+class _CIFAR100Files(CIFAR100):
+    """CIFAR100 with the existence-only check of ``_CIFAR10Files``."""
+
+    train_list = [[name, None] for name, _ in CIFAR100.train_list]
+    test_list = [[name, None] for name, _ in CIFAR100.test_list]
+    meta = {**CIFAR100.meta, "md5": None}
+
+
+@dataclass(frozen=True)
+class _Cifar:
+    title: str
+    dataset: type[CIFAR10]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def folder(self) -> str:
+        return self.dataset.base_folder
+
+    @property
+    def files(self) -> list[str]:
+        listed = self.dataset.train_list + self.dataset.test_list
+        return [name for name, _ in listed] + [self.dataset.meta["filename"]]
+
+
+_CIFAR = {
+    "cifar10": _Cifar("CIFAR-10", _CIFAR10Files, T.CIFAR10_MEAN, T.CIFAR10_STD),
+    "cifar100": _Cifar("CIFAR-100", _CIFAR100Files, T.CIFAR100_MEAN, T.CIFAR100_STD),
+}
+
+
+def _cifar_root(name: str, root: str | None) -> Path:
+    if root is None:
+        raise ValueError(
+            f"{name} reads its files from a folder: pass root=DIR, with DIR/{_CIFAR[name].folder}/ holding "
+            f"{', '.join(_CIFAR[name].files)} (or give DIR itself as the source)"
+        )
+    return Path(root).expanduser()
+
+
+def _detect_cifar(path: Path) -> tuple[str | None, Path]:
+    """Which CIFAR a directory holds (it, or its parent when given the batches folder itself), if any."""
+    found = [name for name, cifar in _CIFAR.items() if (path / cifar.folder).is_dir()]
+    if len(found) > 1:
+        raise ValueError(
+            f"{path} holds both CIFAR-10 and CIFAR-100; pass source='cifar10' or 'cifar100' with root={str(path)!r}"
+        )
+    if found:
+        return found[0], path
+    for name, cifar in _CIFAR.items():
+        if path.name == cifar.folder:
+            return name, path.parent
+    return None, path
+
+
+def _build_cifar(
+    name: str, root: Path, image_size: int, eval_crop: int | None, download: bool, cutout: int
+) -> DataSpec:
+    """CIFAR-10/100 with the standard augmentation: zero-pad 4, random 32 crop, horizontal flip (reference §8)."""
+    cifar = _CIFAR[name]
+    if download and _missing_cifar_files(cifar, root):
+        _download_cifar(cifar, root)
+    missing = _missing_cifar_files(cifar, root)
+    if missing:
+        raise FileNotFoundError(
+            f"{cifar.title} files missing in {root / cifar.folder}: {', '.join(missing)}; "
+            f"expected {', '.join(cifar.files)}: copy them there, or pass download=True (--download) "
+            "where the network allows"
+        )
+    train_transform = T.small_train_transform(
+        cifar.mean, cifar.std, padding=4, flip=True, size=image_size, cutout=cutout
+    )
+    eval_transform = T.small_eval_transform(cifar.mean, cifar.std, size=eval_crop or image_size)
+    train = _load_cifar(cifar, root, train=True, transform=train_transform)
+    val = _load_cifar(cifar, root, train=False, transform=eval_transform)
+    classes = list(train.classes)
+    return DataSpec(train, val, len(classes), classes, 3, image_size, name, list(train.targets))
+
+
+def _missing_cifar_files(cifar: _Cifar, root: Path) -> list[str]:
+    return [name for name in cifar.files if not (root / cifar.folder / name).is_file()]
+
+
+def _download_cifar(cifar: _Cifar, root: Path) -> None:
+    try:
+        cifar.dataset(root, train=True, download=True)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision raises RuntimeError on md5
+        raise FileNotFoundError(
+            f"{cifar.title} download into {root} failed ({type(error).__name__}: {error}); copy "
+            f"{', '.join(cifar.files)} into {root / cifar.folder} by hand, or retry where the network allows"
+        ) from error
+
+
+def _load_cifar(cifar: _Cifar, root: Path, *, train: bool, transform: Callable[[Any], Any]) -> CIFAR10:
+    try:
+        return cifar.dataset(root, train=train, transform=transform)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError) as error:
+        raise ValueError(
+            f"{cifar.title} files in {root / cifar.folder} are damaged or not in CIFAR's python format "
+            f"({type(error).__name__}: {error}); replace them with the originals (or delete them and pass --download)"
+        ) from error
+
+
+# ----------------------------------------------------------------------------------------- image folders
+
+
+class _ImageFolder(ImageFolder):
+    """ImageFolder whose unreadable images are skipped (None, warned once per path) or fatal (``strict``)."""
+
+    def __init__(self, root: Path, transform: Callable[[Any], torch.Tensor], *, strict: bool) -> None:
+        # allow_empty: build_data reports every empty class folder by path rather than torchvision's first error.
+        super().__init__(str(root), transform=transform, allow_empty=True)
+        self.strict = strict
+        self._warned: set[str] = set()  # per process: each loader worker warns on its own
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except _DECODE_ERRORS as error:
+            self._unreadable(path, error)
+            return None
+        assert self.transform is not None  # always given, see __init__
+        return self.transform(image), target
+
+    def _unreadable(self, path: str, error: BaseException) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        if self.strict:
+            # Raised in a loader worker, the DataLoader re-raises it with this message inside: keep the path here.
+            raise ValueError(
+                f"unreadable image {path} ({reason}); --strict-data made this fatal: "
+                "fix or delete the file, or drop --strict-data to skip unreadable images with a warning"
+            ) from error
+        if path not in self._warned:
+            self._warned.add(path)
+            _LOG.warning("skipping unreadable image %s (%s); pass --strict-data to make this an error", path, reason)
+
+    def empty_class_folders(self) -> list[str]:
+        """Class folders without a single image file."""
+        present = set(self.targets)
+        return [os.path.join(self.root, name) for name, index in self.class_to_idx.items() if index not in present]
+
+
+def _class_folders(split: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(split) if entry.is_dir())
+
+
+def _check_folder_layout(root: Path) -> None:
+    """Missing splits, missing class folders and train/val class mismatches, as one clear error each."""
+    missing = [split for split in ("train", "val") if not (root / split).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"image folder {root} has no {' or '.join(missing)} folder; expected {_FOLDER_LAYOUT}"
+        )
+    train, val = set(_class_folders(root / "train")), set(_class_folders(root / "val"))
+    for split, classes in (("train", train), ("val", val)):
+        if not classes:
+            raise FileNotFoundError(f"{root / split} has no class folders; expected {_FOLDER_LAYOUT}")
+    if train != val:
+        only = [
+            f"only in {split}: {_names(sorted(extra))}"
+            for split, extra in (("train", train - val), ("val", val - train))
+            if extra
+        ]
+        raise ValueError(
+            f"train and val of {root} have different class folders ({'; '.join(only)}); "
+            "every class needs a folder in both splits"
+        )
+
+
+def _build_folder(
+    root: Path, image_size: int, eval_crop: int | None, ten_crop: bool, strict: bool, cutout: int
+) -> DataSpec:
+    """ImageNet-layout folders with the paper's augmentation (Sec. 5.1) and resize-then-crop evaluation."""
+    _check_folder_layout(root)
+    train = _ImageFolder(root / "train", T.folder_train_transform(image_size, cutout), strict=strict)
+    val = _ImageFolder(root / "val", T.make_eval_transform(eval_crop or image_size, ten_crop=ten_crop), strict=strict)
+    empty = train.empty_class_folders() + val.empty_class_folders()
+    if empty:
+        raise FileNotFoundError(
+            f"class folders with no images: {_names(empty)}; every class needs at least one image "
+            f"({' '.join(IMG_EXTENSIONS)}) in both train and val"
+        )
+    return DataSpec(train, val, len(train.classes), list(train.classes), 3, image_size, "folder", list(train.targets))

@@ -1,0 +1,192 @@
+"""DataLoaders: epoch-deterministic samplers, class-balanced sampling, and a collate that drops unreadable images.
+
+Every loader yields ``(images, targets, num_skipped)``. Sample order is a pure function of ``(seed, epoch)``
+(the engine calls ``loader.sampler.set_epoch(epoch)`` every epoch), so a resumed run replays epoch e exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
+
+Batch = tuple[torch.Tensor, torch.Tensor, int]
+
+
+def _generator(*keys: int) -> torch.Generator:
+    """A generator whose stream depends on ``keys`` only, e.g. (seed, epoch); SeedSequence keeps (0, 1) and (1, 0)
+    apart, which ``seed + epoch`` would not."""
+    state = np.random.SeedSequence(list(keys)).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class _EpochSampler(Sampler[int]):
+    """All indices once per epoch: in order, or shuffled by a generator seeded from (seed, epoch)."""
+
+    def __init__(self, length: int, *, shuffle: bool, seed: int) -> None:
+        self.length = length
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.length))
+        return iter(torch.randperm(self.length, generator=_generator(self.seed, self.epoch)).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class _ClassBalancedSampler(Sampler[int]):
+    """Class-balanced sampling with replacement: every draw picks each class with equal probability.
+
+    The data balancing for minibatch sampling of the paper's CVPR version (Sec. 5.1 there), after Shen et al.,
+    "Relay Backpropagation for Effective Learning of Deep Convolutional Neural Networks" (ECCV 2016), which keeps
+    rare classes of long-tailed sets such as Places365 in the minibatches. An epoch is ``len(targets)`` draws;
+    with several replicas every rank computes the same global draw and keeps its own strided shard.
+    """
+
+    def __init__(self, targets: Sequence[int], *, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if not targets:
+            raise ValueError("balanced sampling needs a non-empty list of training targets")
+        labels = torch.as_tensor(list(targets), dtype=torch.long)
+        counts = torch.bincount(labels)
+        # Weight 1/count per item: each class's items sum to 1, so each (present) class is equally likely.
+        self.weights = 1.0 / counts[labels].double()
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.num_samples = math.ceil(len(labels) / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        total = self.num_samples * self.num_replicas
+        draws = torch.multinomial(
+            self.weights, total, replacement=True, generator=_generator(self.seed, self.epoch)
+        )
+        return iter(draws[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _collate_skipping(batch: list[tuple[torch.Tensor, int] | None]) -> Batch:
+    """Stack the readable items; the datasets return None for an unreadable image, counted in ``num_skipped``."""
+    kept = [item for item in batch if item is not None]
+    skipped = len(batch) - len(kept)
+    if not kept:  # every image of the batch was unreadable: an empty batch the engine can step over
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images, targets = default_collate(kept)
+    return images, targets, skipped
+
+
+def _init_worker(worker_id: int) -> None:
+    # The DataLoader already seeds torch, random and numpy per worker from its generator; one thread each
+    # keeps `workers` processes from oversubscribing the cores.
+    torch.set_num_threads(1)
+
+
+def _distributed_world() -> tuple[int, int]:
+    """(world size, rank) of the initialised default process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "distributed=True needs an initialised torch.distributed process group; "
+            "launch with torchrun and call init_process_group first, or pass distributed=False"
+        )
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _make_sampler(
+    length: int,
+    *,
+    train: bool,
+    seed: int,
+    world: tuple[int, int] | None,
+    balanced_targets: Sequence[int] | None,
+) -> Sampler[int]:
+    """The sampler for ``build_loader``; ``world`` is (num_replicas, rank) when distributed."""
+    num_replicas, rank = world or (1, 0)
+    if balanced_targets is not None:
+        if not train:
+            raise ValueError("balanced_targets is for training loaders; evaluate on the data as it is (train=False)")
+        if len(balanced_targets) != length:
+            raise ValueError(
+                f"balanced_targets has {len(balanced_targets)} labels but the dataset has {length} items; "
+                "pass the DataSpec's train_targets with its train dataset"
+            )
+        return _ClassBalancedSampler(balanced_targets, seed=seed, num_replicas=num_replicas, rank=rank)
+    if world is not None:
+        # Eval shards are padded by DistributedSampler to equal length: a few items count twice.
+        return DistributedSampler(range(length), num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed)
+    return _EpochSampler(length, shuffle=train, seed=seed)
+
+
+def build_loader(
+    dataset: Dataset[Any],
+    *,
+    batch_size: int,
+    train: bool,
+    workers: int = 0,
+    seed: int = 0,
+    distributed: bool = False,
+    balanced_targets: list[int] | None = None,
+    pin_memory: bool = False,
+    drop_last: bool | None = None,
+) -> DataLoader[Any]:
+    """A DataLoader over ``dataset`` yielding ``(images, targets, num_skipped)`` batches.
+
+    Args:
+        dataset: a ``DataSpec.train`` / ``.val`` dataset (items ``(image, label)``, or None when unreadable).
+        batch_size: items per batch, before unreadable ones are dropped.
+        train: shuffle (epoch order a function of ``(seed, epoch)``) and, by default, drop the last partial batch.
+        workers: loader processes; > 0 keeps them alive across epochs, one torch thread each.
+        seed: seeds the sample order and the per-worker augmentation RNG.
+        distributed: shard across the ranks of the initialised process group (DistributedSampler).
+        balanced_targets: the label of every item; draws classes with equal probability (data balancing).
+        pin_memory: pin batches for faster host-to-GPU copies.
+        drop_last: overrides the ``train`` default.
+
+    ``loader.sampler.set_epoch(epoch)`` exists in every mode. A batch whose images were all unreadable is
+    empty (``targets.numel() == 0``) with ``num_skipped == batch_size``; skip it.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    world = _distributed_world() if distributed else None
+    sampler = _make_sampler(
+        len(dataset),  # type: ignore[arg-type]
+        train=train,
+        seed=seed,
+        world=world,
+        balanced_targets=balanced_targets,
+    )
+    rank = world[1] if world else 0
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_collate_skipping,
+        pin_memory=pin_memory,
+        drop_last=train if drop_last is None else drop_last,
+        worker_init_fn=_init_worker if workers > 0 else None,
+        persistent_workers=workers > 0,
+        # Only the workers' base seeds come from this generator (the sampler has its own per epoch); the rank
+        # keeps the ranks' workers from drawing the same augmentations.
+        generator=_generator(seed, rank),
+    )

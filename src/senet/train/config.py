@@ -1,0 +1,154 @@
+"""Training configuration: one dataclass, presets that reproduce the paper's recipes, and CLI overrides.
+
+Precedence: the dataclass defaults < the preset (which may depend on the model) < explicit overrides.
+The resolved config is saved as ``config.json`` in the run directory and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Schedule = str  # "step" | "multistep" | "cosine"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. ``lr`` is the rate at ``lr_reference_batch`` (scaled linearly with the
+    global batch size, Goyal et al. 2017) or, when that is ``None``, the rate used as is."""
+
+    model: str = "se_resnet20_cifar"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    data: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    eval_crop: int | None = None
+    cutout: int = 0
+    balanced_sampling: bool = False
+    strict_data: bool = False
+    workers: int = 0
+
+    epochs: int = 10
+    batch_size: int = 64  # global: split evenly over the processes of a distributed run
+    lr: float = 0.1
+    lr_reference_batch: int | None = None
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: Schedule = "cosine"
+    step_epochs: int = 30  # "step": divide by 1/gamma every step_epochs
+    milestones: tuple[float, ...] = ()  # "multistep": epochs (fractions allowed) where lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    drop_rate: float | None = None  # None: the model's own default
+    freeze_bn_epochs: int = 0
+
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    output: str | None = None
+    log_interval: int = 20
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(float(m) for m in self.milestones)
+        if self.schedule not in ("step", "multistep", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose step, multistep or cosine")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+        if not 0 <= self.freeze_bn_epochs <= self.epochs:
+            raise ValueError(f"freeze_bn_epochs={self.freeze_bn_epochs} must lie in [0, epochs={self.epochs}]")
+
+    def scaled_lr(self) -> float:
+        """The learning rate at this run's global batch size."""
+        if self.lr_reference_batch is None:
+            return self.lr
+        return self.lr * self.batch_size / self.lr_reference_batch
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def _imagenet_paper(model: str) -> dict[str, Any]:
+    """Sec. 5.1 / reference Sec. 8: SGD momentum 0.9, lr 0.6 at batch 1024 divided by 10 every 30 epochs,
+    100 epochs. Weight decay is not stated in the paper; 1e-4 is the ResNet standard."""
+    recipe = dict(
+        model=model, data="", epochs=100, batch_size=1024, lr=0.6, lr_reference_batch=1024, momentum=0.9,
+        weight_decay=1e-4, schedule="step", step_epochs=30, gamma=0.1, workers=8,
+    )
+    if model == "senet154":
+        # Appendix (e)-(g): label smoothing, BN frozen for the last epochs (how many is not stated), lr 1.0 at
+        # batch 2048; dropout 0.2 is senet154's own default.
+        recipe.update(label_smoothing=0.1, freeze_bn_epochs=5, lr=1.0, lr_reference_batch=2048, batch_size=2048)
+    return recipe
+
+
+def _cifar_paper(model: str) -> dict[str, Any]:
+    """Each CIFAR network as its own paper trained it (reference Sec. 8: "follow each original paper")."""
+    common = dict(model=model, data="cifar10", batch_size=128, momentum=0.9, workers=4)
+    if model.startswith(("wrn", "se_wrn")):
+        # Zagoruyko & Komodakis 2016: Nesterov, lr 0.1 divided by 5 at 60/120/160, 200 epochs, wd 5e-4.
+        return {**common, "epochs": 200, "lr": 0.1, "nesterov": True, "weight_decay": 5e-4,
+                "schedule": "multistep", "milestones": (60, 120, 160), "gamma": 0.2}
+    if "shake" in model:
+        # Gastaldi 2017: cosine from 0.2, batch 128, wd 1e-4, 1800 epochs; the paper adds Cutout (16 px).
+        return {**common, "epochs": 1800, "lr": 0.2, "weight_decay": 1e-4, "schedule": "cosine", "cutout": 16}
+    # He et al. 2016: lr 0.1, divided by 10 at 32k and 48k iterations, 64k in all, at batch 128 on 50k images
+    # (391 iterations per epoch): 164 epochs, milestones at epochs 82 and 123.
+    return {**common, "epochs": 164, "lr": 0.1, "weight_decay": 1e-4, "schedule": "multistep",
+            "milestones": (82, 123), "gamma": 0.1}
+
+
+def _demo(model: str) -> dict[str, Any]:
+    """A couple of minutes on 2 CPU cores: a CIFAR ResNet-20 on the embedded digits."""
+    return dict(model=model, data="digits", epochs=8, batch_size=64, lr=0.1, weight_decay=5e-4,
+                schedule="cosine", warmup_epochs=0.5)
+
+
+PRESETS: dict[str, Callable[[str], dict[str, Any]]] = {
+    "demo": _demo,
+    "imagenet-paper": _imagenet_paper,
+    "cifar-paper": _cifar_paper,
+}
+DEFAULT_MODEL = {"demo": "se_resnet20_cifar", "imagenet-paper": "se_resnet50", "cifar-paper": "se_resnet110_cifar"}
+
+
+def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """Build a config from a preset (``demo``, ``imagenet-paper``, ``cifar-paper``) and explicit overrides."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        model = overrides.get("model") or DEFAULT_MODEL[preset]
+        values.update(PRESETS[preset](model))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if not values.get("data", "digits"):
+        raise ValueError(f"preset {preset!r} needs --data: an image folder (ROOT/train, ROOT/val) or a dataset name")
+    return TrainConfig.from_dict(values)
+
+
+def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["se_reduction=8", "se_stages=(1,2)"]`` -> ``{"se_reduction": 8, "se_stages": (1, 2)}``."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-opt expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text  # a bare word such as se_gate=tanh
+    return options

@@ -1,0 +1,122 @@
+import json
+
+import pytest
+import torch
+
+from senet.cli import main
+from senet.train import TrainConfig, TrainingDiverged, train
+from senet.train.checkpoint import load_checkpoint
+
+TINY = {"widths": (4, 8, 8)}  # a CIFAR ResNet-20 a few thousand parameters wide: seconds per epoch on digits
+
+
+def tiny_config(tmp_path, name="run", **overrides) -> TrainConfig:
+    values = dict(model="se_resnet20_cifar", model_options=TINY, data="digits", epochs=2, batch_size=64, lr=0.1,
+                  schedule="step", step_epochs=1, gamma=0.5, output=str(tmp_path / name), log_interval=0)
+    return TrainConfig(**{**values, **overrides})
+
+
+def _same_weights(a, b):
+    return all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+def test_training_writes_config_log_metrics_and_checkpoints(tmp_path):
+    result = train(tiny_config(tmp_path, epochs=2))
+    run = result.run_dir
+    assert json.loads((run / "config.json").read_text())["model"] == "se_resnet20_cifar"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"train_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s"} <= set(records[0])
+    assert records[1]["train_loss"] < records[0]["train_loss"]
+    assert (run / "best.safetensors").is_file() and "epoch 2/2" in (run / "train.log").read_text()
+    assert load_checkpoint(run).meta["epoch"] == 2
+
+
+def test_resume_gives_exactly_the_weights_of_a_straight_run(tmp_path):
+    straight = train(tiny_config(tmp_path, "straight", epochs=2))
+    train(tiny_config(tmp_path, "resumed", epochs=1))
+    resumed = train(tiny_config(tmp_path, "resumed", epochs=2), resume=tmp_path / "resumed")
+    assert _same_weights(straight.model, resumed.model)
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(tmp_path):
+    straight = train(tiny_config(tmp_path, "straight", epochs=1))
+
+    def interrupt(epoch, batch):
+        if batch == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, "stopped", epochs=1), on_step=interrupt)
+    assert load_checkpoint(tmp_path / "stopped").meta["batches_done"] == 5
+    resumed = train(tiny_config(tmp_path, "stopped", epochs=1), resume=tmp_path / "stopped")
+    assert _same_weights(straight.model, resumed.model)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    # Epoch 1 trains normally; the step schedule then multiplies the lr by 1e30 and the loss blows up.
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 2.*last good checkpoint"):
+        train(tiny_config(tmp_path, epochs=2, gamma=1e30))
+    after = load_checkpoint(tmp_path / "run")
+    assert after.meta["epoch"] == 1 and after.meta["batches_done"] == 0
+    assert all(torch.isfinite(v).all() for v in after.model_state().values())
+
+
+def test_a_checkpoint_of_another_model_is_refused_with_what_differs(tmp_path):
+    train(tiny_config(tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="model: checkpoint 'se_resnet20_cifar' vs 'resnet20_cifar'"):
+        train(tiny_config(tmp_path, model="resnet20_cifar"), resume=tmp_path / "run")
+
+
+def test_cli_train_resume_eval_and_plot(tmp_path, capsys):
+    run = tmp_path / "cli"
+    args = ["--model", "resnet20_cifar", "--model-opt", "widths=(4,8,8)", "--epochs", "1", "--output", str(run),
+            "--log-interval", "0", "--schedule", "step"]
+    assert main(["train", "--preset", "demo", *args]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert load_checkpoint(run).meta["epoch"] == 2
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--per-class", str(tmp_path / "classes.csv"), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert result["images"] == 360 and result["top1_err"] == pytest.approx(last["val_top1_err"], abs=1e-6)
+    assert len((tmp_path / "classes.csv").read_text().splitlines()) == 11
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--model", "se_resnet05", "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "closest: se_resnet50" in err
+    assert main(["eval", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_imagenet_paper_preset_runs_on_a_small_image_folder(tmp_path, make_folder):
+    root = make_folder(classes=("cat", "dog"), per_class=4)
+    run = tmp_path / "imagenet"
+    code = main(["train", "--preset", "imagenet-paper", "--data", str(root), "--model", "se_resnet18",
+                 "--model-opt", "widths=(8,8,8,8)", "--image-size", "32", "--batch-size", "4", "--epochs", "1",
+                 "--workers", "0", "--output", str(run), "--log-interval", "0", "--balanced-sampling"])
+    assert code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["schedule"] == "step" and config["lr_reference_batch"] == 1024
+    assert load_checkpoint(run).meta["classes"] == ["cat", "dog"]
+    # Multi-scale, ten-crop and a two-model ensemble all fuse on the same validation images.
+    assert main(["eval", "--checkpoint", str(run), "--checkpoint", str(run), "--ten-crop", "--scales", "32,40"]) == 0
+
+
+def test_unreadable_images_are_skipped_and_counted_or_fatal_with_strict_data(tmp_path, make_folder, capsys):
+    root = make_folder(classes=("cat", "dog"), per_class=4)
+    broken = root / "train" / "cat" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    common = ["train", "--data", str(root), "--model", "resnet18", "--model-opt", "widths=(8,8,8,8)", "--image-size",
+              "32", "--batch-size", "3", "--epochs", "1", "--log-interval", "0"]
+    assert main([*common, "--output", str(tmp_path / "lenient")]) == 0
+    record = json.loads((tmp_path / "lenient" / "metrics.jsonl").read_text())
+    assert record["train_skipped"] >= 1
+    assert main([*common, "--output", str(tmp_path / "strict"), "--strict-data"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(broken) in err

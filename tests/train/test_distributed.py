@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from senet.train import TrainConfig, train
 
 CONFIG = dict(model="se_resnet20_cifar", model_options={"widths": (4, 8, 8)}, data="digits", epochs=2,
-              batch_size=64, lr=0.1, schedule="cosine", log_interval=0)
+              batch_size=64, lr=0.1, schedule="cosine", log_interval=0, device="cpu")
 
 
 def _free_port() -> int:
@@ -49,7 +49,7 @@ def test_torchrun_runs_the_cli(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "senet",
                "train", "--preset", "demo", "--model-opt", "widths=(4,8,8)", "--epochs", "1", "--output", str(run),
-               "--log-interval", "0"]
+               "--log-interval", "0", "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "2 process(es)" in done.stdout

@@ -92,6 +92,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
+        if name == "cuda" and local_rank >= torch.cuda.device_count():
+            raise ValueError(f"process with LOCAL_RANK {local_rank} needs a GPU of its own, but {torch.cuda.device_count()} "
+                             "are visible; start at most one process per GPU")
         return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
     if name != "cpu":
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")

@@ -6,7 +6,7 @@ from torch import nn
 import senet
 from senet.models.resnet import Bottleneck
 
-RESNET_FAMILY = senet.list_models("*res*") + ["senet154"]
+RESNET_FAMILY = [name for name in senet.list_models() if senet.model_info(name).family == "resnet"]
 
 
 @pytest.mark.parametrize("name", RESNET_FAMILY)

@@ -15,6 +15,17 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _percent(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{100 * ratio:+.2f}%"
+
+
+def _flops(gflops: float | None) -> str:
+    """GFLOPs as the paper prints them: MFLOPs below 1 G (the mobile networks of Table 3)."""
+    if gflops is None:
+        return "-"
+    return f"{gflops * 1000:.0f}M" if gflops < 1 else f"{gflops:.2f}G"
+
+
 def _models(args: argparse.Namespace) -> int:
     from senet.analysis.complexity import complexity_table
 
@@ -30,17 +41,19 @@ def _models(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(row.as_dict() for row in rows)
     else:
-        header = ("model", "params (M)", "paper", "diff", "GFLOPs", "paper", "diff", "top-1 err", "top-5 err")
+        header = ("model", "input", "params (M)", "paper", "diff", "FLOPs", "paper", "diff", "data", "top-1 err", "top-5 err")
         table = [header]
         for row in rows:
             table.append((
-                row.name + ("" if row.input_size == 224 else f" @{row.input_size}"),
+                row.name,
+                str(row.input_size),
                 f"{row.params_m:.2f}",
                 _fmt(row.paper_params, ".2f"),
-                _fmt(None if row.params_diff is None else 100 * row.params_diff, "+.2f") + ("%" if row.params_diff is not None else ""),
-                f"{row.gflops:.2f}",
-                _fmt(row.paper_gflops, ".2f"),
-                _fmt(None if row.gflops_diff is None else 100 * row.gflops_diff, "+.2f") + ("%" if row.gflops_diff is not None else ""),
+                _percent(row.params_diff),
+                _flops(row.gflops),
+                _flops(row.paper_gflops),
+                _percent(row.gflops_diff),
+                row.dataset,
                 _fmt(row.paper_top1_err, ".2f"),
                 _fmt(row.paper_top5_err, ".2f"),
             ))
@@ -50,9 +63,9 @@ def _models(args: argparse.Namespace) -> int:
             if n == 0:
                 print("  ".join("-" * w for w in widths))
         print(
-            "\nparams: all learnable parameters; GFLOPs: multiply-adds of one forward pass of one 224x224 image"
-            "\n(@N: NxN), convs and FC layers; paper columns: ../shared/paper (Table 2, released prototxts);"
-            "\nerrors: the paper's single-crop top-1/top-5 (ImageNet; CIFAR-10 for @32 models)."
+            "\nparams: all learnable parameters. FLOPs: multiply-adds of one forward pass of one input x input image"
+            "\n(convs and FC layers; G = 1e9, M = 1e6). paper: ../shared/paper/reference.md (Tables 2-4, released"
+            "\nprototxts, original papers for plain CIFAR nets). errors: the paper's single-crop top-1/top-5 on data."
         )
     return 0
 

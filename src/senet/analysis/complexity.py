@@ -42,6 +42,7 @@ class Complexity:
     """Measured size and cost of one registered model next to the paper's figures."""
 
     name: str
+    dataset: str  # what the reference errors were measured on
     input_size: int
     params: int
     gflops: float
@@ -72,6 +73,9 @@ class Complexity:
         }
 
 
+_DATASETS = {1000: "ImageNet", 10: "CIFAR-10", 100: "CIFAR-100"}
+
+
 def model_complexity(name: str, input_size: int | None = None, **options) -> Complexity:
     """Count params and GFLOPs of registered model ``name`` at ``input_size`` (default: the paper's)."""
     info = model_info(name)
@@ -80,6 +84,7 @@ def model_complexity(name: str, input_size: int | None = None, **options) -> Com
         model = create_model(info.name, **options)
     return Complexity(
         name=info.name,
+        dataset=_DATASETS.get(info.num_classes, f"{info.num_classes} classes"),
         input_size=size,
         params=count_params(model),
         gflops=count_macs(model, size, options.get("in_chans", 3)) / 1e9,

@@ -491,3 +491,19 @@ def resnet164_cifar(**options) -> ResNet:
 def se_resnet164_cifar(**options) -> ResNet:
     """SE-ResNet-164 for CIFAR (paper Table 4)."""
     return _resnet(PreActBottleneck, (18, 18, 18), True, _CIFAR_RESNET, options)
+
+
+# Wide ResNet (Zagoruyko & Komodakis 2016): the CIFAR pre-activation ResNet with k-times wider stages.
+_WRN_16_8 = dict(widths=(16 * 8, 32 * 8, 64 * 8), stem="cifar", stem_width=16)
+
+
+@register_model(paper=PaperFigures(11.0, None, 4.27, input_size=32, source="Table 4 (CIFAR-10 error); params Zagoruyko & Komodakis 2016"), num_classes=10)
+def wrn16_8(**options) -> ResNet:
+    """WRN-16-8: depth 16 (2 pre-activation basic units per stage), widening factor 8 (paper Table 4)."""
+    return _resnet(PreActBasicBlock, (2, 2, 2), False, _WRN_16_8, options)
+
+
+@register_model(paper=PaperFigures(None, None, 3.88, input_size=32, source="Table 4 (CIFAR-10 error)"), num_classes=10)
+def se_wrn16_8(**options) -> ResNet:
+    """SE-WRN-16-8 (paper Table 4)."""
+    return _resnet(PreActBasicBlock, (2, 2, 2), True, _WRN_16_8, options)

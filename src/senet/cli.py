@@ -126,6 +126,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from senet.analysis.benchmark import BenchSettings, benchmark, format_results
+
+    specs = [m for m in args.models.split(",") if m] + [m for m in (args.vs or "").split(",") if m]
+    documents, records = [], []
+    for batch in (int(b) for b in args.batch.split(",")):
+        settings = BenchSettings(batch=batch, size=args.size, mode=args.mode, device=args.device, amp=args.amp,
+                                 channels_last=args.channels_last, compile=args.compile, optimize=args.optimize,
+                                 threads=args.threads, warmup=args.warmup, repeats=args.repeats, memory=not args.no_memory)
+        results = benchmark(specs, settings)
+        documents.append(format_results(results, settings))
+        records += [{**r.as_dict(), **{k: getattr(settings, k) for k in ("mode", "size", "device", "amp", "channels_last", "compile", "optimize")}} for r in results]
+    print(json.dumps(records, indent=1) if args.format == "json" else "\n\n".join(documents))
+    return 0
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per TrainConfig field, so every field of a preset can be overridden."""
     from senet.train.config import TrainConfig
@@ -186,6 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="curves.png")
     plot.add_argument("--metric", choices=("top1_err", "top5_err", "loss"), default="top1_err")
     plot.set_defaults(run=_plot)
+
+    bench = commands.add_parser("bench", help="latency, throughput and peak memory, models interleaved; ratios to the first")
+    bench.add_argument("--models", default="resnet50,se_resnet50", help="comma-separated; NAME@opt=value,... for options")
+    bench.add_argument("--vs", help="other projects' models, e.g. timm:seresnet50,torchvision:resnet50")
+    bench.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    bench.add_argument("--size", type=int, default=224)
+    bench.add_argument("--mode", choices=("infer", "train"), default="infer")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--amp", action="store_true")
+    bench.add_argument("--channels-last", action="store_true")
+    bench.add_argument("--compile", action="store_true")
+    bench.add_argument("--optimize", action="store_true", help="time senet.optimize_for_inference(model) (infer mode)")
+    bench.add_argument("--threads", type=int)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    bench.add_argument("--format", choices=("table", "json"), default="table")
+    bench.set_defaults(run=_bench)
 
     demo = commands.add_parser("demo", help="train se_resnet20_cifar and resnet20_cifar on the embedded digits")
     demo.add_argument("--output", default="runs/demo")

@@ -1,0 +1,227 @@
+"""``senet bench``: latency, throughput and peak memory of models, measured the same way for each of them.
+
+The paper's cost claim (Sec. 4: 164 vs 167 ms CPU inference, 190 vs 209 ms GPU training step for ResNet-50
+vs SE-ResNet-50) is a ratio, so models are timed *interleaved* in one process: every repetition runs each
+model once, in turn, so that noise (other processes, frequency changes) hits all of them alike. Peak memory
+is measured per model in a fresh process (CPU: peak RSS growth) or with CUDA's allocator statistics.
+
+Other projects' models (``timm:seresnet50``, ``torchvision:resnet50``) are timed when those packages are
+installed; senet does not depend on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import multiprocessing
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from senet.models.registry import create_model
+
+
+@dataclass
+class BenchSettings:
+    batch: int = 1
+    size: int = 224
+    mode: str = "infer"  # "infer": forward in eval mode without autograd; "train": forward + backward + SGD step
+    device: str = "cpu"
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    optimize: bool = False  # senet.optimize_for_inference (infer mode only)
+    threads: int | None = None
+    warmup: int = 3
+    repeats: int = 10
+    memory: bool = True
+
+
+@dataclass
+class BenchResult:
+    model: str
+    batch: int
+    latency_ms: float  # median time of one iteration (one batch)
+    p90_ms: float
+    images_per_s: float
+    peak_memory_mb: float | None
+    ratios: dict[str, float] = field(default_factory=dict)  # each figure divided by the first model's
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_benchmark_model(spec: str, num_classes: int = 1000) -> nn.Module:
+    """``se_resnet50`` (ours, with ``name:key=value,...`` options), ``timm:NAME`` or ``torchvision:NAME``."""
+    source, _, name = spec.partition(":") if ":" in spec else ("senet", "", spec)
+    if source == "senet":
+        from senet.train.config import parse_model_options
+
+        name, _, opts = spec.partition("@")  # e.g. resnet50@stride_in_1x1=False,stem_pool=torchvision
+        return create_model(name, num_classes=num_classes, **parse_model_options(opts.split(",") if opts else []))
+    if source == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ValueError("timm is not installed; `pip install timm` to compare against it") from None
+        return timm.create_model(name, num_classes=num_classes)
+    if source == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    raise ValueError(f"unknown model source {source!r} in {spec!r}; use NAME, timm:NAME or torchvision:NAME")
+
+
+def _prepare(spec: str, settings: BenchSettings) -> Callable[[], None]:
+    """A closure running one iteration of ``spec`` under ``settings``."""
+    device = torch.device(settings.device)
+    model = build_benchmark_model(spec).to(device)
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    x = torch.randn(settings.batch, 3, settings.size, settings.size, device=device).contiguous(memory_format=memory_format)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if settings.amp else contextlib.nullcontext
+
+    if settings.mode == "infer":
+        model.eval()
+        if settings.optimize:
+            from senet.analysis.optimize import optimize_for_inference
+
+            model = optimize_for_inference(model, example=x)
+        elif settings.compile:
+            model = torch.compile(model)
+
+        def step() -> None:
+            with torch.inference_mode(), autocast():
+                model(x)
+    elif settings.mode == "train":
+        model.train()
+        target = torch.randint(0, 1000, (settings.batch,), device=device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        scaler = torch.amp.GradScaler(device.type, enabled=settings.amp and device.type == "cuda")
+        run = torch.compile(model) if settings.compile else model
+
+        def step() -> None:
+            with autocast():
+                loss = nn.functional.cross_entropy(run(x), target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    else:
+        raise ValueError(f"unknown mode {settings.mode!r}; use infer or train")
+    return step
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak), in MiB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _peak_memory_child(spec: str, settings: BenchSettings, queue: Any) -> None:
+    try:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        baseline = _status_mb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # reset the peak (VmHWM) to the current RSS: import-time peaks do not count
+        step = _prepare(spec, settings)
+        for _ in range(2):
+            step()
+        queue.put(_status_mb("VmHWM") - baseline)
+    except BaseException as error:  # report, don't hang the parent
+        queue.put(error)
+
+
+def peak_memory_mb(spec: str, settings: BenchSettings) -> float:
+    """Peak memory of building and running ``spec``: CUDA max allocated, or CPU RSS growth in a fresh process."""
+    if settings.device.startswith("cuda"):
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step = _prepare(spec, settings)
+        for _ in range(2):
+            step()
+        _sync(settings.device)
+        peak = torch.cuda.max_memory_allocated() - base
+        del step
+        return peak / 2**20
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_peak_memory_child, args=(spec, settings, queue))
+    process.start()
+    value = queue.get()
+    process.join()
+    if isinstance(value, BaseException):
+        raise value
+    return float(value)
+
+
+def benchmark(specs: Sequence[str], settings: BenchSettings) -> list[BenchResult]:
+    """Time every model of ``specs`` interleaved; ratios are relative to the first."""
+    if not specs:
+        raise ValueError("give at least one model")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    steps = [_prepare(spec, settings) for spec in specs]
+    for step in steps:  # warm-up: allocator, oneDNN primitive caches, compilation
+        for _ in range(settings.warmup):
+            step()
+    _sync(settings.device)
+    times: list[list[float]] = [[] for _ in specs]
+    for _ in range(settings.repeats):
+        for index, step in enumerate(steps):
+            _sync(settings.device)
+            start = time.perf_counter()
+            step()
+            _sync(settings.device)
+            times[index].append(time.perf_counter() - start)
+    del steps
+    gc.collect()
+    results = []
+    for spec, samples in zip(specs, times):
+        median = statistics.median(samples)
+        p90 = statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else median
+        memory = peak_memory_mb(spec, settings) if settings.memory else None
+        results.append(BenchResult(spec, settings.batch, median * 1e3, p90 * 1e3, settings.batch / median, memory))
+    first = results[0]
+    for result in results:
+        result.ratios = {
+            "latency": result.latency_ms / first.latency_ms,
+            "p90": result.p90_ms / first.p90_ms,
+            "images_per_s": result.images_per_s / first.images_per_s,
+        }
+        if result.peak_memory_mb is not None and first.peak_memory_mb:
+            result.ratios["memory"] = result.peak_memory_mb / first.peak_memory_mb
+    return results
+
+
+def format_results(results: list[BenchResult], settings: BenchSettings) -> str:
+    """A Markdown table (renders in docs, reads in a terminal)."""
+    flags = [f for f in ("amp", "channels_last", "compile", "optimize") if getattr(settings, f)]
+    title = (f"{settings.mode}, batch {settings.batch}, {settings.size}x{settings.size}, {settings.device}"
+             f"{', ' + ', '.join(flags) if flags else ''}, {torch.get_num_threads() if settings.device == 'cpu' else ''}"
+             f"{' threads' if settings.device == 'cpu' else ''}, median of {settings.repeats}")
+    lines = [f"**{title.replace(', ,', ',')}**", "",
+             "| model | latency ms | p90 ms | images/s | peak MB | latency ratio | memory ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        memory = "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"
+        memory_ratio = f"{r.ratios['memory']:.3f}" if "memory" in r.ratios else "-"
+        lines.append(f"| {r.model} | {r.latency_ms:.1f} | {r.p90_ms:.1f} | {r.images_per_s:.1f} | {memory} | "
+                     f"{r.ratios['latency']:.3f} | {memory_ratio} |")
+    return "\n".join(lines)

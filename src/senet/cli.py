@@ -129,6 +129,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from senet.analysis.benchmark import BenchSettings, benchmark, format_results
 
+    if args.report:
+        from senet.analysis.report import write_report
+
+        print(f"wrote {write_report(args.report, quick=args.quick)}")
+        return 0
     specs = [m for m in args.models.split(",") if m] + [m for m in (args.vs or "").split(",") if m]
     documents, records = [], []
     for batch in (int(b) for b in args.batch.split(",")):
@@ -219,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=10)
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     bench.add_argument("--format", choices=("table", "json"), default="table")
+    bench.add_argument("--report", metavar="FILE", help="run the whole benchmark suite and write it as Markdown (make bench)")
+    bench.add_argument("--quick", action="store_true", help="with --report: fewer repetitions")
     bench.set_defaults(run=_bench)
 
     demo = commands.add_parser("demo", help="train se_resnet20_cifar and resnet20_cifar on the embedded digits")

@@ -56,7 +56,7 @@ class BenchResult:
 
 
 def build_benchmark_model(spec: str, num_classes: int = 1000) -> nn.Module:
-    """``se_resnet50`` (ours, with ``name:key=value,...`` options), ``timm:NAME`` or ``torchvision:NAME``."""
+    """``se_resnet50`` (ours; ``NAME@key=value,...`` passes build options), ``timm:NAME`` or ``torchvision:NAME``."""
     source, _, name = spec.partition(":") if ":" in spec else ("senet", "", spec)
     if source == "senet":
         from senet.train.config import parse_model_options
@@ -79,7 +79,8 @@ def build_benchmark_model(spec: str, num_classes: int = 1000) -> nn.Module:
 def _prepare(spec: str, settings: BenchSettings) -> Callable[[], None]:
     """A closure running one iteration of ``spec`` under ``settings``."""
     device = torch.device(settings.device)
-    model = build_benchmark_model(spec).to(device)
+    optimize = settings.optimize or spec.endswith("+optimized")  # "NAME+optimized": optimize_for_inference(NAME)
+    model = build_benchmark_model(spec.removesuffix("+optimized")).to(device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     x = torch.randn(settings.batch, 3, settings.size, settings.size, device=device).contiguous(memory_format=memory_format)
@@ -88,7 +89,7 @@ def _prepare(spec: str, settings: BenchSettings) -> Callable[[], None]:
 
     if settings.mode == "infer":
         model.eval()
-        if settings.optimize:
+        if optimize:
             from senet.analysis.optimize import optimize_for_inference
 
             model = optimize_for_inference(model, example=x)

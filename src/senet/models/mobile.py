@@ -1,0 +1,342 @@
+"""MobileNet v1, ShuffleNet v1 and their SE twins (paper Table 3).
+
+The paper only says the SE mobile models are "constructed by following similar schemes" to SE-ResNet
+(reference §1). We read that as: SE recalibrates the output of each building unit's transformation.
+
+* MobileNet (Howard et al. 2017, "1.0 MobileNet-224"): a 3x3/2 stem conv and 13 depthwise-separable units;
+  SE acts on each unit's output, after the pointwise conv + BN + ReLU (MobileNet has no shortcut, so this is
+  the plain-network placement of VGG, one block per unit).
+* ShuffleNet (Zhang et al. 2018, "ShuffleNet 1x (g = 3)"): residual units; SE acts on the residual branch
+  before the add / concat, as in SE-ResNet (``se_position="post"`` moves it to the unit's output).
+
+Neither network is in torchvision (it has MobileNet v2/v3 and ShuffleNet v2), so key names follow
+torchvision's style: ``stem``, ``blocks.N`` / ``stage2..stage4`` (ShuffleNet paper Table 1), ``fc``; SE
+blocks are ``<unit>.se.fc1`` / ``.se.fc2``.
+
+SE stages (``se_stages``, 1-based) are the resolution stages: for MobileNet a new stage starts at each
+stride-2 unit (stage 1 = the first unit at 112x112 ... stage 5 = the two units at 7x7); for ShuffleNet stage
+1 is the paper's Stage2, as ``se_stages=(1,)`` of ResNet is conv2_x.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from senet.layers.squeeze_excite import SEConfig
+from senet.models.registry import PaperFigures, register_model
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Zhang et al. Sec. 3.1: split the channels into ``groups``, transpose, flatten back.
+
+    After it, each group of the next grouped conv sees channels from every group of the previous one.
+    """
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ChannelShuffle(nn.Module):
+    """:func:`channel_shuffle` as a module, so it shows in the network's printout."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
+
+
+def _init_weights(model: nn.Module) -> None:
+    """torchvision's init of its mobile networks: He (fan-out) convs, BN 1/0, N(0, 0.01) classifier."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+def _require_position(se: SEConfig | None, allowed: tuple[str, ...], family: str) -> None:
+    if se is not None and se.position not in allowed:
+        raise ValueError(f"{family} supports se_position {', '.join(map(repr, allowed))}, got {se.position!r}")
+
+
+class _PooledNet(nn.Module):
+    """Global average pooling, dropout, FC: the head shared by both mobile families (and resnet.ResNet)."""
+
+    num_classes: int
+    num_features: int
+
+    def _make_head(self, num_features: int, num_classes: int, drop_rate: float) -> None:
+        self.num_classes = num_classes
+        self.num_features = num_features
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate)
+        self.fc: nn.Module = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.avgpool(x), 1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+# --------------------------------------------------------------------------------------------- MobileNet
+
+
+class DepthwiseSeparable(nn.Module):
+    """Howard et al. Fig. 3: depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU, then SE on the output."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, se: SEConfig | None = None) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False)
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv_pw = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.se: nn.Module = se.block(out_channels) if se is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv_dw(x)))
+        return self.se(self.relu(self.bn2(self.conv_pw(x))))
+
+
+class MobileNet(_PooledNet):
+    """MobileNet v1: a 3x3/2 conv stem, depthwise-separable units, global pooling, one FC.
+
+    Args:
+        units: ``(out_channels, stride)`` of each depthwise-separable unit (the stride is the depthwise
+            conv's), e.g. :data:`MOBILENET_V1_UNITS`.
+        stem_width: output channels of the stem conv (32).
+        se: SE on each unit's output; ``None`` for the plain network.
+        num_classes, in_chans, drop_rate: classifier size, input channels, dropout before the classifier.
+    """
+
+    def __init__(
+        self,
+        units: Sequence[tuple[int, int]],
+        *,
+        stem_width: int = 32,
+        se: SEConfig | None = None,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        _require_position(se, ("standard",), "MobileNet")
+        self.se_config = se
+        self.stem = nn.Sequential(*_conv_bn(in_chans, stem_width, 3, 2), nn.ReLU(inplace=True))
+        blocks: list[nn.Module] = []
+        channels, stage = stem_width, 1
+        for index, (width, stride) in enumerate(units):
+            if stride > 1 and index > 0:
+                stage += 1  # a new resolution stage starts at each down-sampling unit
+            unit_se = se if se is not None and se.in_stage(stage) else None
+            blocks.append(DepthwiseSeparable(channels, width, stride, unit_se))
+            channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self._make_head(channels, num_classes, drop_rate)
+        _init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before pooling: (N, num_features, H/32, W/32) for MobileNet v1."""
+        return self.blocks(self.stem(x))
+
+
+# Howard et al. Table 1. Its last depthwise row reads "s2" at 7x7 input, a known typo: the output stays 7x7
+# (and 569M multiply-adds only come out with stride 1), so the last unit has stride 1, as in every port.
+MOBILENET_V1_UNITS: tuple[tuple[int, int], ...] = (
+    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+    *((512, 1),) * 5,
+    (1024, 2), (1024, 1),
+)
+
+
+def _mobilenet(se: bool, options: dict) -> MobileNet:
+    se_config = SEConfig.pop_from(options, enabled=se)
+    return MobileNet(options.pop("units", MOBILENET_V1_UNITS), se=se_config, **options)
+
+
+@register_model(paper=PaperFigures(4.2, 0.569, 28.4, 9.4, source="Table 3 re-impl. (1.0 MobileNet-224)"))
+def mobilenet(**options) -> MobileNet:
+    """MobileNet v1, width 1.0, 224x224 (Howard et al. 2017; paper Table 3)."""
+    return _mobilenet(False, options)
+
+
+@register_model(paper=PaperFigures(4.7, 0.572, 25.3, 7.7, source="Table 3"))
+def se_mobilenet(**options) -> MobileNet:
+    """SE-MobileNet: an SE block on the output of each depthwise-separable unit (paper Table 3)."""
+    return _mobilenet(True, options)
+
+
+# -------------------------------------------------------------------------------------------- ShuffleNet
+
+
+class ShuffleUnit(nn.Module):
+    """Zhang et al. Fig. 2 (b, c): grouped 1x1 + BN + ReLU, shuffle, depthwise 3x3 + BN, grouped 1x1 + BN.
+
+    Stride 1: ``relu(x + branch(x))``. Stride 2: ``relu(concat(avgpool3x3/2(x), branch(x)))``, so the
+    branch outputs ``out_channels - in_channels`` channels. The bottleneck is a quarter of the unit's
+    ``out_channels`` (Zhang et al. Sec. 3.3). ``first_groups`` is the first 1x1 conv's groups (1 in the
+    network's very first unit, whose 24 input channels are too few to split).
+
+    SE (``se.position``): ``"standard"`` rescales the branch before the add / concat (as SE-ResNet);
+    ``"post"`` rescales the unit's output, after the final ReLU.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        groups: int,
+        first_groups: int | None = None,
+        se: SEConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        branch_channels = out_channels - in_channels if stride > 1 else out_channels
+        mid = out_channels // 4
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError(f"a stride-1 ShuffleUnit adds its input: in {in_channels} != out {out_channels}")
+        self.conv1 = nn.Conv2d(in_channels, mid, 1, groups=groups if first_groups is None else first_groups, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.relu = nn.ReLU(inplace=True)
+        self.shuffle = ChannelShuffle(groups)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, branch_channels, 1, groups=groups, bias=False)
+        self.bn3 = nn.BatchNorm2d(branch_channels)
+        self.shortcut = nn.AvgPool2d(3, 2, 1) if stride > 1 else nn.Identity()
+        self.se_position = se.position if se is not None else "standard"
+        se_channels = out_channels if self.se_position == "post" else branch_channels
+        self.se: nn.Module = se.block(se_channels) if se is not None else nn.Identity()
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.shuffle(self.relu(self.bn1(self.conv1(x))))
+        out = self.bn2(self.conv2(out))  # no ReLU after the depthwise conv (Zhang et al. Sec. 3.2)
+        return self.bn3(self.conv3(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch(x)
+        if self.se_position == "standard":
+            out = self.se(out)
+        shortcut = self.shortcut(x)
+        out = self.relu(torch.cat((shortcut, out), 1) if self.stride > 1 else out + shortcut)
+        return self.se(out) if self.se_position == "post" else out
+
+
+class ShuffleNet(_PooledNet):
+    """ShuffleNet v1: 3x3/2 conv + 3x3/2 max-pool stem, stages of ShuffleUnits, global pooling, one FC.
+
+    Args:
+        depths: units per stage, ``(4, 8, 4)`` (Zhang et al. Table 1: Stage2..Stage4).
+        widths: output channels of each stage (240, 480, 960 for 1x, g = 3).
+        groups: g, the groups of the pointwise convs (and of the channel shuffle).
+        stem_width: output channels of the stem conv (24).
+        se: SE blocks of the units; ``None`` for the plain network.
+        num_classes, in_chans, drop_rate: classifier size, input channels, dropout before the classifier.
+
+    The first unit of each stage has stride 2; the first unit of the network has a non-grouped first 1x1.
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int],
+        *,
+        widths: Sequence[int] = (240, 480, 960),
+        groups: int = 3,
+        stem_width: int = 24,
+        se: SEConfig | None = None,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if len(depths) != len(widths):
+            raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
+        _require_position(se, ("standard", "post"), "ShuffleNet")
+        self.se_config = se
+        self.stem = nn.Sequential(*_conv_bn(in_chans, stem_width, 3, 2), nn.ReLU(inplace=True))
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        channels = stem_width
+        for index, (depth, width) in enumerate(zip(depths, widths)):
+            stage_se = se if se is not None and se.in_stage(index + 1) else None
+            units = [
+                ShuffleUnit(
+                    channels if i == 0 else width,
+                    width,
+                    stride=2 if i == 0 else 1,
+                    groups=groups,
+                    first_groups=1 if index == 0 and i == 0 else None,
+                    se=stage_se,
+                )
+                for i in range(depth)
+            ]
+            self.add_module(f"stage{index + 2}", nn.Sequential(*units))  # Zhang et al. name them Stage2..4
+            channels = width
+        self.num_stages = len(depths)
+        self._make_head(channels, num_classes, drop_rate)
+        _init_weights(self)
+
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"stage{i + 2}") for i in range(self.num_stages)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before pooling: (N, num_features, H/32, W/32) for three stages."""
+        x = self.maxpool(self.stem(x))
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+
+# Zhang et al. Table 1, "1x" column for g = 3.
+_SHUFFLENET_1X_G3 = dict(widths=(240, 480, 960), groups=3)
+
+
+def _shufflenet(se: bool, layout: dict, options: dict) -> ShuffleNet:
+    options = {**layout, **options}
+    se_config = SEConfig.pop_from(options, enabled=se)
+    return ShuffleNet(options.pop("depths", (4, 8, 4)), se=se_config, **options)
+
+
+@register_model(paper=PaperFigures(1.8, 0.140, 32.6, 12.5, source="Table 3 re-impl. (ShuffleNet 1x, g=3)"))
+def shufflenet(**options) -> ShuffleNet:
+    """ShuffleNet v1 1x, g = 3 (Zhang et al. 2018; paper Table 3)."""
+    return _shufflenet(False, _SHUFFLENET_1X_G3, options)
+
+
+@register_model(paper=PaperFigures(2.4, 0.142, 31.0, 11.1, source="Table 3"))
+def se_shufflenet(**options) -> ShuffleNet:
+    """SE-ShuffleNet 1x, g = 3: an SE block on each unit's residual branch, before the add / concat (paper Table 3)."""
+    return _shufflenet(True, _SHUFFLENET_1X_G3, options)

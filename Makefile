@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP_INSTALL := $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: install demo test models clean
+.PHONY: install demo test models bench clean
 
 install:
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -15,6 +15,10 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PIP_INSTALL) -e ".[dev,bench]"
+	$(VENV)/bin/senet bench --report docs/benchmarks.md
 
 models: install
 	$(VENV)/bin/senet models

@@ -5,7 +5,14 @@ import torchvision
 import senet
 from senet.analysis.complexity import count_macs, count_params, model_complexity
 
-WITH_PAPER_PARAMS = [n for n in senet.list_models() if senet.model_info(n).paper.params_m is not None]
+# Table 3 prints ShuffleNet 1x (g=3) as 1.8M / SE 2.4M; the architecture of Zhang et al. (and Megvii's own code)
+# has 1.87M / 2.48M: the table truncates to 0.1M (4.23 -> 4.2, 4.72 -> 4.7 for MobileNet too). Kept as known gaps.
+TRUNCATED_IN_TABLE_3 = {"shufflenet", "se_shufflenet"}
+WITH_PAPER_PARAMS = [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="Table 3 truncates ShuffleNet's 1.87M to 1.8M"))
+    if n in TRUNCATED_IN_TABLE_3 else n
+    for n in senet.list_models() if senet.model_info(n).paper.params_m is not None
+]
 WITH_PAPER_GFLOPS = [n for n in senet.list_models() if senet.model_info(n).paper.gflops is not None]
 
 

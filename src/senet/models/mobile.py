@@ -224,11 +224,11 @@ class ShuffleUnit(nn.Module):
         se: SEConfig | None = None,
     ) -> None:
         super().__init__()
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError(f"a stride-1 ShuffleUnit adds its input: in {in_channels} != out {out_channels}")
         self.stride = stride
         branch_channels = out_channels - in_channels if stride > 1 else out_channels
         mid = out_channels // 4
-        if stride == 1 and in_channels != out_channels:
-            raise ValueError(f"a stride-1 ShuffleUnit adds its input: in {in_channels} != out {out_channels}")
         self.conv1 = nn.Conv2d(in_channels, mid, 1, groups=groups if first_groups is None else first_groups, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.relu = nn.ReLU(inplace=True)
@@ -252,6 +252,8 @@ class ShuffleUnit(nn.Module):
         if self.se_position == "standard":
             out = self.se(out)
         shortcut = self.shortcut(x)
+        # Zhang et al. Fig. 2c puts the ReLU after the concat; on the pooled shortcut it changes nothing, as
+        # the unit's input is already the output of a ReLU.
         out = self.relu(torch.cat((shortcut, out), 1) if self.stride > 1 else out + shortcut)
         return self.se(out) if self.se_position == "post" else out
 

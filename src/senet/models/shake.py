@@ -186,7 +186,9 @@ class ShakeBlock(nn.Module):
             raise ValueError(f"unknown branch type {branch!r}; choose basic or bottleneck")
         self.preact = branch == "basic"
         needs_projection = stride != 1 or in_channels != out_channels
-        self.shortcut = ShakeShortcut(in_channels, out_channels, stride, shifted=self.preact) if needs_projection else None
+        self.shortcut = (
+            ShakeShortcut(in_channels, out_channels, stride, shifted=self.preact) if needs_projection else None
+        )
         self.se = se.block(out_channels) if se is not None else None
         self.relu = nn.Identity() if self.preact else nn.ReLU(inplace=True)
         self.shake_forward = shake_forward
@@ -249,6 +251,8 @@ class ShakeResNet(nn.Module):
             raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
         if branch == "bottleneck" and (inner_widths is None or len(inner_widths) != len(widths)):
             raise ValueError("bottleneck branches need inner_widths, one per stage")
+        if branch == "basic" and (inner_widths is not None or groups != 1):
+            raise ValueError("basic branches take no inner_widths or groups; use branch='bottleneck'")
         if shake_forward not in FORWARD_MODES:
             raise ValueError(f"unknown shake_forward {shake_forward!r}; choose one of {', '.join(FORWARD_MODES)}")
         if shake_backward not in BACKWARD_MODES:
@@ -256,7 +260,9 @@ class ShakeResNet(nn.Module):
         if shake_level not in LEVELS:
             raise ValueError(f"unknown shake_level {shake_level!r}; choose one of {', '.join(LEVELS)}")
         if se is not None and se.position != "standard":
-            raise ValueError(f"Shake-Shake networks place SE on the combined residual only; got se_position={se.position!r}")
+            raise ValueError(
+                f"Shake-Shake networks place SE on the combined residual only; got se_position={se.position!r}"
+            )
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.se_config = se
@@ -278,10 +284,9 @@ class ShakeResNet(nn.Module):
                 shake_backward=shake_backward,
                 shake_level=shake_level,
             )
-            blocks = [
-                ShakeBlock(branch, in_channels if i == 0 else out_channels, out_channels, 2 if i == 0 and stage > 1 else 1, **options)
-                for i in range(depth)
-            ]
+            stride = 1 if stage == 1 else 2
+            blocks = [ShakeBlock(branch, in_channels, out_channels, stride, **options)]
+            blocks += [ShakeBlock(branch, out_channels, out_channels, 1, **options) for _ in range(1, depth)]
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
             in_channels = out_channels
         self.num_stages = len(depths)

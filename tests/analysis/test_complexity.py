@@ -13,7 +13,14 @@ WITH_PAPER_PARAMS = [
     if n in TRUNCATED_IN_TABLE_3 else n
     for n in senet.list_models() if senet.model_info(n).paper.params_m is not None
 ]
-WITH_PAPER_GFLOPS = [n for n in senet.list_models() if senet.model_info(n).paper.gflops is not None]
+# Inception-ResNet-v2 as released (timm's 55,843,464 params) costs 13.16 GMACs at 299x299; Table 2 prints 11.75.
+# The paper does not say how it counted; its SE delta (+0.01) matches ours (+0.0085). Kept as a known gap.
+OVER_TABLE_2_GFLOPS = {"inception_resnet_v2", "se_inception_resnet_v2"}
+WITH_PAPER_GFLOPS = [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="Inception-ResNet-v2 measures 13.16 GMACs vs Table 2's 11.75"))
+    if n in OVER_TABLE_2_GFLOPS else n
+    for n in senet.list_models() if senet.model_info(n).paper.gflops is not None
+]
 
 
 @pytest.mark.parametrize("name", WITH_PAPER_PARAMS)

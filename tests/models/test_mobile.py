@@ -12,10 +12,6 @@ from senet.layers.squeeze_excite import SqueezeExcite
 from senet.models.mobile import DepthwiseSeparable, ShuffleUnit, channel_shuffle
 
 MOBILE = ["mobilenet", "se_mobilenet", "shufflenet", "se_shufflenet"]
-SHUFFLENET_COUNT_NOTE = (
-    "Table 3's 1.8M / 2.4M sit 3.6% below ShuffleNet 1x (g=3) as Zhang et al. define it (1.866M; Megvii's own "
-    "implementation: 1.86M, published as 1.9M); they equal our counts truncated to 0.1M, see test below"
-)
 
 
 def _close_gates(se: nn.Module) -> None:
@@ -43,23 +39,6 @@ def test_every_model_maps_an_image_to_logits(name):
     assert features.shape == (1, model.num_features, 2, 2)  # both down-sample 32 times
     assert model.num_features == (1024 if "mobilenet" in name else 960)
     assert logits.shape == (1, 10) and torch.isfinite(logits).all()
-
-
-@pytest.mark.parametrize("name", [
-    "mobilenet",
-    "se_mobilenet",
-    pytest.param("shufflenet", marks=pytest.mark.xfail(strict=True, reason=SHUFFLENET_COUNT_NOTE)),
-    pytest.param("se_shufflenet", marks=pytest.mark.xfail(strict=True, reason=SHUFFLENET_COUNT_NOTE)),
-])
-def test_params_within_one_percent_of_table_3(name):
-    c = model_complexity(name)
-    assert abs(c.params_diff) <= 0.01, f"{name}: {c.params_m:.3f}M vs paper {c.paper_params}M"
-
-
-@pytest.mark.parametrize("name", MOBILE)
-def test_gflops_within_three_percent_of_table_3(name):
-    c = model_complexity(name)
-    assert abs(c.gflops_diff) <= 0.03, f"{name}: {c.gflops * 1000:.1f} vs paper {c.paper_gflops * 1000} MFLOPs"
 
 
 def test_shufflenet_counts_are_table_3_figures_truncated_and_the_se_delta_is_the_branch_placement():

@@ -15,7 +15,8 @@ def test_every_model_maps_an_image_to_logits(name):
     with torch.no_grad():
         features = model.forward_features(torch.randn(1, 3, 64, 64))
         logits = model(torch.randn(1, 3, 64, 64))
-    stride = 4 if name.endswith("_cifar") else 32  # CIFAR networks down-sample twice, ImageNet ones five times
+    cifar = senet.model_info(name).paper.input_size == 32
+    stride = 4 if cifar else 32  # CIFAR networks down-sample twice, ImageNet ones five times
     assert features.shape == (1, model.num_features, 64 // stride, 64 // stride)
     assert logits.shape == (1, 10) and torch.isfinite(logits).all()
 

@@ -64,12 +64,6 @@ def test_every_model_maps_a_batch_to_logits_in_train_and_eval(name):
         assert logits.shape == (2, classes) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name", ["shake_shake26_2x96d", "shake_even29_2x4x64d"])
-def test_params_within_one_percent_of_gastaldi(name):
-    c = model_complexity(name)
-    assert abs(c.params_diff) <= 0.01, f"{name}: {c.params_m:.2f}M vs {c.paper_params}M"
-
-
 @pytest.mark.parametrize("plain, stages", [
     ("shake_shake26_2x96d", [(4, 96), (4, 192), (4, 384)]),
     ("shake_even29_2x4x64d", [(3, 256), (3, 512), (3, 1024)]),
@@ -229,7 +223,7 @@ def test_se_options_stages_and_refusals():
     model = _tiny("se_shake_shake26_2x96d", se_stages=(3,), se_reduction=4)
     assert [stage[0].se is not None for stage in model.stages()] == [False, False, True]
     assert model.layer3[0].se.fc1.out_channels == 32 // 4
-    with pytest.raises(ValueError, match="combined residual only"):
+    with pytest.raises(ValueError, match="Shake-Shake supports se_position .standard., got"):
         _tiny("se_shake_shake26_2x96d", se_position="post")
     with pytest.raises(ValueError, match="without SE"):
         _tiny("shake_shake26_2x96d", se_reduction=8)

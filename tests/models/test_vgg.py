@@ -42,13 +42,6 @@ def test_vgg16_bn_has_torchvision_exact_parameter_count():
     assert model_complexity("vgg16_bn").params == theirs == 138_365_992
 
 
-@pytest.mark.parametrize("name", ["vgg16_bn", "se_vgg16_bn"])
-def test_gflops_within_three_percent_of_table_2_which_gives_no_params(name):
-    c = model_complexity(name)
-    assert c.paper_params is None  # Table 2 gives no parameter counts: none invented
-    assert abs(c.gflops_diff) <= 0.03, f"{name}: {c.gflops:.3f} vs paper {c.paper_gflops} GFLOPs"
-
-
 def test_se_adds_thirteen_blocks_of_the_papers_formula():
     plain, se = model_complexity("vgg16_bn"), model_complexity("se_vgg16_bn")
     widths = [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
@@ -102,7 +95,7 @@ def test_se_acts_after_the_relu_that_follows_each_conv():
 def test_se_options_are_refused_where_they_do_not_apply():
     with pytest.raises(ValueError, match="se_reduction given to a network without SE"):
         senet.create_model("vgg16_bn", se_reduction=8)
-    with pytest.raises(ValueError, match="VGG places SE only after each ReLU"):
+    with pytest.raises(ValueError, match="VGG supports se_position .standard., got"):
         _meta("se_vgg16_bn", se_position="post")
 
 

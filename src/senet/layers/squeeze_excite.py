@@ -107,6 +107,11 @@ class SEConfig:
     def block(self, channels: int) -> SqueezeExcite:
         return SqueezeExcite(channels, self.reduction, self.squeeze, self.gate, self.bias)
 
+    def require_position(self, family: str, allowed: tuple[str, ...] = ("standard",)) -> None:
+        """Refuse positions a family does not define (Fig. 5's variants are defined for residual units)."""
+        if self.position not in allowed:
+            raise ValueError(f"{family} supports se_position {', '.join(map(repr, allowed))}, got {self.position!r}")
+
     def in_stage(self, stage: int) -> bool:
         return self.stages is None or stage in self.stages
 

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
+from senet.models.base import PooledClassifier, init_weights
 from senet.models.registry import PaperFigures, register_model
 
 IntPair = Union[int, tuple[int, int]]
@@ -75,43 +76,6 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(x)))
-
-
-def _check_se_position(se: SEConfig | None) -> None:
-    # Only the paper's placement is defined for these families (Sec. 3); Fig. 5's variants are ResNet ablations.
-    if se is not None and se.position != "standard":
-        raise ValueError(
-            f"se_position {se.position!r} is defined only for the ResNet family; Inception networks use 'standard'"
-        )
-
-
-def _init_weights(model: nn.Module) -> None:
-    """torchvision's scheme: He (fan-out) init for convs, BN weight 1 / bias 0; conv biases start at 0."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
-class _ClassifierMixin:
-    """The classifier API shared by both families; the classifier attribute is ``_classifier_name``."""
-
-    num_features: int
-    num_classes: int
-    _classifier_name: str
-
-    def get_classifier(self) -> nn.Module:
-        return getattr(self, self._classifier_name)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""
-        self.num_classes = num_classes
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        setattr(self, self._classifier_name, head)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,7 +166,7 @@ class InceptionModule(nn.Module):
         return self.se(out) if self.se is not None else out
 
 
-class BNInception(_ClassifierMixin, nn.Module):
+class BNInception(PooledClassifier):
     """BN-Inception: 7x7 stem, 1x1 + 3x3 convs, ten Inception modules, global pooling, classifier.
 
     Args:
@@ -215,8 +179,6 @@ class BNInception(_ClassifierMixin, nn.Module):
     maps entering 3c and 4e must have even sizes (true for inputs that are multiples of 32).
     """
 
-    _classifier_name = "fc"
-
     def __init__(
         self,
         modules: Sequence[InceptionSpec] = BN_INCEPTION_MODULES,
@@ -228,8 +190,8 @@ class BNInception(_ClassifierMixin, nn.Module):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_se_position(se)
-        self.num_classes = num_classes
+        if se is not None:
+            se.require_position(type(self).__name__)
         self.drop_rate = drop_rate
         self.se_config = se
 
@@ -247,12 +209,8 @@ class BNInception(_ClassifierMixin, nn.Module):
             self.add_module(f"inception_{spec.name}", module)
             self.module_names.append(f"inception_{spec.name}")
             channels = module.out_channels
-        self.num_features = channels
-
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc: nn.Module = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
-        _init_weights(self)
+        self._make_head(channels, num_classes, drop_rate)
+        init_weights(self)
 
     def inception_modules(self) -> list[InceptionModule]:
         return [getattr(self, name) for name in self.module_names]
@@ -264,13 +222,6 @@ class BNInception(_ClassifierMixin, nn.Module):
         for module in self.inception_modules():
             x = module(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.avgpool(x), 1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _bn_inception(se: bool, options: dict) -> BNInception:
@@ -388,7 +339,7 @@ class MixedBlock(_BranchesModule):
 
 
 class InceptionResNetBlock(_BranchesModule):
-    """Inception-ResNet-A/B/C: x + scale * SE(conv1x1(concat(branches(x)))), then ReLU (Szegedy 2017, Fig. 16-19).
+    """Inception-ResNet-A/B/C: x + scale * SE(conv1x1(concat(branches(x)))), then ReLU (Szegedy 2017, Fig. 16, 17, 19).
 
     The 1x1 conv restores the input width (with a bias, no BN, as TF-slim); ``activate=False`` drops the
     final ReLU (the network's last block). The SE block acts on the residual branch before the sum
@@ -415,7 +366,7 @@ class InceptionResNetBlock(_BranchesModule):
         return self.relu(out) if self.relu is not None else out
 
 
-class InceptionResNetV2(_ClassifierMixin, nn.Module):
+class InceptionResNetV2(PooledClassifier):
     """Inception-ResNet-v2 (Szegedy et al. 2017) as released with TF-slim; 8x8 features at 299x299.
 
     Args:
@@ -428,7 +379,7 @@ class InceptionResNetV2(_ClassifierMixin, nn.Module):
     Unpadded stride-2 layers need inputs of at least 75x75.
     """
 
-    _classifier_name = "classif"
+    classifier_name = "classif"  # timm's key names
 
     def __init__(
         self,
@@ -442,10 +393,10 @@ class InceptionResNetV2(_ClassifierMixin, nn.Module):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_se_position(se)
+        if se is not None:
+            se.require_position(type(self).__name__)
         if len(depths) != 3 or len(scales) != 3 or depths[2] < 1:
             raise ValueError(f"depths {tuple(depths)} and scales {tuple(scales)} need 3 entries each, depths[2] >= 1")
-        self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.se_config = se
 
@@ -475,13 +426,9 @@ class InceptionResNetV2(_ClassifierMixin, nn.Module):
             *[InceptionResNetBlock(c, IRV2_BLOCK8, scales[2], se=stage_se(3)) for _ in range(depths[2] - 1)]
         )
         self.block8 = InceptionResNetBlock(c, IRV2_BLOCK8, final_scale, activate=False, se=stage_se(3))
-        self.num_features = 1536
-        self.conv2d_7b = conv(c, self.num_features, 1)
-
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.classif: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        _init_weights(self)
+        self.conv2d_7b = conv(c, 1536, 1)
+        self._make_head(1536, num_classes, drop_rate)
+        init_weights(self)
 
     def residual_blocks(self) -> list[InceptionResNetBlock]:
         return [*self.repeat, *self.repeat_1, *self.repeat_2, self.block8]
@@ -494,13 +441,6 @@ class InceptionResNetV2(_ClassifierMixin, nn.Module):
         x = self.repeat_1(self.mixed_6a(x))
         x = self.block8(self.repeat_2(self.mixed_7a(x)))
         return self.conv2d_7b(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.global_pool(x), 1))
-        return x if pre_logits else self.classif(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # Original paper (Szegedy et al. 2017, Fig. 15): dropout keeps 0.8 of the pooled features.

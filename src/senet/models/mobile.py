@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
+from senet.models.base import PooledClassifier, init_weights
 from senet.models.registry import PaperFigures, register_model
 
 
@@ -59,58 +60,6 @@ def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, 
     ]
 
 
-def _init_weights(model: nn.Module) -> None:
-    """torchvision's init of its mobile networks: He (fan-out) convs, BN 1/0, N(0, 0.01) classifier."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)
-
-
-def _require_position(se: SEConfig | None, allowed: tuple[str, ...], family: str) -> None:
-    if se is not None and se.position not in allowed:
-        raise ValueError(f"{family} supports se_position {', '.join(map(repr, allowed))}, got {se.position!r}")
-
-
-class _PooledNet(nn.Module):
-    """Global average pooling, dropout, FC: the head shared by both mobile families (and resnet.ResNet)."""
-
-    num_classes: int
-    num_features: int
-
-    def _make_head(self, num_features: int, num_classes: int, drop_rate: float) -> None:
-        self.num_classes = num_classes
-        self.num_features = num_features
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc: nn.Module = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.avgpool(x), 1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-
 # --------------------------------------------------------------------------------------------- MobileNet
 
 
@@ -131,7 +80,7 @@ class DepthwiseSeparable(nn.Module):
         return self.se(self.relu(self.bn2(self.conv_pw(x))))
 
 
-class MobileNet(_PooledNet):
+class MobileNet(PooledClassifier):
     """MobileNet v1: a 3x3/2 conv stem, depthwise-separable units, global pooling, one FC.
 
     Args:
@@ -153,7 +102,8 @@ class MobileNet(_PooledNet):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        _require_position(se, ("standard",), "MobileNet")
+        if se is not None:
+            se.require_position("MobileNet")
         self.se_config = se
         self.stem = nn.Sequential(*_conv_bn(in_chans, stem_width, 3, 2), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
@@ -166,7 +116,7 @@ class MobileNet(_PooledNet):
             channels = width
         self.blocks = nn.Sequential(*blocks)
         self._make_head(channels, num_classes, drop_rate)
-        _init_weights(self)
+        init_weights(self, linear_std=0.01)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, before pooling: (N, num_features, H/32, W/32) for MobileNet v1."""
@@ -258,7 +208,7 @@ class ShuffleUnit(nn.Module):
         return self.se(out) if self.se_position == "post" else out
 
 
-class ShuffleNet(_PooledNet):
+class ShuffleNet(PooledClassifier):
     """ShuffleNet v1: 3x3/2 conv + 3x3/2 max-pool stem, stages of ShuffleUnits, global pooling, one FC.
 
     Args:
@@ -287,7 +237,8 @@ class ShuffleNet(_PooledNet):
         super().__init__()
         if len(depths) != len(widths):
             raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
-        _require_position(se, ("standard", "post"), "ShuffleNet")
+        if se is not None:
+            se.require_position("ShuffleNet", ("standard", "post"))
         self.se_config = se
         self.stem = nn.Sequential(*_conv_bn(in_chans, stem_width, 3, 2), nn.ReLU(inplace=True))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -309,7 +260,7 @@ class ShuffleNet(_PooledNet):
             channels = width
         self.num_stages = len(depths)
         self._make_head(channels, num_classes, drop_rate)
-        _init_weights(self)
+        init_weights(self, linear_std=0.01)
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"stage{i + 2}") for i in range(self.num_stages)]

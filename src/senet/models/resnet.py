@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
+from senet.models.base import PooledClassifier, init_weights
 from senet.models.registry import PaperFigures, register_model
 
 StemType = Literal["7x7", "deep", "cifar"]
@@ -178,7 +179,7 @@ class PreActBottleneck(Bottleneck):
         return self.conv3(self.relu(self.bn3(out)))
 
 
-class ResNet(nn.Module):
+class ResNet(PooledClassifier):
     """The whole family: a stem, ``len(depths)`` stages of residual units, global pooling, a classifier.
 
     Args:
@@ -222,8 +223,6 @@ class ResNet(nn.Module):
         super().__init__()
         if len(depths) != len(widths):
             raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
         self.se_config = se
 
         self.conv1, stem_out = _make_stem(stem, in_chans, stem_width)
@@ -243,13 +242,11 @@ class ResNet(nn.Module):
             layer, inplanes = self._make_stage(inplanes, planes, depth, stride, stage_se, down_kernel_size)
             self.add_module(f"layer{stage}", layer)
         self.num_stages = len(depths)
-        self.num_features = inplanes
         self.final_act = nn.Sequential(nn.BatchNorm2d(inplanes), nn.ReLU(inplace=True)) if block.preact else nn.Identity()
-
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc: nn.Module = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights(zero_init_residual)
+        self._make_head(inplanes, num_classes, drop_rate)
+        init_weights(self)
+        if zero_init_residual:
+            self._zero_init_residual()
 
     def _make_stage(
         self, inplanes: int, planes: int, depth: int, stride: int, se: SEConfig | None, down_kernel_size: int
@@ -266,20 +263,13 @@ class ResNet(nn.Module):
         units += [self._block(out_channels, planes, se=se, **self._unit_options) for _ in range(1, depth)]
         return nn.Sequential(*units), out_channels
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
+    def _zero_init_residual(self) -> None:
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        if zero_init_residual:
-            for module in self.modules():
-                # The last BN of a post-activation branch; pre-activation branches end in a conv.
-                if isinstance(module, Bottleneck) and not module.preact:
-                    nn.init.zeros_(module.bn3.weight)
-                elif isinstance(module, BasicBlock) and not module.preact:
-                    nn.init.zeros_(module.bn2.weight)
+            # The last BN of a post-activation branch; pre-activation branches end in a conv.
+            if isinstance(module, Bottleneck) and not module.preact:
+                nn.init.zeros_(module.bn3.weight)
+            elif isinstance(module, BasicBlock) and not module.preact:
+                nn.init.zeros_(module.bn2.weight)
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
@@ -290,21 +280,6 @@ class ResNet(nn.Module):
         for stage in self.stages():
             x = stage(x)
         return self.final_act(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.avgpool(x), 1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def _make_stem(stem: StemType, in_chans: int, width: int) -> tuple[nn.Module, int]:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
+from senet.models.base import PooledClassifier, init_weights
 from senet.models.registry import PaperFigures, register_model
 
 BranchType = Literal["basic", "bottleneck"]
@@ -210,7 +211,7 @@ class ShakeBlock(nn.Module):
         return f"forward={self.shake_forward!r}, backward={self.shake_backward!r}, level={self.shake_level!r}"
 
 
-class ShakeResNet(nn.Module):
+class ShakeResNet(PooledClassifier):
     """Both Shake-Shake networks of Gastaldi 2017: a 3x3 stem, stages of :class:`ShakeBlock`, pooling, FC.
 
     Args:
@@ -259,11 +260,8 @@ class ShakeResNet(nn.Module):
             raise ValueError(f"unknown shake_backward {shake_backward!r}; choose one of {', '.join(BACKWARD_MODES)}")
         if shake_level not in LEVELS:
             raise ValueError(f"unknown shake_level {shake_level!r}; choose one of {', '.join(LEVELS)}")
-        if se is not None and se.position != "standard":
-            raise ValueError(
-                f"Shake-Shake networks place SE on the combined residual only; got se_position={se.position!r}"
-            )
-        self.num_classes = num_classes
+        if se is not None:
+            se.require_position("Shake-Shake")  # SE on the combined residual
         self.drop_rate = drop_rate
         self.se_config = se
 
@@ -290,23 +288,10 @@ class ShakeResNet(nn.Module):
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
             in_channels = out_channels
         self.num_stages = len(depths)
-        self.num_features = in_channels
         # Basic blocks end without a ReLU; Gastaldi adds one before pooling.
         self.final_act = nn.ReLU(inplace=True) if preact else nn.Identity()
-
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc: nn.Module = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # Gastaldi's N(0, sqrt(2 / (k * k * out))) is torchvision's kaiming_normal_ with mode="fan_out".
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        self._make_head(in_channels, num_classes, drop_rate)
+        init_weights(self)  # Gastaldi's N(0, sqrt(2 / (k * k * out))) is He init with mode="fan_out"
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
@@ -317,21 +302,6 @@ class ShakeResNet(nn.Module):
         for stage in self.stages():
             x = stage(x)
         return self.final_act(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.avgpool(x), 1))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def _shake(branch: BranchType, depths: Sequence[int], se: bool, layout: dict, options: dict) -> ShakeResNet:

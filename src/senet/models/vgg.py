@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig, SqueezeExcite
+from senet.models.base import init_weights
 from senet.models.registry import PaperFigures, register_model
 
 
@@ -73,8 +74,8 @@ class VGG(nn.Module):
         super().__init__()
         if len(depths) != len(widths):
             raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
-        if se is not None and se.position != "standard":
-            raise ValueError(f"VGG places SE only after each ReLU (se_position='standard'), got {se.position!r}")
+        if se is not None:
+            se.require_position("VGG")  # SE after every conv's ReLU
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.se_config = se
@@ -103,21 +104,7 @@ class VGG(nn.Module):
             nn.Dropout(drop_rate),
             nn.Linear(mlp_width, num_classes) if num_classes > 0 else nn.Identity(),
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # torchvision's VGG init; the SE 1x1 convs get He et al. init like every conv (the paper's recipe).
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear_std=0.01)  # torchvision's VGG init; SE 1x1 convs are convs like any other
 
     def se_blocks(self) -> list[SqueezeExcite]:
         """The SE blocks in network order (13 in SE-VGG-16)."""

@@ -1,0 +1,65 @@
+"""What every network family shares: the pooled classifier head with its API, and weight initialisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
+    """torchvision's scheme: He (fan-out) init for convs (the SE FCs included), BN weight 1 / bias 0, conv
+    biases 0; with ``linear_std``, Linear layers ~ N(0, std) with zero bias (VGG, the mobile networks)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and linear_std is not None:
+            nn.init.normal_(module.weight, 0, linear_std)
+            nn.init.zeros_(module.bias)
+
+
+def _linear_or_identity(num_features: int, num_classes: int) -> nn.Module:
+    return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+class PooledClassifier(nn.Module):
+    """Global average pooling -> dropout -> linear classifier, and the classifier API every family offers
+    (``forward_features``, ``forward_head``, ``get_classifier``, ``reset_classifier``, as in timm).
+
+    A family calls ``_make_head`` once its feature extractor is built. ``classifier_name`` keeps another
+    project's key names where weights come from there (``classif`` for Inception-ResNet-v2, as in timm).
+    """
+
+    classifier_name = "fc"
+    num_classes: int
+    num_features: int
+
+    def _make_head(self, num_features: int, num_classes: int, drop_rate: float) -> None:
+        self.num_classes = num_classes
+        self.num_features = num_features
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate)
+        setattr(self, self.classifier_name, _linear_or_identity(num_features, num_classes))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before global pooling."""
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.avgpool(x), 1))
+        return x if pre_logits else self.get_classifier()(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return getattr(self, self.classifier_name)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""
+        self.num_classes = num_classes
+        setattr(self, self.classifier_name, _linear_or_identity(self.num_features, num_classes))

@@ -132,9 +132,11 @@ def _bench(args: argparse.Namespace) -> int:
     if args.report:
         from senet.analysis.report import write_report
 
-        print(f"wrote {write_report(args.report, quick=args.quick)}")
+        print(f"wrote {write_report(args.report, device=args.device, quick=args.quick)}")
         return 0
-    specs = [m for m in args.models.split(",") if m] + [m for m in (args.vs or "").split(",") if m]
+    from senet.analysis.benchmark import split_specs
+
+    specs = split_specs(args.models) + split_specs(args.vs or "")
     documents, records = [], []
     for batch in (int(b) for b in args.batch.split(",")):
         settings = BenchSettings(batch=batch, size=args.size, mode=args.mode, device=args.device, amp=args.amp,

@@ -101,3 +101,38 @@ def test_torch_compile_matches_eager():
     x = torch.randn(2, 16, 4, 4)
     compiled = torch.compile(se, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), se(x))
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_fused_training_path_has_the_gradients_of_the_plain_ops(gate, bias, with_residual):
+    se = SqueezeExcite(12, reduction=3, gate=gate, bias=bias).double()
+    x = torch.randn(3, 12, 5, 4, dtype=torch.float64, requires_grad=True)
+    residual = torch.randn(3, 12, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def plain():
+        out = x * se.gates(x)
+        return out + residual if with_residual else out
+
+    def fused():
+        return se.scale_and_add(x, residual) if with_residual else se(x)
+
+    inputs = [x, residual, *se.parameters()] if with_residual else [x, *se.parameters()]
+    weights = torch.randn(3, 12, 5, 4, dtype=torch.float64)
+    expected = torch.autograd.grad((plain() * weights).sum(), inputs)
+    out = fused()
+    assert out.grad_fn.name().endswith("SqueezeExciteFunctionBackward")
+    actual = torch.autograd.grad((out * weights).sum(), inputs)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e)
+
+
+def test_fused_path_passes_gradcheck_and_works_in_channels_last():
+    se = SqueezeExcite(8, reduction=2).double()
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    residual = torch.randn(2, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: se.scale_and_add(a, b), (x, residual))
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    se(x_cl).sum().backward()
+    torch.testing.assert_close(x_cl.grad, torch.autograd.grad((x * se.gates(x)).sum(), x)[0])

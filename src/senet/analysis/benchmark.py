@@ -55,6 +55,18 @@ class BenchResult:
         return asdict(self)
 
 
+def split_specs(text: str) -> list[str]:
+    """Split ``"resnet50@stride_in_1x1=False,stem_pool='torchvision',se_resnet50"`` into model specs: a piece
+    holding ``=`` but no ``@`` is one more option of the spec before it."""
+    specs: list[str] = []
+    for piece in filter(None, (p.strip() for p in text.split(","))):
+        if specs and "=" in piece and "@" not in piece and ":" not in piece.split("=")[0]:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs
+
+
 def build_benchmark_model(spec: str, num_classes: int = 1000) -> nn.Module:
     """``se_resnet50`` (ours; ``NAME@key=value,...`` passes build options), ``timm:NAME`` or ``torchvision:NAME``."""
     source, _, name = spec.partition(":") if ":" in spec else ("senet", "", spec)

@@ -20,9 +20,9 @@ from typing import Callable
 
 import torch
 
-from senet.analysis.benchmark import BenchSettings, benchmark, format_results
+from senet.analysis.benchmark import BenchSettings, benchmark, build_benchmark_model, format_results
 
-TV_LAYOUT = "@stride_in_1x1=False,stem_pool=torchvision"
+TV_LAYOUT = "@stride_in_1x1=False,stem_pool='torchvision'"
 
 
 def _machine() -> str:
@@ -44,7 +44,7 @@ def _table(specs: list[str], settings: BenchSettings) -> tuple[str, list]:
     flags = " ".join(f"--{k.replace('_', '-')}" for k in ("amp", "channels_last", "compile") if getattr(settings, k))
     models = ",".join(s for s in specs if ":" not in s)
     vs = ",".join(s for s in specs if ":" in s)
-    command = (f"senet bench --models {models}" + (f" --vs {vs}" if vs else "") + f" --batch {settings.batch} "
+    command = (f"senet bench --models \"{models}\"" + (f" --vs {vs}" if vs else "") + f" --batch {settings.batch} "
                f"--size {settings.size} --mode {settings.mode} --device {settings.device} --repeats {settings.repeats}"
                + (f" {flags}" if flags else ""))
     return f"{format_results(results, settings)}\n\n`{command}`", results
@@ -126,9 +126,30 @@ if ddp:
     return float(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("IMAGES_PER_S")))
 
 
-def write_report(path: str | Path, *, quick: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Run every benchmark for this machine's device and write the Markdown report to ``path``."""
-    cuda = torch.cuda.is_available()
+def saved_for_backward_mb(spec: str, batch: int = 4, size: int = 224) -> float:
+    """MiB of tensors autograd keeps for the backward of one training forward (weights counted once).
+
+    Deterministic, unlike peak RSS: the memory an SE block adds in training is what its backward needs."""
+    model = build_benchmark_model(spec).train()
+    seen: set[int] = set()
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(torch.randn(batch, 3, size, size))
+    return total / 2**20
+
+
+def write_report(path: str | Path, *, device: str = "cpu", quick: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Run the benchmarks of ``device`` (cpu: overhead, peers, optimized inference, loader, DDP; cuda: the
+    paper's GPU training step) and write the Markdown report to ``path``."""
     repeats = 3 if quick else 10
     sections = [f"# Benchmarks\n\nWritten by `make bench` (`senet bench --report {path}`). Machine:\n\n{_machine()}\n",
                 "Ratios are to the first row of each table; every table's models were timed interleaved in one "
@@ -139,10 +160,23 @@ def write_report(path: str | Path, *, quick: bool = False, log: Callable[[str], 
         log(f"== {title}")
         sections.append(f"## {title}\n\n{body}\n")
 
-    cpu = BenchSettings(device="cpu", repeats=repeats)
     pairs = ["resnet50", "se_resnet50"]
+    if device.startswith("cuda"):
+        gpu = BenchSettings(device=device, mode="train", batch=256, repeats=repeats, warmup=5)
+        tables = [_table(pairs, gpu)[0], _table(pairs, replace(gpu, amp=True, channels_last=True))[0],
+                  _table(pairs, replace(gpu, mode="infer", batch=1, repeats=5 * repeats, memory=False))[0],
+                  _table(pairs, replace(gpu, mode="infer", amp=True, channels_last=True, memory=False))[0]]
+        add(f"GPU ({torch.cuda.get_device_name()})", "The paper: forward+backward at batch 256 took 190 vs "
+            "209 ms on 8 Titan X (ratio 1.10).\n\n" + "\n\n".join(tables))
+        return _write(path, sections)
+
+    cpu = BenchSettings(device="cpu", repeats=repeats)
     overhead = [_table(pairs, replace(cpu, batch=b, repeats=repeats if b == 1 else max(3, repeats // 2)))[0] for b in (1, 32)]
     overhead.append(_table(pairs, replace(cpu, mode="train", batch=32, repeats=max(3, repeats // 2)))[0])
+    plain_saved, se_saved = (saved_for_backward_mb(spec) for spec in pairs)
+    overhead.append(f"Tensors saved for the backward of one training forward, batch 4 at 224 "
+                    f"(`senet.analysis.report.saved_for_backward_mb`): resnet50 {plain_saved:.0f} MiB, se_resnet50 "
+                    f"{se_saved:.0f} MiB, ratio {se_saved / plain_saved:.3f}.")
     add("SE overhead on CPU (fp32)", "The paper (Sec. 4): 164 vs 167 ms per image on CPU (ratio 1.018); targets: "
         "inference <= 1.02, training step <= 1.06, peak training memory <= 1.05.\n\n" + "\n\n".join(overhead))
 
@@ -171,12 +205,10 @@ def write_report(path: str | Path, *, quick: bool = False, log: Callable[[str], 
         f"(`senet.analysis.report.ddp_throughput(N)`):\n\n| processes | images/s | speed-up |\n|---:|---:|---:|\n"
         f"| 1 | {one:.1f} | 1.00 |\n| 2 | {two:.1f} | {two / one:.2f} |")
 
-    if cuda:
-        gpu = BenchSettings(device="cuda", mode="train", batch=256, repeats=repeats, warmup=5)
-        tables = [_table(pairs, gpu)[0], _table(pairs, replace(gpu, amp=True, channels_last=True))[0]]
-        add(f"GPU training step, batch 256 ({torch.cuda.get_device_name()})",
-            "The paper: 190 vs 209 ms on 8 Titan X (ratio 1.10).\n\n" + "\n\n".join(tables))
+    return _write(path, sections)
 
+
+def _write(path: str | Path, sections: list[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(sections))

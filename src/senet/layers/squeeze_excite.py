@@ -68,16 +68,89 @@ class SqueezeExcite(nn.Module):
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
         """The excitation s of Eq. 3: (N, C, 1, 1), or (N, C, H, W) with ``squeeze="none"``."""
+        if self.squeeze == "none":
+            return self._gate_fn(self.fc2(self.relu(self.fc1(x))))
+        # On a squeezed (N, C) vector the 1x1 convs are matrix products: F.linear skips the convolution
+        # machinery (oneDNN primitive look-up, layout reorders), which dominates at this size. The average's
+        # 1/(H*W) is applied to the small hidden vector rather than to the (N, C) sums: one op fewer.
         if self.squeeze == "avg":
-            z = x.mean((2, 3), keepdim=True)
-        elif self.squeeze == "max":
-            z = x.amax((2, 3), keepdim=True)
+            hidden = nn.functional.linear(x.sum((2, 3)), self.fc1.weight.flatten(1)).mul_(1.0 / (x.shape[2] * x.shape[3]))
         else:
-            z = x
-        return self._gate_fn(self.fc2(self.relu(self.fc1(z))))
+            hidden = nn.functional.linear(x.amax((2, 3)), self.fc1.weight.flatten(1))
+        if self.fc1.bias is not None:
+            hidden = hidden.add_(self.fc1.bias)
+        gates = self._gate_fn(nn.functional.linear(hidden.relu_(), self.fc2.weight.flatten(1), self.fc2.bias))
+        return gates[:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused_backward(x):
+            return _SqueezeExciteFunction.apply(x, None, *self._fc_weights(), self.gate)
         return x * self.gates(x)
+
+    def scale_and_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + x * gates(x)`` in one pass over memory: the released models' fused "Axpy" layer."""
+        if self._fused_backward(x):
+            return _SqueezeExciteFunction.apply(x, residual, *self._fc_weights(), self.gate)
+        return torch.addcmul(residual, x, self.gates(x))
+
+    def _fc_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        return self.fc1.weight.flatten(1), self.fc1.bias, self.fc2.weight.flatten(1), self.fc2.bias
+
+    def _fused_backward(self, x: torch.Tensor) -> bool:
+        """Training with the paper's average squeeze: one autograd node with a hand-written backward.
+        In eval mode, or without autograd, the plain ops are as fast and stay traceable.
+        Mixed precision and compiled graphs keep the plain path, which autocast and Inductor handle."""
+        return (
+            self.squeeze == "avg"
+            and self.training
+            and torch.is_grad_enabled()
+            and isinstance(x, torch.Tensor)  # not a torch.fx proxy being traced
+            and not torch.is_autocast_enabled(x.device.type)
+            and not torch.compiler.is_compiling()
+        )
+
+
+_GATE_DERIVATIVES = {
+    "sigmoid": lambda g: g * (1 - g),
+    "tanh": lambda g: 1 - g * g,
+    "relu": lambda g: (g > 0).to(g.dtype),
+}
+
+
+class _SqueezeExciteFunction(torch.autograd.Function):
+    """Squeeze, excitation and ``residual + x * s`` as one autograd node (paper Sec. 3, Eqs. 2-4).
+
+    Autograd's own graph for these few ops makes three extra passes over the (N, C, H, W) tensors in the
+    backward: it materialises ``grad * x`` before summing it, and adds the squeeze's broadcast gradient to
+    the rescale's gradient separately. Here ``ds = sum_hw(grad * x)`` is a batched dot product that writes no
+    full-size temporary, and ``dx = grad * s + dz / (H * W)`` is one ``addcmul``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, residual, w1, b1, w2, b2, gate):  # type: ignore[override]
+        area = x.shape[2] * x.shape[3]
+        z = x.sum((2, 3)) / area
+        hidden = nn.functional.linear(z, w1, b1).relu_()
+        gates = _GATE_FUNCTIONS[gate](nn.functional.linear(hidden, w2, b2))
+        scale = gates[:, :, None, None]
+        out = x * scale if residual is None else torch.addcmul(residual, x, scale)
+        ctx.save_for_backward(x, z, hidden, gates, w1, w2)
+        ctx.gate, ctx.area, ctx.has_residual = gate, area, residual is not None
+        ctx.has_bias = (b1 is not None, b2 is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, z, hidden, gates, w1, w2 = ctx.saved_tensors
+        grad_gates = torch.einsum("nchw,nchw->nc", grad, x)
+        d2 = grad_gates * _GATE_DERIVATIVES[ctx.gate](gates)
+        d1 = (d2 @ w2) * (hidden > 0)
+        dz = (d1 @ w1) / ctx.area
+        grad_x = torch.addcmul(dz[:, :, None, None].expand_as(x), grad, gates[:, :, None, None])
+        grad_b1 = d1.sum(0) if ctx.has_bias[0] else None
+        grad_b2 = d2.sum(0) if ctx.has_bias[1] else None
+        grad_residual = grad if ctx.has_residual else None
+        return grad_x, grad_residual, d1.t() @ z, grad_b1, d2.t() @ hidden, grad_b2, None
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, squeeze={self.squeeze!r}, gate={self.gate!r}"

@@ -51,10 +51,13 @@ class _ResidualUnit(nn.Module):
             x = self.se(x)
         out = self.branch(x)
         if position == "standard":
-            out = self.se(out)
+            out = self.se.scale_and_add(out, shortcut)
         elif position == "identity":
-            shortcut = self.se(shortcut)
-        out = out + shortcut if self.preact else self.relu(out + shortcut)
+            out = self.se.scale_and_add(shortcut, out)
+        else:
+            out = out + shortcut
+        if not self.preact:
+            out = self.relu(out)
         if position == "post":
             out = self.se(out)
         return out

@@ -68,7 +68,7 @@ def loader_throughput(workers: int, images: int = 192, batch: int = 32) -> float
     with tempfile.TemporaryDirectory() as root:
         rng = np.random.default_rng(0)
         for split in ("train", "val"):
-            for k in range(images if split == "train" else 2):
+            for k in range(images if split == "train" else 4):  # every class in both splits
                 path = Path(root, split, f"c{k % 4}", f"{k}.jpg")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # ImageNet's typical photo: about 500x375, smooth content compresses like real images
@@ -159,6 +159,7 @@ def write_report(path: str | Path, *, device: str = "cpu", quick: bool = False, 
     def add(title: str, body: str) -> None:
         log(f"== {title}")
         sections.append(f"## {title}\n\n{body}\n")
+        _write(path, sections)  # as it goes: a later failure keeps what was measured
 
     pairs = ["resnet50", "se_resnet50"]
     if device.startswith("cuda"):

@@ -138,3 +138,24 @@ def test_torch_compile_runs_a_small_se_resnet():
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["se_resnet18", "se_resnet50"])
+def test_fused_norm_and_se_training_path_matches_the_plain_ops(name):
+    # The training path folds the last BN, SE and the sum into one autograd node that saves the BN input
+    # instead of its output; gradients and running statistics must equal the module-by-module computation.
+    fused = senet.create_model(name, num_classes=5, widths=(8, 8, 8, 8)).double()
+    plain = senet.create_model(name, num_classes=5, widths=(8, 8, 8, 8)).double()
+    plain.load_state_dict(fused.state_dict())
+    for unit in (u for stage in plain.stages() for u in stage):
+        unit.se._fused_backward = lambda x: False  # the ops one by one, through autograd
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    for model in (fused, plain):
+        model(x).square().sum().backward()
+    for (key, a), b in zip(fused.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=key)
+    for (key, a), b in zip(fused.named_buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b, msg=key)
+    unit = fused.layer1[0]
+    relu = unit(torch.randn(2, unit.conv1.in_channels, 8, 8, dtype=torch.float64)).grad_fn
+    assert relu.next_functions[0][0].name().startswith("_NormSqueezeExcite")

@@ -41,21 +41,31 @@ class _ResidualUnit(nn.Module):
     se_position: str
     preact = False  # pre-activation units (He et al. 2016b) add without a ReLU after the sum
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def last_norm(self) -> nn.Module:
+        """The BatchNorm that ends the residual branch of a post-activation unit."""
         raise NotImplementedError
+
+    def branch_convs(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch up to its last BatchNorm."""
+        raise NotImplementedError
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_norm(self.branch_convs(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         position = self.se_position if self.se is not None else None
         if position == "pre":
             x = self.se(x)
-        out = self.branch(x)
-        if position == "standard":
-            out = self.se.scale_and_add(out, shortcut)
+        if position == "standard" and not self.preact:
+            out = self.se.norm_scale_and_add(self.branch_convs(x), self.last_norm, shortcut)
+        elif position == "standard":
+            out = self.se.scale_and_add(self.branch(x), shortcut)
         elif position == "identity":
-            out = self.se.scale_and_add(shortcut, out)
+            out = self.se.scale_and_add(shortcut, self.branch(x))
         else:
-            out = out + shortcut
+            out = self.branch(x) + shortcut
         if not self.preact:
             out = self.relu(out)
         if position == "post":
@@ -100,9 +110,12 @@ class BasicBlock(_ResidualUnit):
         self.downsample = downsample
         self._attach_se(se, inplanes, planes, planes)
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._se_after_3x3(self.relu(self.bn1(self.conv1(x))))
-        return self.bn2(self.conv2(out))
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def branch_convs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self._se_after_3x3(self.relu(self.bn1(self.conv1(x)))))
 
 
 class Bottleneck(_ResidualUnit):
@@ -141,10 +154,13 @@ class Bottleneck(_ResidualUnit):
         self.downsample = downsample
         self._attach_se(se, inplanes, width, out_channels)
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def branch_convs(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self._se_after_3x3(self.relu(self.bn2(self.conv2(out))))
-        return self.bn3(self.conv3(out))
+        return self.conv3(self._se_after_3x3(self.relu(self.bn2(self.conv2(out)))))
 
 
 class PreActBasicBlock(BasicBlock):

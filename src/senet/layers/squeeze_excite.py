@@ -100,9 +100,9 @@ class SqueezeExcite(nn.Module):
 
     def norm_scale_and_add(self, c: torch.Tensor, norm: nn.BatchNorm2d, residual: torch.Tensor) -> torch.Tensor:
         """``residual + y * gates(y)`` with ``y = norm(c)``: in training, without keeping y for the backward."""
-        recompute = self.recompute_norm if self.recompute_norm is not None else c.device.type == "cpu"
-        if not (recompute and self._fused_backward(c) and norm.training and norm.affine and norm.track_running_stats
-                and norm.momentum is not None):
+        if not (self._fused_backward(c) and norm.training and norm.affine and norm.track_running_stats
+                and norm.momentum is not None
+                and (self.recompute_norm if self.recompute_norm is not None else c.device.type == "cpu")):
             return self.scale_and_add(norm(c), residual)
         norm.num_batches_tracked.add_(1)
         return _NormSqueezeExciteFunction.apply(c, residual, norm.weight, norm.bias, norm.running_mean, norm.running_var,

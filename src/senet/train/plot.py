@@ -17,8 +17,10 @@ def read_history(run_dir: str | Path) -> list[dict]:
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str = "top1_err") -> Path:
     """Draw train (dashed) and val (solid) ``metric`` against epochs for every run; save to ``out``."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("plotting needs matplotlib: pip install 'senet[plot]' (or matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -71,16 +71,9 @@ class SqueezeExcite(nn.Module):
         if self.squeeze == "none":
             return self._gate_fn(self.fc2(self.relu(self.fc1(x))))
         # On a squeezed (N, C) vector the 1x1 convs are matrix products: F.linear skips the convolution
-        # machinery (oneDNN primitive look-up, layout reorders), which dominates at this size. The average's
-        # 1/(H*W) is applied to the small hidden vector rather than to the (N, C) sums: one op fewer.
-        if self.squeeze == "avg":
-            hidden = nn.functional.linear(x.sum((2, 3)), self.fc1.weight.flatten(1)).mul_(1.0 / (x.shape[2] * x.shape[3]))
-        else:
-            hidden = nn.functional.linear(x.amax((2, 3)), self.fc1.weight.flatten(1))
-        if self.fc1.bias is not None:
-            hidden = hidden.add_(self.fc1.bias)
-        gates = self._gate_fn(nn.functional.linear(hidden.relu_(), self.fc2.weight.flatten(1), self.fc2.bias))
-        return gates[:, :, None, None]
+        # machinery (oneDNN primitive look-up, layout reorders), which dominates at this size.
+        z = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
+        return _excitation(z, *self._fc_weights(), self.gate)[1][:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused_backward(x):
@@ -132,11 +125,16 @@ _GATE_DERIVATIVES = {
 }
 
 
-def _excite(y: torch.Tensor, w1, b1, w2, b2, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Squeeze and excitation of ``y``: the channel means ``z``, the hidden layer, the gates ``s``."""
-    z = y.sum((2, 3)) / (y.shape[2] * y.shape[3])
+def _excitation(z: torch.Tensor, w1, b1, w2, b2, gate: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """FC -> ReLU -> FC -> gate on the squeezed (N, C) descriptor: the hidden layer and the gates s (Eq. 3)."""
     hidden = nn.functional.linear(z, w1, b1).relu_()
-    return z, hidden, _GATE_FUNCTIONS[gate](nn.functional.linear(hidden, w2, b2))
+    return hidden, _GATE_FUNCTIONS[gate](nn.functional.linear(hidden, w2, b2))
+
+
+def _excite(y: torch.Tensor, w1, b1, w2, b2, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Squeeze (channel means z) and excitation of ``y``: z, the hidden layer, the gates s."""
+    z = y.mean((2, 3))
+    return (z, *_excitation(z, w1, b1, w2, b2, gate))
 
 
 def _excite_backward(grad, y, z, hidden, gates, w1, w2, gate: str, has_bias: tuple[bool, bool]) -> tuple:

@@ -114,11 +114,9 @@ def _new_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{stamp}-{config.model}"
 
 
-def _setup_logging(run_dir: Path | None) -> list[logging.Handler]:
+def _setup_logging(run_dir: Path) -> list[logging.Handler]:
     """Rank 0 logs to stdout and to ``train.log`` in the run directory; other ranks stay quiet."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if run_dir is not None:
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "train.log")]
     for handler in handlers:
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
@@ -318,7 +316,7 @@ def train(
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    handlers = _setup_logging(run_dir if ctx.is_main else None) if ctx.is_main else []
+    handlers = _setup_logging(run_dir) if ctx.is_main else []
     try:
         return _train(config, ctx, device, run_dir, checkpoint, on_step)
     finally:

@@ -149,6 +149,28 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+_FIELD_HELP = {
+    "model": "registered model name (senet models)",
+    "data": "digits (default), cifar10, cifar100, or an image folder ROOT with train/ and val/",
+    "data_root": "folder holding the CIFAR files",
+    "download": "download CIFAR into --data-root when the network allows",
+    "image_size": "training crop (default 32 for digits/CIFAR, 224 for folders)",
+    "eval_crop": "evaluation crop (e.g. 320: resize 366, centre crop 320)",
+    "cutout": "Cutout square size in pixels (0: off)",
+    "balanced_sampling": "class-balanced minibatches (the CVPR paper's data balancing)",
+    "strict_data": "stop at the first unreadable image instead of skipping it",
+    "batch_size": "global batch size, split over the processes of a torchrun job",
+    "lr": "learning rate (at --lr-reference-batch when that is set)",
+    "lr_reference_batch": "batch size at which --lr is given; the rate scales linearly from it",
+    "schedule": "step, multistep or cosine",
+    "freeze_bn_epochs": "freeze BatchNorm for the last N epochs (SENet-154)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "amp": "mixed precision: bf16 on CPU, fp16 with a gradient scaler on CUDA",
+    "output": "run directory (default: runs/<time>-<model>)",
+    "log_interval": "plain progress line every N batches when not on a terminal (0: none)",
+}
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per TrainConfig field, so every field of a preset can be overridden."""
     from senet.train.config import TrainConfig
@@ -162,13 +184,14 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if type(None) in args:
             kind = next(a for a in args if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
+        help_text = _FIELD_HELP.get(f.name)
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is tuple:
             parser.add_argument(flag, type=lambda text: tuple(float(x) for x in text.split(",") if x), default=None,
                                 metavar="E1,E2", help="comma-separated epochs")
         else:
-            parser.add_argument(flag, type=kind, default=None)
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
     parser.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
                         help="model build option, e.g. se_reduction=8 or se_stages=(1,2); repeatable")
 

@@ -192,7 +192,6 @@ class BNInception(PooledClassifier):
         super().__init__()
         if se is not None:
             se.require_position(type(self).__name__)
-        self.drop_rate = drop_rate
         self.se_config = se
 
         self.conv1 = ConvBN(in_chans, 64, 7, 2, 3, bias=conv_bias)
@@ -397,7 +396,6 @@ class InceptionResNetV2(PooledClassifier):
             se.require_position(type(self).__name__)
         if len(depths) != 3 or len(scales) != 3 or depths[2] < 1:
             raise ValueError(f"depths {tuple(depths)} and scales {tuple(scales)} need 3 entries each, depths[2] >= 1")
-        self.drop_rate = drop_rate
         self.se_config = se
 
         def stage_se(stage: int) -> SEConfig | None:

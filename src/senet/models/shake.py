@@ -262,7 +262,6 @@ class ShakeResNet(PooledClassifier):
             raise ValueError(f"unknown shake_level {shake_level!r}; choose one of {', '.join(LEVELS)}")
         if se is not None:
             se.require_position("Shake-Shake")  # SE on the combined residual
-        self.drop_rate = drop_rate
         self.se_config = se
 
         preact = branch == "basic"

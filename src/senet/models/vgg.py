@@ -77,7 +77,6 @@ class VGG(nn.Module):
         if se is not None:
             se.require_position("VGG")  # SE after every conv's ReLU
         self.num_classes = num_classes
-        self.drop_rate = drop_rate
         self.se_config = se
 
         layers: list[nn.Module] = []

@@ -80,28 +80,35 @@ def _config_overrides(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from senet.train.checkpoint import load_checkpoint
+    from senet.train.checkpoint import list_checkpoints, load_checkpoint
     from senet.train.config import TrainConfig, resolve_config
     from senet.train.engine import train
 
     overrides = _config_overrides(args)
-    if args.resume:
-        saved = load_checkpoint(args.resume).meta["config"]
-        config = TrainConfig.from_dict({**saved, **overrides})
+    resume_from = args.resume
+    if resume_from == "auto":  # the run in --output if it saved anything, else a new one there
+        output = overrides.get("output")
+        resume_from = output if output and list_checkpoints(output) else None
+    if resume_from:
+        # A resumed run keeps its saved config; flags given now override it (and are checked by train()).
+        checkpoint = load_checkpoint(resume_from)
+        # A run directory may have been moved since it was saved: it continues where it is now.
+        config = TrainConfig.from_dict({**checkpoint.meta["config"], "output": str(checkpoint.run_dir), **overrides})
     else:
         config = resolve_config(args.preset, **overrides)
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite, extend_schedule=args.extend_schedule)
     if result.best:
-        print(f"best val top-1 error {result.best['val_top1_err']:.2f}% (epoch {result.best['epoch']}); run: {result.run_dir}")
+        print(f"best val top-1 error {result.best['val_top1_err']:.2f}% (epoch {result.best['epoch']}); "
+              f"run: {result.run_dir}")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from senet.train.evaluation import evaluate_runs, write_per_class
 
-    scales = [int(s) for s in args.scales.split(",")] if args.scales else None
-    result = evaluate_runs(args.checkpoint, args.data, data_root=args.data_root, scales=scales, ten_crop=args.ten_crop,
-                           batch_size=args.batch_size, workers=args.workers, device=args.device, weights=args.weights)
+    result = evaluate_runs(args.checkpoint, args.data, data_root=args.data_root, scales=args.scales,
+                           ten_crop=args.ten_crop, batch_size=args.batch_size, workers=args.workers,
+                           device=args.device, weights=args.weights)
     if args.per_class:
         write_per_class(result, args.per_class)
     if args.format == "json":
@@ -138,7 +145,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     specs = split_specs(args.models) + split_specs(args.vs or "")
     documents, records = [], []
-    for batch in (int(b) for b in args.batch.split(",")):
+    for batch in args.batch:
         settings = BenchSettings(batch=batch, size=args.size, mode=args.mode, device=args.device, amp=args.amp,
                                  channels_last=args.channels_last, compile=args.compile, optimize=args.optimize,
                                  threads=args.threads, warmup=args.warmup, repeats=args.repeats, memory=not args.no_memory)
@@ -149,30 +156,141 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("senet")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from senet import __version__
+
+        return __version__
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default, unless its help already names it or it is a plain on/off switch."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = "default" in text or action.default is argparse.SUPPRESS or action.nargs == 0
+        if shown or not (action.option_strings or action.nargs in ("?", "*")):
+            return text
+        return text + (" (default: none)" if action.default is None else " (default: %(default)s)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose error is one line after a short usage (``senet train`` has ~50 flags)."""
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        usage = self.format_usage()
+        if usage.count("\n") > 2:
+            usage = f"usage: {self.prog} [options]  (see {self.prog} --help)\n"
+        self.exit(2, f"{usage}{self.prog}: error: {message}\n")
+
+
+# argparse ``type=`` functions: each names what it expects, and argparse prefixes the flag to the message.
+def _int_at_least(low: int) -> typing.Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_nonnegative_int = _int_at_least(0)
+
+
+def _positive_ints(example: str) -> typing.Callable[[str], list[int]]:
+    """A parser of ``"224,320"`` -> ``[224, 320]``; ``example`` shows the format in its error."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(p.strip()) for p in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or any(v < 1 for v in values):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers >= 1 such as {example}; got {text!r}")
+        return values
+
+    return parse
+
+
+def _epoch_list(text: str) -> tuple[float, ...]:
+    """``"82,123"`` -> ``(82.0, 123.0)``; ``""`` clears the list."""
+    try:
+        return tuple(float(p) for p in (p.strip() for p in text.split(",")) if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated epochs such as 82,123 or 0.5,1.5; got {text!r}") from None
+
+
+def _model_opt(text: str) -> str:
+    from senet.train.config import parse_model_options
+
+    try:
+        parse_model_options([text])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--model-opt ")) from None
+    return text
+
+
+# Every TrainConfig field, in words. A field's default (the dataclass's) is appended unless the text names it.
 _FIELD_HELP = {
     "model": "registered model name (senet models)",
-    "data": "digits (default), cifar10, cifar100, or an image folder ROOT with train/ and val/",
-    "data_root": "folder holding the CIFAR files",
+    "data": "digits, cifar10, cifar100, or an image folder ROOT with train/ and val/",
+    "data_root": "folder holding the CIFAR files (default: none)",
     "download": "download CIFAR into --data-root when the network allows",
-    "image_size": "training crop (default 32 for digits/CIFAR, 224 for folders)",
-    "eval_crop": "evaluation crop (e.g. 320: resize 366, centre crop 320)",
+    "image_size": "training crop (default: 32 for digits/CIFAR, 224 for folders, or the preset's)",
+    "eval_crop": "evaluation crop, e.g. 320: resize 366, centre crop 320 (default: the training crop)",
     "cutout": "Cutout square size in pixels (0: off)",
     "balanced_sampling": "class-balanced minibatches (the CVPR paper's data balancing)",
     "strict_data": "stop at the first unreadable image instead of skipping it",
+    "workers": "DataLoader worker processes (0: load in the training process)",
+    "epochs": "epochs to train",
     "batch_size": "global batch size, split over the processes of a torchrun job",
     "lr": "learning rate (at --lr-reference-batch when that is set)",
-    "lr_reference_batch": "batch size at which --lr is given; the rate scales linearly from it",
-    "schedule": "step, multistep or cosine",
+    "lr_reference_batch": "batch size at which --lr is given; the rate scales linearly from it "
+                          "(default: none, --lr as is, or the preset's)",
+    "momentum": "SGD momentum, in [0, 1)",
+    "nesterov": "Nesterov momentum",
+    "weight_decay": "L2 weight decay",
+    "schedule": "learning-rate schedule: step, multistep or cosine",
+    "step_epochs": "with --schedule step: multiply the rate by --gamma every N epochs",
+    "milestones": "with --schedule multistep: epochs (fractions allowed) where the rate is multiplied by "
+                  "--gamma (default: none, or the preset's)",
+    "gamma": "factor of each step/multistep decay",
+    "warmup_epochs": "linear warm-up from 0 over this many epochs (fractions allowed)",
+    "label_smoothing": "label smoothing of the cross-entropy, in [0, 1)",
+    "drop_rate": "dropout before the classifier, in [0, 1) (default: the model's own, or the preset's)",
     "freeze_bn_epochs": "freeze BatchNorm for the last N epochs (SENet-154)",
+    "seed": "random seed of weights, data order and augmentation",
     "device": "auto, cpu, cuda or cuda:N",
     "amp": "mixed precision: bf16 on CPU, fp16 with a gradient scaler on CUDA",
+    "channels_last": "channels-last memory format for the model and its inputs",
+    "compile": "torch.compile the model",
     "output": "run directory (default: runs/<time>-<model>)",
     "log_interval": "plain progress line every N batches when not on a terminal (0: none)",
+    "save_every_steps": "also checkpoint every N optimizer steps (0: at epoch ends only)",
+    "save_every_minutes": "also checkpoint when this many minutes passed since the last save (0: off)",
+    "keep": "checkpoints kept in the run directory: the newest N",
 }
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per TrainConfig field, so every field of a preset can be overridden."""
+    """One ``--flag`` per TrainConfig field, so every field of a preset can be overridden.
+
+    Their argparse default is None ("from the preset, else the dataclass"); the help shows the dataclass's."""
     from senet.train.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
@@ -184,31 +302,44 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if type(None) in args:
             kind = next(a for a in args if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
-        help_text = _FIELD_HELP.get(f.name)
+        help_text = _FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        if "default" not in help_text:
+            default = "on" if f.default is True else "off" if f.default is False else f.default
+            help_text += f" (default: {default}, or the preset's)"
+        help_text = help_text.replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is tuple:
-            parser.add_argument(flag, type=lambda text: tuple(float(x) for x in text.split(",") if x), default=None,
-                                metavar="E1,E2", help="comma-separated epochs")
+            parser.add_argument(flag, type=_epoch_list, default=None, metavar="E1,E2", help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=None, help=help_text)
-    parser.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
+            metavar = "N" if kind is int else "X" if kind is float else None
+            parser.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
+    parser.add_argument("--model-opt", action="append", metavar="KEY=VALUE", type=_model_opt,
                         help="model build option, e.g. se_reduction=8 or se_stages=(1,2); repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="senet", description="Squeeze-and-Excitation Networks: build, count, train, measure.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="senet",
+                     description="Squeeze-and-Excitation Networks: build, count, train, measure.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="one of these; `senet COMMAND --help` describes its flags")
 
     models = commands.add_parser("models", help="list registered models with params and GFLOPs beside the paper's")
     models.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'se_*'")
-    models.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    models.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     models.set_defaults(run=_models)
 
     train = commands.add_parser("train", help="train a model (torchrun --nproc_per_node=N -m senet train ... for DDP)")
     train.add_argument("--preset", choices=("demo", "imagenet-paper", "cifar-paper"), default=None,
                        help="a recipe of the paper; every field can still be overridden")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    train.add_argument("--resume", metavar="RUN_DIR|auto",
+                       help="continue a run from its newest complete checkpoint; auto: the run in --output if it "
+                            "has one, else start it there (for requeued cluster jobs)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
+    train.add_argument("--extend-schedule", action="store_true",
+                       help="with --resume: allow changed epochs, lr, batch size or schedule, and recompute the "
+                            "learning-rate schedule for them from where the run stands")
     _add_config_arguments(train)
     train.set_defaults(run=_train)
 
@@ -216,66 +347,89 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", action="append", required=True, metavar="RUN_DIR",
                           help="a run directory; repeat to average the softmax of an ensemble")
     evaluate.add_argument("--data", help="dataset (default: the run's own)")
-    evaluate.add_argument("--data-root")
-    evaluate.add_argument("--scales", metavar="S1,S2", help="evaluation crop sizes to fuse, e.g. 224,320")
+    evaluate.add_argument("--data-root",
+                          help="folder holding the CIFAR files (default: the run's own with its data)")
+    evaluate.add_argument("--scales", metavar="S1,S2", type=_positive_ints("224,320"),
+                          help="evaluation crop sizes to fuse, e.g. 224,320 (default: the run's own crop)")
     evaluate.add_argument("--ten-crop", action="store_true", help="average over 10 crops (corners, centre, flips)")
-    evaluate.add_argument("--weights", choices=("last", "best"), default="last")
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--workers", type=int, default=0)
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--weights", choices=("last", "best"), default="last",
+                          help="the last checkpoint or the best epoch's weights")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                          help="images per batch")
+    evaluate.add_argument("--workers", type=_nonnegative_int, default=0, metavar="N",
+                          help="DataLoader worker processes")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--per-class", metavar="CSV", help="write per-class errors to this CSV file")
-    evaluate.add_argument("--format", choices=("text", "json"), default="text")
+    evaluate.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     evaluate.set_defaults(run=_eval)
 
     plot = commands.add_parser("plot", help="train/val error curves of runs on one chart (paper Fig. 4)")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    plot.add_argument("--out", default="curves.png")
-    plot.add_argument("--metric", choices=("top1_err", "top5_err", "loss"), default="top1_err")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of `senet train`")
+    plot.add_argument("--out", default="curves.png", help="image file to write")
+    plot.add_argument("--metric", choices=("top1_err", "top5_err", "loss"), default="top1_err",
+                      help="what to plot")
     plot.set_defaults(run=_plot)
 
     bench = commands.add_parser("bench", help="latency, throughput and peak memory, models interleaved; ratios to the first")
     bench.add_argument("--models", default="resnet50,se_resnet50", help="comma-separated; NAME@opt=value,... for options")
     bench.add_argument("--vs", help="other projects' models, e.g. timm:seresnet50,torchvision:resnet50")
-    bench.add_argument("--batch", default="1", help="comma-separated batch sizes")
-    bench.add_argument("--size", type=int, default=224)
-    bench.add_argument("--mode", choices=("infer", "train"), default="infer")
-    bench.add_argument("--device", default="cpu")
-    bench.add_argument("--amp", action="store_true")
-    bench.add_argument("--channels-last", action="store_true")
-    bench.add_argument("--compile", action="store_true")
+    bench.add_argument("--batch", default="1", type=_positive_ints("1,8,32"), metavar="B1,B2",
+                       help="comma-separated batch sizes")
+    bench.add_argument("--size", type=_positive_int, default=224, metavar="PIXELS",
+                       help="input height and width")
+    bench.add_argument("--mode", choices=("infer", "train"), default="infer",
+                       help="forward without autograd, or a whole SGD step")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    bench.add_argument("--amp", action="store_true", help="mixed precision: bf16 on CPU, fp16 on CUDA")
+    bench.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the models")
     bench.add_argument("--optimize", action="store_true", help="time senet.optimize_for_inference(model) (infer mode)")
-    bench.add_argument("--threads", type=int)
-    bench.add_argument("--warmup", type=int, default=3)
-    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="CPU threads (default: torch's choice)")
+    bench.add_argument("--warmup", type=_nonnegative_int, default=3, metavar="N",
+                       help="untimed iterations per model")
+    bench.add_argument("--repeats", type=_positive_int, default=10, metavar="N",
+                       help="timed iterations per model")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    bench.add_argument("--format", choices=("table", "json"), default="table")
-    bench.add_argument("--report", metavar="FILE", help="run the whole benchmark suite and write it as Markdown (make bench)")
+    bench.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    bench.add_argument("--report", metavar="FILE",
+                       help="run the whole benchmark suite and write it as Markdown (make bench)")
     bench.add_argument("--quick", action="store_true", help="with --report: fewer repetitions")
     bench.set_defaults(run=_bench)
 
     demo = commands.add_parser("demo", help="train se_resnet20_cifar and resnet20_cifar on the embedded digits")
-    demo.add_argument("--output", default="runs/demo")
-    demo.add_argument("--epochs", type=int)
-    demo.add_argument("--device")
+    demo.add_argument("--output", default="runs/demo", help="folder for the two runs")
+    demo.add_argument("--epochs", type=_positive_int, metavar="N",
+                      help="epochs per model (default: the demo preset's)")
+    demo.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     demo.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns its exit status: 0, 2 for bad input (one line on stderr), or another non-zero
+    status for a run that diverged or was stopped.
+    Errors argparse finds itself (a flag's value, a missing argument) exit with status 2 too, by raising
+    SystemExit after printing the usage and one error line, as do ``--help`` and ``--version`` with 0."""
+    from senet.train.control import TrainingInterrupted
     from senet.train.engine import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
-        # Users get one line naming the problem; the traceback is for bugs, not for bad input. An error raised
-        # in a DataLoader worker arrives wrapped in its traceback: its last line is the message.
+    except (ValueError, OSError) as error:
+        # Users get one line naming the problem; the traceback is for bugs, not for bad input (ValueError)
+        # or a file that is missing, unreadable or in the way (OSError). An error raised in a DataLoader
+        # worker arrives wrapped in its traceback: its last line is the message.
         message = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
         print(f"senet {args.command}: error: {message}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
         print(f"senet {args.command}: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stopped:  # a stop signal, after a checkpoint: 128 + its number
+        print(f"senet {args.command}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print(f"senet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from senet.cli import main
 from senet.data import build_data, build_loader
 
 
@@ -117,3 +118,22 @@ def test_missing_root(tmp_path: Path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(missing))}.*nor an existing directory"):
         build_data(str(missing))
+
+
+def test_one_class_is_refused_and_the_cli_exits_with_one_line(make_folder, tmp_path, capsys):
+    root = make_folder(classes=["cat"], per_class=2)
+    with pytest.raises(ValueError, match=r"has 1 class \(cat\); classification needs at least two classes"):
+        build_data(str(root))
+    assert main(["train", "--data", str(root), "--epochs", "1", "--output", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "classification needs at least two classes" in error
+
+
+def test_a_small_split_with_no_decodable_image_is_refused(make_folder):
+    root = make_folder(per_class=1)
+    for image in (root / "val").glob("*/*.jpg"):
+        image.write_bytes(b"\x00garbage, not a JPEG")
+    with pytest.raises(ValueError, match=rf"none of the 3 images in {re.escape(str(root / 'val'))} can be decoded"):
+        build_data(str(root))
+    (root / "val" / "dog" / "0.jpg").write_bytes((root / "train" / "dog" / "0.jpg").read_bytes())
+    assert len(build_data(str(root)).val) == 3  # one readable image is enough: the others are skipped when loaded

@@ -140,3 +140,30 @@ def test_bad_arguments(options, message):
     kwargs = {"batch_size": 2, "train": True, **options}
     with pytest.raises(ValueError, match=message):
         build_loader(_Indices(4), **kwargs)
+
+
+class _Counting(_Indices):
+    """Counts the items it was asked to load."""
+
+    loaded = 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        self.loaded += 1
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("mode", ["shuffled", "balanced", "distributed"])
+def test_resuming_mid_epoch_continues_the_order_without_loading_what_was_done(two_ranks, mode):
+    options = {"balanced_targets": [i % 3 for i in range(23)]} if mode == "balanced" else {}
+    if mode == "distributed":
+        two_ranks(1)
+        options = {"distributed": True}
+    full = _order(build_loader(_Indices(23), batch_size=4, train=True, seed=5, **options), 3)
+    dataset = _Counting(23)
+    loader = build_loader(dataset, batch_size=4, train=True, seed=5, **options)
+    loader.sampler.set_epoch(3, start=2 * 4)  # two batches of epoch 3 were trained on before the interruption
+    assert len(loader) == len(full) // 4 - 2
+    assert _order(loader) == full[8:]
+    assert dataset.loaded == len(full) - 8  # the skipped batches were never loaded
+    loader.sampler.set_epoch(4)  # the next epoch starts from its beginning again
+    assert len(_order(loader)) == len(full)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from senet import SqueezeExcite
 from senet.layers.squeeze_excite import SEConfig
@@ -39,18 +40,47 @@ def test_max_squeeze_uses_the_channel_maxima():
     torch.testing.assert_close(se.gates(x), gates_of_max.gates(x.amax((2, 3), keepdim=True)))
 
 
-def test_no_squeeze_keeps_spatial_gates():
+def _excited(x: torch.Tensor, se: SqueezeExcite, gate, squeeze: bool = True) -> torch.Tensor:
+    """x * gate(fc2(relu(fc1(z)))) with functional ops: z the channel means, or x itself (NoSqueeze)."""
+    z = x.mean((2, 3), keepdim=True) if squeeze else x
+    return x * gate(F.conv2d(F.relu(F.conv2d(z, se.fc1.weight, se.fc1.bias)), se.fc2.weight, se.fc2.bias))
+
+
+def test_no_squeeze_applies_the_fcs_at_every_position():
     se = SqueezeExcite(8, reduction=2, squeeze="none")
     x = torch.randn(2, 8, 3, 5)
     assert se.gates(x).shape == x.shape
-    torch.testing.assert_close(se(x), x * se.gates(x))
+    torch.testing.assert_close(se(x), _excited(x, se, torch.sigmoid, squeeze=False))
 
 
-@pytest.mark.parametrize("gate, low, high", [("tanh", -1, 1), ("relu", 0, float("inf"))])
-def test_other_gates_have_their_ranges(gate, low, high):
-    se = SqueezeExcite(16, reduction=2, gate=gate)
-    gates = se.gates(torch.randn(4, 16, 3, 3) * 10)
-    assert (gates >= low).all() and (gates <= high).all()
+@pytest.mark.parametrize("gate, function", [
+    ("sigmoid", torch.sigmoid), ("tanh", torch.tanh), ("relu", torch.relu)])
+@pytest.mark.parametrize("training", [True, False])  # the fused training node and the plain eval ops
+def test_each_gate_is_its_function_of_the_excitation(gate, function, training):
+    se = SqueezeExcite(16, reduction=2, gate=gate).train(training)
+    x = torch.randn(4, 16, 3, 3) * 3
+    expected = _excited(x, se, function)
+    torch.testing.assert_close(se(x), expected)
+    torch.testing.assert_close(se.scale_and_add(x, x), x + expected)
+    for other in {torch.sigmoid, torch.tanh, torch.relu} - {function}:  # the gates tell apart
+        assert not torch.allclose(_excited(x, se, other), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("squeeze", ["avg", "max", "none"])
+def test_an_empty_batch_passes_forward_and_backward(training, squeeze):
+    # N = 0 (e.g. the last, empty shard of a data-parallel batch) works as in plain layers: an empty output,
+    # empty input gradients, zero FC gradients.
+    se = SqueezeExcite(8, reduction=2, squeeze=squeeze).train(training)
+    norm = torch.nn.BatchNorm2d(8).train(training)
+    x = torch.randn(0, 8, 4, 4, requires_grad=True)
+    residual = torch.randn(0, 8, 4, 4, requires_grad=True)
+    outputs = [se(x), se.scale_and_add(x, residual), se.norm_scale_and_add(x, norm, residual)]
+    assert all(out.shape == x.shape for out in outputs)
+    sum(out.sum() for out in outputs).backward()
+    assert x.grad.shape == x.shape and residual.grad.shape == x.shape
+    assert all(p.grad is not None and not p.grad.any() for p in se.parameters())
+    assert not norm.running_mean.any() and norm.running_var.eq(1).all()  # nothing seen, nothing learnt
 
 
 def test_bias_free_variant_has_no_biases():
@@ -60,12 +90,23 @@ def test_bias_free_variant_has_no_biases():
 
 
 def test_bad_options_fail_with_the_choices():
+    for hidden in (0, -1):  # a 0-wide bottleneck would gate every channel at the constant sigmoid(fc2.bias)
+        with pytest.raises(ValueError, match=f"hidden_channels={hidden}; use an integer >= 1"):
+            SqueezeExcite(8, hidden_channels=hidden)
+    assert SqueezeExcite(8, hidden_channels=3).fc1.out_channels == 3
+    with pytest.raises(ValueError, match="reduction=0; use an integer >= 1"):
+        SqueezeExcite(8, reduction=0)
     with pytest.raises(ValueError, match="sigmoid, tanh, relu"):
         SqueezeExcite(8, gate="softmax")
     with pytest.raises(ValueError, match="avg, max, none"):
         SqueezeExcite(8, squeeze="median")
     with pytest.raises(ValueError, match="standard, pre, post, identity, 3x3"):
         SEConfig(position="after")
+    # SEConfig speaks in the se_* build options a user gives.
+    for field, value, fix in [("reduction", "abc", "integer >= 1"), ("reduction", 0, "integer >= 1"),
+                              ("gate", "softmax", "sigmoid, tanh, relu"), ("bias", "no", "True or False")]:
+        with pytest.raises(ValueError, match=f"SE blocks got se_{field}={value!r}; .*{fix}"):
+            SEConfig(**{field: value})
 
 
 def test_train_and_eval_and_channels_last_agree():

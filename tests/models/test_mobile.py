@@ -191,8 +191,13 @@ def test_a_training_step_reaches_every_se_block(name):
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
-def test_registry_entries_cite_table_3():
-    for name in MOBILE:
-        info = senet.model_info(name)
-        assert info.family == "mobile" and "Table 3" in info.description
-    assert senet.model_info("se_shufflenet").paper.gflops == 0.142
+@pytest.mark.parametrize("name, options, fix", [
+    ("mobilenet", {"units": ((64, 1), (128, 0))}, r"MobileNet got units=.*; give \(out_channels, stride\)"),
+    ("se_mobilenet", {"stem_width": 0}, "MobileNet got stem_width=0"),
+    ("shufflenet", {"depths": (4, 0, 4)}, r"ShuffleNet got depths=\(4, 0, 4\); use integers >= 1"),
+    ("se_shufflenet", {"groups": 0}, "ShuffleNet got groups=0"),
+    ("shufflenet", {"in_chans": 0}, "ShuffleNet got in_chans=0"),
+])
+def test_impossible_build_options_are_refused(name, options, fix):
+    with pytest.raises(ValueError, match=f"^{name}: {fix}"):
+        senet.create_model(name, **options)

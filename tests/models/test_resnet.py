@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -122,6 +123,78 @@ def test_build_options_in_chans_drop_rate_and_reset_classifier():
 def test_zero_init_residual_makes_units_start_as_identities():
     model = senet.create_model("resnet50", zero_init_residual=True)
     assert all(unit.bn3.weight.abs().sum() == 0 for stage in model.stages() for unit in stage)
+
+
+def _meta(name: str, **options) -> nn.Module:
+    with torch.device("meta"):
+        return senet.create_model(name, **options)
+
+
+@pytest.mark.parametrize("name, options, fix", [
+    # Accepted and ignored before: basic blocks have no 1x1 conv; a pre-activation branch ends in a conv, so
+    # there is no last BN to zero; the CIFAR stem has no pooling.
+    ("resnet18", {"stride_in_1x1": True}, "ResNet with basic blocks got stride_in_1x1=True; basic blocks"),
+    ("se_resnet34", {"stride_in_1x1": True}, "leave it at False or use a bottleneck"),
+    ("resnet110_cifar", {"stride_in_1x1": True}, "pre-activation ResNet with basic blocks got stride_in_1x1"),
+    ("resnet20_cifar", {"zero_init_residual": True}, "pre-activation ResNet with basic blocks got zero_init"),
+    ("se_resnet164_cifar", {"zero_init_residual": True}, "branches end in a conv, not a BN; leave it False"),
+    ("wrn16_8", {"zero_init_residual": True}, "zero_init_residual=True"),
+    ("resnet56_cifar", {"stem_pool": "caffe"}, "stem_pool='caffe'; the cifar stem has no pooling"),
+    ("se_wrn16_8", {"stem_pool": "torchvision"}, "the cifar stem has no pooling; leave it out"),
+    ("resnet34", {"groups": 32}, "got groups=32; basic blocks have no 1x1 conv, no groups; leave it at 1"),
+    ("resnet18", {"base_width": 4}, "got base_width=4"),
+    # Impossible: an even projection kernel misaligns the shortcut; empty widths; unknown layouts.
+    ("senet154", {"down_kernel_size": 2}, "got down_kernel_size=2; use an odd kernel size"),
+    ("resnet50", {"widths": (64, 0, 256, 512)}, r"got widths=\(64, 0, 256, 512\); use integers >= 1"),
+    ("resnet50", {"widths": (64, 128)}, r"got depths=\(3, 4, 6, 3\); give one per width"),
+    ("resnet50", {"stem_pool": "max"}, "got stem_pool='max'; choose torchvision or caffe"),
+    ("resnet50", {"stem": "5x5"}, "got stem='5x5'; choose one of 7x7, deep, cifar"),
+    ("resnext50_32x4d", {"groups": 0}, "got groups=0"),
+    ("senet154", {"first_conv_ratio": 0.0}, "got first_conv_ratio=0.0; use a ratio > 0"),
+])
+def test_options_the_family_would_ignore_or_cannot_build_are_refused(name, options, fix):
+    with pytest.raises(ValueError, match=f"^{name}: .*{fix}"):
+        _meta(name, **options)
+
+
+def test_options_that_match_the_block_are_still_accepted():
+    # stride_in_1x1=False is what a basic block does anyway: same layout as the default.
+    default, explicit = _meta("resnet18"), _meta("resnet18", stride_in_1x1=False)
+    assert explicit.layer2[0].conv1.stride == default.layer2[0].conv1.stride == (2, 2)
+    assert isinstance(default.maxpool, nn.MaxPool2d) and default.maxpool.ceil_mode  # the paper's Caffe pooling
+    assert isinstance(_meta("resnet20_cifar").maxpool, nn.Identity)
+    assert _meta("resnet50", num_classes=0).num_features == 2048  # 0: no classifier, not an error
+
+
+@pytest.mark.parametrize("name", ["resnet20_cifar", "se_resnet164_cifar", "wrn16_8"])
+@pytest.mark.parametrize("training", [True, False])
+def test_pre_activation_stem_is_a_bare_conv(name, training):
+    # He et al. 2016b: conv -> units whose first op is BN-ReLU; no activation between the stem and unit 1,
+    # so the first unit (and its identity shortcut) sees negative values.
+    model = senet.create_model(name, widths=(4, 8, 8)).train(training)
+    seen = []
+    model.layer1[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    expected = F.conv2d(x, model.conv1.weight, padding=1)
+    assert (expected < 0).any()
+    torch.testing.assert_close(seen[0], expected)
+    assert all(not k.startswith(("bn1.", "relu")) for k in model.state_dict())  # the keys stay conv1.*, layer*
+
+
+def test_post_activation_stem_is_conv_bn_relu_pool():
+    model = senet.create_model("resnet18", widths=(4, 4, 4, 4)).eval()
+    for name in ("running_mean", "running_var"):  # non-trivial statistics, so BN is not ~identity
+        getattr(model.bn1, name).uniform_(0.5, 1.5)
+    seen = []
+    model.layer1[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        bn = model.bn1
+        stem = F.conv2d(x, model.conv1.weight, stride=2, padding=3)
+        stem = F.relu(F.batch_norm(stem, bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps))
+    torch.testing.assert_close(seen[0], F.max_pool2d(stem, 3, 2, ceil_mode=True))
 
 
 def test_trains_in_channels_last():

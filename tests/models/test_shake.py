@@ -231,6 +231,12 @@ def test_se_options_stages_and_refusals():
         _tiny("shake_shake26_2x96d", shake_backward="wobble")
     with pytest.raises(ValueError, match="has no option"):
         _tiny("shake_shake26_2x96d", colour="red")
+    with pytest.raises(ValueError, match="ShakeResNet got base_width=0; use integers >= 1"):
+        senet.create_model("shake_even29_2x4x64d", base_width=0)
+    with pytest.raises(ValueError, match="ShakeResNet got stem_width=0"):
+        _tiny("shake_shake26_2x96d", stem_width=0)
+    with pytest.raises(ValueError, match="basic branches take no inner_widths or groups"):  # would be ignored
+        _tiny("shake_shake26_2x96d", groups=4)
 
 
 def test_forward_features_options_and_reset_classifier():

@@ -123,8 +123,18 @@ def test_a_training_step_reaches_the_se_blocks():
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
-def test_registry_entries_cite_table_2():
-    for name in ("vgg16_bn", "se_vgg16_bn"):
-        info = senet.model_info(name)
-        assert info.family == "vgg" and "Table 2" in info.description and info.paper.input_size == 224
-    assert senet.model_info("se_vgg16_bn").paper.top1_err == 25.22
+@pytest.mark.parametrize("options, fix", [
+    ({"widths": (8, 8, 16, 16, 0)}, "VGG got widths=.*; use integers >= 1"),
+    ({"depths": (2, 2, 0, 3, 3)}, "fixes 'depths' itself"),  # a 0 would keep the stage's pool, drop its width
+    ({"mlp_width": 0}, "VGG got mlp_width=0"),
+    ({"pool_size": 0}, "VGG got pool_size=0"),
+    ({"drop_rate": 1.0}, r"VGG got drop_rate=1.0; use a probability in \[0, 1\)"),
+])
+def test_impossible_build_options_are_refused(options, fix):
+    with pytest.raises(ValueError, match=fix):
+        _meta("vgg16_bn", **options)
+    with pytest.raises(ValueError, match="VGG got depths=.*; use integers >= 1"):
+        VGG((2, 0), widths=(8, 8), mlp_width=8)
+    model = senet.create_model("vgg16_bn", num_classes=2, **TINY)
+    with pytest.raises(ValueError, match="VGG got num_classes=-1; use num_classes >= 1, or 0"):
+        model.reset_classifier(-1)

@@ -1,4 +1,6 @@
+import json
 import os
+import stat
 
 import pytest
 import torch
@@ -7,9 +9,9 @@ from torch import nn
 from senet.train import checkpoint as ckpt
 
 
-def _save(run_dir, model, optimizer, step):
-    return ckpt.save_checkpoint(run_dir, model=model, optimizer=optimizer,
-                                meta={"step": step, "batches_done": 0, "epoch": step, "config": {}})
+def _save(run_dir, model, optimizer, step, keep=2):
+    return ckpt.save_checkpoint(run_dir, model=model, optimizer=optimizer, keep=keep,
+                                meta={"step": step, "batches_done": step % 3, "epoch": step // 3, "config": {}})
 
 
 @pytest.fixture
@@ -21,30 +23,58 @@ def trained():
     return model, optimizer
 
 
+def _complete(meta_path):
+    """A checkpoint JSON with every field the schema asks for (as the engine writes them)."""
+    meta = json.loads(meta_path.read_text())
+    meta.update({k: v for k, v in {"model": "m", "num_classes": 3, "classes": [], "world_size": 1, "history": [],
+                                   "best": {}, "epoch_state": {}}.items() if k not in meta})
+    meta_path.write_text(json.dumps(meta))
+    return meta_path
+
+
 def test_round_trip_restores_weights_optimizer_and_rng(tmp_path, trained):
     model, optimizer = trained
-    _save(tmp_path, model, optimizer, 1)
+    _complete(_save(tmp_path, model, optimizer, 1))
     expected_draw = torch.rand(3)
     loaded = ckpt.load_checkpoint(tmp_path)
     assert all(torch.equal(loaded.model_state()[k], v) for k, v in model.state_dict().items())
     fresh = torch.optim.SGD(nn.Linear(4, 3).parameters(), lr=0.1, momentum=0.9)
     fresh.load_state_dict(loaded.optimizer_state())
-    assert torch.equal(fresh.state_dict()["state"][0]["momentum_buffer"], optimizer.state_dict()["state"][0]["momentum_buffer"])
-    ckpt.set_rng_state(loaded.tensors, loaded.meta["rng"])
+    assert torch.equal(fresh.state_dict()["state"][0]["momentum_buffer"],
+                       optimizer.state_dict()["state"][0]["momentum_buffer"])
+    loaded.restore_rng(0)
     assert torch.equal(torch.rand(3), expected_draw)
+    with pytest.raises(ValueError, match="no RNG state of process 1"):
+        loaded.restore_rng(1)
 
 
-def test_only_the_latest_tensor_file_is_kept(tmp_path, trained):
+def test_the_newest_k_checkpoints_are_kept(tmp_path, trained):
     model, optimizer = trained
-    _save(tmp_path, model, optimizer, 1)
-    _save(tmp_path, model, optimizer, 2)
-    assert len(list(tmp_path.glob("checkpoint-*.safetensors"))) == 1
-    assert ckpt.load_checkpoint(tmp_path).meta["step"] == 2
+    for step in range(1, 6):
+        _complete(_save(tmp_path, model, optimizer, step, keep=2))
+    kept = ckpt.list_checkpoints(tmp_path)
+    assert [p.name for p in kept] == ["checkpoint-e0001-b0000001.json", "checkpoint-e0001-b0000002.json"]
+    assert len(list(tmp_path.glob("checkpoint-*.safetensors"))) == 2
+    assert ckpt.load_checkpoint(tmp_path).meta["step"] == 5
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        _save(tmp_path, model, optimizer, 6, keep=0)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, trained, caplog):
+    model, optimizer = trained
+    _complete(_save(tmp_path, model, optimizer, 1))
+    newest = _complete(_save(tmp_path, model, optimizer, 2))
+    tensors = newest.with_suffix(".safetensors")
+    tensors.write_bytes(tensors.read_bytes()[:-10])  # truncated after it was written
+    assert ckpt.load_checkpoint(tmp_path).meta["step"] == 1
+    assert "truncated" in caplog.text
+    with pytest.raises(ValueError, match="truncated"):
+        ckpt.load_checkpoint(newest)  # asked for by name: no silent fallback
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_readable(tmp_path, trained, monkeypatch):
     model, optimizer = trained
-    _save(tmp_path, model, optimizer, 1)
+    _complete(_save(tmp_path, model, optimizer, 1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -62,32 +92,65 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_readable(tmp_path, 
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
 
 
-def test_a_crash_between_tensors_and_json_keeps_the_old_pair(tmp_path, trained, monkeypatch):
+def test_stale_files_of_an_interrupted_save_are_removed(tmp_path, trained, monkeypatch):
     model, optimizer = trained
-    _save(tmp_path, model, optimizer, 1)
-    real_write = ckpt.atomic_write
+    _complete(_save(tmp_path, model, optimizer, 1))
 
-    def dies_on_json(path, data):
-        if path.suffix == ".json":
-            raise KeyboardInterrupt
-        real_write(path, data)
+    def dies_before_the_json():
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt, "atomic_write", dies_on_json)
+    monkeypatch.setattr(ckpt, "before_commit", dies_before_the_json)
     with pytest.raises(KeyboardInterrupt):
         _save(tmp_path, model, optimizer, 2)
     monkeypatch.undo()
+    (tmp_path / ".checkpoint-x.json.abc.tmp").write_bytes(b"half")
     assert ckpt.load_checkpoint(tmp_path).meta["step"] == 1
+    removed = sorted(p.name for p in ckpt.remove_stale_files(tmp_path))
+    assert removed == [".checkpoint-x.json.abc.tmp", ckpt.checkpoint_name(0, 2) + ".safetensors"]
+    assert len(list(tmp_path.iterdir())) == 2
 
 
-def test_missing_and_corrupt_files_give_one_clear_line(tmp_path, trained):
-    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        ckpt.atomic_write(tmp_path / "f", b"x")
+        open(tmp_path / "plain", "w").close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", "not a senet checkpoint"),
+    ('{"format": "senet-checkpoint/2"}', "missing or wrong fields tensors"),
+    ("{not json", "not a valid checkpoint file"),
+])
+def test_malformed_checkpoint_json_is_one_line(tmp_path, content, message):
+    path = tmp_path / (ckpt.checkpoint_name(0, 1) + ".json")
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as error:
         ckpt.load_checkpoint(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_tensor_file_name_cannot_leave_the_run_directory(tmp_path, trained):
     model, optimizer = trained
-    _save(tmp_path, model, optimizer, 1)
-    tensors = next(tmp_path.glob("checkpoint-*.safetensors"))
-    tensors.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="corrupt or not a safetensors file"):
+    meta_path = _complete(_save(tmp_path, model, optimizer, 1))
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "tensors": "../elsewhere.safetensors"}))
+    with pytest.raises(ValueError, match="not a plain file name"):
         ckpt.load_checkpoint(tmp_path)
+
+
+def test_corrupt_weights_files_give_one_clear_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is missing"):
+        ckpt.load_weights_file(tmp_path / "best.safetensors")
+    ckpt.save_weights(tmp_path / "best.safetensors", nn.Linear(4, 3))
+    data = (tmp_path / "best.safetensors").read_bytes()
+    (tmp_path / "best.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or not a safetensors file"):
+        ckpt.load_weights_file(tmp_path / "best.safetensors")
 
 
 def test_weights_of_another_model_name_what_differs():

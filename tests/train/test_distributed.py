@@ -6,12 +6,14 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from senet.train import TrainConfig, train
+from senet.train.checkpoint import load_checkpoint
 
 CONFIG = dict(model="se_resnet20_cifar", model_options={"widths": (4, 8, 8)}, data="digits", epochs=2,
               batch_size=64, lr=0.1, schedule="cosine", log_interval=0, device="cpu")
@@ -44,13 +46,54 @@ def test_two_ddp_processes_stay_identical_and_learn(tmp_path):
     assert records[0]["val_images"] == 360  # each validation image counted once over both ranks
 
 
-def test_torchrun_runs_the_cli(tmp_path):
-    run = tmp_path / "torchrun"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+def _torchrun(*args, env=None, expect=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", **(env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "senet",
-               "train", "--preset", "demo", "--model-opt", "widths=(4,8,8)", "--epochs", "1", "--output", str(run),
-               "--log-interval", "0", "--device", "cpu"]
+               "train", "--log-interval", "0", "--device", "cpu", *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert (done.returncode == 0) == (expect == 0), done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+def test_a_rank_whose_batch_is_all_unreadable_makes_every_rank_skip_it(tmp_path, make_folder):
+    root = make_folder(classes=("cat", "dog"), per_class=6)
+    files = sorted((root / "train").rglob("*.jpg"))  # ImageFolder's order: by class, then by name
+    # DistributedSampler's epoch-0 order (seed 0); rank 1 takes every second index, 2 per batch.
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
+    for index in order[1::2][:2]:  # rank 1's first batch: nothing readable
+        files[index].write_bytes(b"not a jpeg")
+    run = tmp_path / "run"
+    _torchrun("--data", str(root), "--model", "se_resnet20_cifar", "--model-opt", "widths=(4,4,4)",
+              "--image-size", "32", "--batch-size", "4", "--epochs", "1", "--lr", "0.01", "--output", str(run))
+    record = json.loads((run / "metrics.jsonl").read_text())
+    assert record["train_skipped"] == 2
+    assert record["train_images"] == len(files) - 4  # rank 0's half of the skipped step is not trained on either
+    assert record["val_images"] == 12
+
+
+TORCHRUN_DEMO = ["--preset", "demo", "--model-opt", "widths=(4,4,4)", "--epochs", "1", "--batch-size", "128"]
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(tmp_path_factory):
+    """An uninterrupted 2-process run of the CLI under torchrun."""
+    run = tmp_path_factory.mktemp("torchrun") / "run"
+    done = _torchrun(*TORCHRUN_DEMO, "--output", str(run))
+    return run, done
+
+
+def test_torchrun_runs_the_cli(torchrun_run):
+    run, done = torchrun_run
     assert "2 process(es)" in done.stdout
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, torchrun_run):
+    run = tmp_path / "run"
+    done = _torchrun(*TORCHRUN_DEMO, "--output", str(run), env={"SENET_FAULT": "SIGTERM@step=3", "SENET_FAULT_RANK": "1"},
+                     expect=1)
+    assert "stopped by SIGTERM at epoch 1, batch 3" in done.stdout
+    assert load_checkpoint(run).meta["world_size"] == 2 and len(load_checkpoint(run).meta["rng"]) == 2
+    _torchrun("--resume", str(run))
+    ours, theirs = (load_checkpoint(d).model_state() for d in (run, torchrun_run[0]))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)

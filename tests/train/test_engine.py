@@ -36,23 +36,10 @@ def test_training_writes_config_log_metrics_and_checkpoints(tmp_path):
 def test_resume_gives_exactly_the_weights_of_a_straight_run(tmp_path):
     straight = train(tiny_config(tmp_path, "straight", epochs=2))
     train(tiny_config(tmp_path, "resumed", epochs=1))
-    resumed = train(tiny_config(tmp_path, "resumed", epochs=2), resume=tmp_path / "resumed")
+    # A step schedule does not depend on the number of epochs: extending 1 -> 2 epochs is the 2-epoch run.
+    resumed = train(tiny_config(tmp_path, "resumed", epochs=2), resume=tmp_path / "resumed", extend_schedule=True)
     assert _same_weights(straight.model, resumed.model)
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
-
-
-def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(tmp_path):
-    straight = train(tiny_config(tmp_path, "straight", epochs=1))
-
-    def interrupt(epoch, batch):
-        if batch == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tmp_path, "stopped", epochs=1), on_step=interrupt)
-    assert load_checkpoint(tmp_path / "stopped").meta["batches_done"] == 5
-    resumed = train(tiny_config(tmp_path, "stopped", epochs=1), resume=tmp_path / "stopped")
-    assert _same_weights(straight.model, resumed.model)
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -75,7 +62,7 @@ def test_cli_train_resume_eval_and_plot(tmp_path, capsys):
     args = ["--model", "resnet20_cifar", "--model-opt", "widths=(4,8,8)", "--epochs", "1", "--output", str(run),
             "--log-interval", "0", "--schedule", "step"]
     assert main(["train", "--preset", "demo", *args]) == 0
-    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--extend-schedule"]) == 0
     assert load_checkpoint(run).meta["epoch"] == 2
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--per-class", str(tmp_path / "classes.csv"), "--format", "json"]) == 0
@@ -121,3 +108,18 @@ def test_unreadable_images_are_skipped_and_counted_or_fatal_with_strict_data(tmp
     assert main([*common, "--output", str(tmp_path / "strict"), "--strict-data"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(broken) in err
+
+
+def test_a_training_split_with_no_readable_image_is_refused(tmp_path, make_folder, capsys):
+    root = make_folder(classes=("cat", "dog"), per_class=2)
+    for k in range(40):  # more than build_data's cheap up-front decode check looks at
+        for name in ("cat", "dog"):
+            (root / "train" / name / f"bad{k}.jpg").write_bytes(b"not a jpeg")
+    for good in (root / "train").rglob("[0-9].jpg"):
+        good.write_bytes(b"not a jpeg either")
+    code = main(["train", "--data", str(root), "--model", "resnet20_cifar", "--model-opt", "widths=(4,4,4)",
+                 "--image-size", "16", "--batch-size", "8", "--epochs", "1", "--log-interval", "0",
+                 "--output", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no train image could be used in epoch 1 (80 unreadable, skipped)" in err

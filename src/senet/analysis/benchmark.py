@@ -40,6 +40,19 @@ class BenchSettings:
     repeats: int = 10
     memory: bool = True
 
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot be timed, naming the field and what it must be."""
+        for name, low in (("batch", 1), ("size", 1), ("warmup", 0), ("repeats", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if value is None and name == "threads":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.mode not in ("infer", "train"):
+            raise ValueError(f"unknown mode {self.mode!r}; use infer or train")
+        if self.optimize and self.mode != "infer":
+            raise ValueError("optimize times senet.optimize_for_inference: it needs mode='infer'")
+
 
 @dataclass
 class BenchResult:
@@ -86,6 +99,23 @@ def build_benchmark_model(spec: str, num_classes: int = 1000) -> nn.Module:
 
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     raise ValueError(f"unknown model source {source!r} in {spec!r}; use NAME, timm:NAME or torchvision:NAME")
+
+
+def check_input_size(spec: str, size: int) -> None:
+    """Fail in one line when ``spec`` (one of ours) cannot take ``size`` x ``size`` inputs (a ResNet at 1 px),
+    found by a forward pass on the meta device: shapes only, no memory, no arithmetic."""
+    if ":" in spec:
+        return  # other projects' models may not support the meta device; their own run reports the error
+    with torch.device("meta"):
+        model = build_benchmark_model(spec.removesuffix("+optimized")).eval()
+        try:
+            with torch.no_grad():
+                model(torch.empty(1, 3, size, size))
+        except RuntimeError as error:
+            if "size" not in str(error).lower():
+                return  # not a shape problem: the real run shows it
+            reason = str(error).strip().splitlines()[-1]
+            raise ValueError(f"{spec} cannot take {size}x{size} inputs: {reason}") from None
 
 
 def _prepare(spec: str, settings: BenchSettings) -> Callable[[], None]:
@@ -188,6 +218,8 @@ def benchmark(specs: Sequence[str], settings: BenchSettings) -> list[BenchResult
     """Time every model of ``specs`` interleaved; ratios are relative to the first."""
     if not specs:
         raise ValueError("give at least one model")
+    for spec in specs:
+        check_input_size(spec, settings.size)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     steps = [_prepare(spec, settings) for spec in specs]

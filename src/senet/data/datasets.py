@@ -2,7 +2,8 @@
 
 All layout problems are found by ``build_data``, before any training starts. An image that cannot be decoded is
 only found when it is loaded: it is skipped with a warning (the loader's collate drops it and counts it), or,
-with ``strict_data``, it stops the run with an error naming the file.
+with ``strict_data``, it stops the run with an error naming the file (a split of at most 64 images none of which
+decodes is refused up front). CIFAR's pickles are read without running code (``_CifarUnpickler``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as nnf
 from torch.utils.data import Dataset
-from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder, VisionDataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from senet.data import transforms as T
@@ -32,6 +34,9 @@ _SMALL_SIZE = 32  # native size of CIFAR, and of digits once upsampled
 # What PIL raises on a file it cannot decode: garbage (UnidentifiedImageError is an OSError), truncation
 # (OSError), broken plugin data (SyntaxError, ValueError), or a decompression bomb.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# A split of at most this many images with none decodable is refused by build_data; larger splits are not
+# decoded up front (an ImageNet would take hours): the engine refuses an epoch without a usable image.
+_PROBE_LIMIT = 64
 
 
 @dataclass
@@ -85,6 +90,21 @@ def build_data(
             raise ValueError(f"{flag} must be >= 1 pixel, got {value}")
     if cutout < 0:
         raise ValueError(f"cutout must be >= 0 pixels (0 = off), got {cutout}")
+    spec = _build_source(source, root, image_size, eval_crop, ten_crop, strict_data, download, cutout)
+    _check_classes(source, spec)
+    return spec
+
+
+def _build_source(
+    source: str,
+    root: str | None,
+    image_size: int | None,
+    eval_crop: int | None,
+    ten_crop: bool,
+    strict_data: bool,
+    download: bool,
+    cutout: int,
+) -> DataSpec:
     if source == "digits":
         _no_ten_crop(source, ten_crop)
         return _build_digits(image_size or _SMALL_SIZE, eval_crop, cutout)
@@ -102,6 +122,21 @@ def build_data(
         _no_ten_crop(cifar_name, ten_crop)
         return _build_cifar(cifar_name, cifar_root, image_size or _SMALL_SIZE, eval_crop, download, cutout)
     return _build_folder(path, image_size or _DEFAULT_FOLDER_SIZE, eval_crop, ten_crop, strict_data, cutout)
+
+
+def _check_classes(source: str, spec: DataSpec) -> None:
+    """Refuse data of fewer than two classes: a one-class "classifier" reaches 0 % error and means nothing."""
+    used = sorted(set(spec.train_targets))
+    if spec.num_classes >= 2 and len(used) >= 2:
+        return
+    if spec.num_classes < 2:
+        found = f"{spec.num_classes} class{'' if spec.num_classes == 1 else 'es'}"
+        names = spec.classes
+    else:
+        found = f"training images of only {len(used)} of its {spec.num_classes} classes"
+        names = [spec.classes[i] for i in used]
+    found += f" ({_names(names)})" if names else ""
+    raise ValueError(f"{source} has {found}; classification needs at least two classes")
 
 
 def _no_ten_crop(name: str, ten_crop: bool) -> None:
@@ -165,22 +200,122 @@ def _build_digits(image_size: int, eval_crop: int | None, cutout: int) -> DataSp
 # ----------------------------------------------------------------------------------------------- CIFAR
 
 
-class _CIFAR10Files(CIFAR10):
-    """torchvision's CIFAR10 checking that its files exist instead of their md5 sums.
+class _RefusedPickle(ValueError):
+    """A pickle naming something besides arrays, lists, dicts, strings, bytes and numbers: it could run code."""
 
-    Hashing 180 MB on every build (and again for each evaluation scale) is slow, and the md5 check would also
-    reject the small files in the same format that the tests write. A damaged file still fails, at unpickling,
-    with a clear error (see ``_load_cifar``); ``download`` still verifies the archive's md5.
+
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    # Protocol-2 pickles spell bytes as _codecs.encode(text, "latin1"); no other codec is needed, so none runs.
+    if not isinstance(text, str) or encoding != "latin1":
+        raise TypeError(f"bytes stored as encode({type(text).__name__}, {encoding!r}), not encode(str, 'latin1')")
+    return text.encode("latin1")
+
+
+# Everything a CIFAR file (or a numpy array, of any dtype, pickled by numpy 1 or 2 at any protocol) names.
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+    # b"", bytearray and complex numbers are calls to their types; protocols < 3 name builtins __builtin__.
+    **{(module, t.__name__): t for t in (bytes, bytearray, complex) for module in ("builtins", "__builtin__")},
+    # numpy 1 wrote numpy.core, numpy 2 writes numpy._core
+    **{
+        (f"{core}.{module}", function.__name__): function
+        for function, module in (
+            (np.zeros(0).__reduce__()[0], "multiarray"),  # _reconstruct(ndarray, shape, dtype), then raw bytes
+            (np.float64(0).__reduce__()[0], "multiarray"),  # scalar(dtype, raw bytes): numpy scalars
+            (np.zeros(1).__reduce_ex__(5)[0], "numeric"),  # _frombuffer: protocol 5
+        )
+        for core in ("numpy.core", "numpy._core")
+    },
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR's files hold: numpy arrays, lists, dicts, strings, bytes and numbers.
+
+    ``pickle.load`` calls whatever a file names, so a crafted ``cifar-10-batches-py`` would run code; every
+    name outside ``_SAFE_GLOBALS`` is refused before anything is called.
     """
 
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file, encoding="latin1")  # the original files come from Python 2
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedPickle(
+                f"refused to read {self.path}: it names {(module + '.' + name)[:100]!r}, and CIFAR's files "
+                "hold only arrays, lists, dicts, strings and numbers; unpickling anything else could run code"
+            ) from None
+
+
+def _read_cifar_pickle(path: Path) -> Any:
+    with open(path, "rb") as file:
+        entry = _CifarUnpickler(file, path).load()
+    if isinstance(entry, dict):  # files re-pickled from an encoding="bytes" load have b"data" keys
+        entry = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()}
+    return entry
+
+
+class _CIFARFiles(CIFAR10):
+    """torchvision's CIFAR10/100 reading their files with ``_CifarUnpickler``, and checking them.
+
+    Only ``__init__`` differs from torchvision's: it used ``pickle.load``. Files are checked to exist, not
+    for their md5 sums: hashing 180 MB on every build (and again for each evaluation scale) is slow, and it
+    would reject the small files in the same format that the tests write. A damaged file still fails, at
+    unpickling or here, with a clear error (see ``_load_cifar``); ``download`` still verifies the archive's md5.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        train: bool = True,
+        transform: Callable[[Any], Any] | None = None,
+        target_transform: Callable[[Any], Any] | None = None,
+        download: bool = False,
+    ) -> None:
+        VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train = train
+        if download:
+            self.download()
+        folder = Path(self.root) / self.base_folder
+        meta = folder / self.meta["filename"]
+        self.classes = [str(name) for name in _read_cifar_pickle(meta)[self.meta["key"]]]
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+        arrays, self.targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            data, labels = self._read_batch(folder / name)
+            arrays.append(data)
+            self.targets.extend(labels)
+        self.data = np.vstack(arrays).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # rows of RGB planes -> HWC
+        wrong = sorted({label for label in self.targets if not 0 <= label < len(self.classes)})
+        if wrong:
+            raise ValueError(
+                f"labels {_names([str(label) for label in wrong])} are not in 0..{len(self.classes) - 1} "
+                f"({len(self.classes)} classes in {meta.name})"
+            )
+
+    @staticmethod
+    def _read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+        entry = _read_cifar_pickle(path)
+        data, labels = entry["data"], entry["labels"] if "labels" in entry else entry["fine_labels"]
+        labels = [int(label) for label in labels]
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape == (len(labels), 3072)):
+            found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise ValueError(f"{path.name}: data is {found} for {len(labels)} labels, expected uint8 (N, 3072)")
+        return data, labels
+
+
+class _CIFAR10Files(_CIFARFiles):
     train_list = [[name, None] for name, _ in CIFAR10.train_list]
     test_list = [[name, None] for name, _ in CIFAR10.test_list]
     meta = {**CIFAR10.meta, "md5": None}
 
 
-class _CIFAR100Files(CIFAR100):
-    """CIFAR100 with the existence-only check of ``_CIFAR10Files``."""
-
+class _CIFAR100Files(_CIFARFiles, CIFAR100):
     train_list = [[name, None] for name, _ in CIFAR100.train_list]
     test_list = [[name, None] for name, _ in CIFAR100.test_list]
     meta = {**CIFAR100.meta, "md5": None}
@@ -274,7 +409,9 @@ def _download_cifar(cifar: _Cifar, root: Path) -> None:
 def _load_cifar(cifar: _Cifar, root: Path, *, train: bool, transform: Callable[[Any], Any]) -> CIFAR10:
     try:
         return cifar.dataset(root, train=train, transform=transform)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError) as error:
+    except _RefusedPickle:
+        raise  # not damage: a file that could run code; its message says so
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
         raise ValueError(
             f"{cifar.title} files in {root / cifar.folder} are damaged or not in CIFAR's python format "
             f"({type(error).__name__}: {error}); replace them with the originals (or delete them and pass --download)"
@@ -314,6 +451,22 @@ class _ImageFolder(ImageFolder):
         if path not in self._warned:
             self._warned.add(path)
             _LOG.warning("skipping unreadable image %s (%s); pass --strict-data to make this an error", path, reason)
+
+    def check_decodable(self) -> None:
+        """Refuse a small split (``_PROBE_LIMIT``) in which no image decodes; stops at the first good one."""
+        if len(self.samples) > _PROBE_LIMIT:
+            return
+        first = ""
+        for path, _ in self.samples:
+            try:
+                self.loader(path)
+                return
+            except _DECODE_ERRORS as error:
+                first = first or f"{path}: {type(error).__name__}: {error}"
+        raise ValueError(
+            f"none of the {len(self.samples)} images in {self.root} can be decoded (first: {first}); "
+            "replace them with readable images"
+        )
 
     def empty_class_folders(self) -> list[str]:
         """Class folders without a single image file."""
@@ -361,4 +514,6 @@ def _build_folder(
             f"class folders with no images: {_names(empty)}; every class needs at least one image "
             f"({' '.join(IMG_EXTENSIONS)}) in both train and val"
         )
+    train.check_decodable()
+    val.check_decodable()
     return DataSpec(train, val, len(train.classes), list(train.classes), 3, image_size, "folder", list(train.targets))

@@ -7,6 +7,7 @@ Every loader yields ``(images, targets, num_skipped)``. Sample order is a pure f
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -25,28 +26,53 @@ def _generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-class _EpochSampler(Sampler[int]):
+class _ResumableSampler(Sampler[int]):
+    """An epoch's order as a pure function of ``(seed, epoch)``, from any position in it.
+
+    ``set_epoch(epoch, start)`` yields that epoch's indices from the ``start``-th on: a run resumed mid-epoch
+    continues with exactly the samples it had not trained on, without loading the ones it had.
+    """
+
+    epoch = 0
+    start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.epoch = epoch
+        self.start = start
+
+    def _order(self) -> list[int]:
+        raise NotImplementedError
+
+    def _full_length(self) -> int:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order()[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, self._full_length() - self.start)
+
+
+class _EpochSampler(_ResumableSampler):
     """All indices once per epoch: in order, or shuffled by a generator seeded from (seed, epoch)."""
 
     def __init__(self, length: int, *, shuffle: bool, seed: int) -> None:
         self.length = length
         self.shuffle = shuffle
         self.seed = seed
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
+    def _order(self) -> list[int]:
         if not self.shuffle:
-            return iter(range(self.length))
-        return iter(torch.randperm(self.length, generator=_generator(self.seed, self.epoch)).tolist())
+            return list(range(self.length))
+        return torch.randperm(self.length, generator=_generator(self.seed, self.epoch)).tolist()
 
-    def __len__(self) -> int:
+    def _full_length(self) -> int:
         return self.length
 
 
-class _ClassBalancedSampler(Sampler[int]):
+class _ClassBalancedSampler(_ResumableSampler):
     """Class-balanced sampling with replacement: every draw picks each class with equal probability.
 
     The data balancing for minibatch sampling of the paper's CVPR version (Sec. 5.1 there), after Shen et al.,
@@ -65,21 +91,31 @@ class _ClassBalancedSampler(Sampler[int]):
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
-        self.epoch = 0
         self.num_samples = math.ceil(len(labels) / num_replicas)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
+    def _order(self) -> list[int]:
         total = self.num_samples * self.num_replicas
         draws = torch.multinomial(
             self.weights, total, replacement=True, generator=_generator(self.seed, self.epoch)
         )
-        return iter(draws[self.rank :: self.num_replicas].tolist())
+        return draws[self.rank :: self.num_replicas].tolist()
 
-    def __len__(self) -> int:
+    def _full_length(self) -> int:
         return self.num_samples
+
+
+class _DistributedEpochSampler(DistributedSampler, _ResumableSampler):
+    """torchvision-style DistributedSampler (each rank a strided shard of one shuffled order), resumable."""
+
+    def _order(self) -> list[int]:
+        return list(DistributedSampler.__iter__(self))
+
+    def _full_length(self) -> int:
+        return self.num_samples
+
+    __iter__ = _ResumableSampler.__iter__
+    __len__ = _ResumableSampler.__len__
+    set_epoch = _ResumableSampler.set_epoch
 
 
 def _collate_skipping(batch: list[tuple[torch.Tensor, int] | None]) -> Batch:
@@ -96,6 +132,10 @@ def _init_worker(worker_id: int) -> None:
     # The DataLoader already seeds torch, random and numpy per worker from its generator; one thread each
     # keeps `workers` processes from oversubscribing the cores.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group and a scheduler's SIGTERM may too: the main process decides when
+    # to stop (after saving, see senet.train.control); a worker that died first would break its last batch.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _distributed_world() -> tuple[int, int]:
@@ -129,7 +169,7 @@ def _make_sampler(
         return _ClassBalancedSampler(balanced_targets, seed=seed, num_replicas=num_replicas, rank=rank)
     if world is not None:
         # Eval shards are padded by DistributedSampler to equal length: a few items count twice.
-        return DistributedSampler(range(length), num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed)
+        return _DistributedEpochSampler(range(length), num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed)
     return _EpochSampler(length, shuffle=train, seed=seed)
 
 
@@ -158,7 +198,8 @@ def build_loader(
         pin_memory: pin batches for faster host-to-GPU copies.
         drop_last: overrides the ``train`` default.
 
-    ``loader.sampler.set_epoch(epoch)`` exists in every mode. A batch whose images were all unreadable is
+    ``loader.sampler.set_epoch(epoch, start=0)`` exists in every mode (``start``: skip the epoch's first
+    indices, to resume mid-epoch). A batch whose images were all unreadable is
     empty (``targets.numel() == 0``) with ``num_skipped == batch_size``; skip it.
     """
     if batch_size < 1:

@@ -6,6 +6,7 @@ One module serves every network family: a family decides *where* the block goes 
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -21,6 +22,10 @@ GATES: tuple[str, ...] = ("sigmoid", "tanh", "relu")
 POSITIONS: tuple[str, ...] = ("standard", "pre", "post", "identity", "3x3")
 
 _GATE_FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class SqueezeExcite(nn.Module):
@@ -55,8 +60,14 @@ class SqueezeExcite(nn.Module):
             raise ValueError(f"unknown squeeze {squeeze!r}; choose one of {', '.join(SQUEEZES)}")
         if gate not in GATES:
             raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATES)}")
-        if reduction < 1:
-            raise ValueError(f"reduction must be >= 1, got {reduction}")
+        if not (_is_int(reduction) and reduction >= 1):
+            raise ValueError(f"SqueezeExcite got reduction={reduction!r}; use an integer >= 1 (paper: 16)")
+        if not (_is_int(channels) and channels >= 1):
+            raise ValueError(f"SqueezeExcite got channels={channels!r}; use an integer >= 1")
+        # A 0-wide bottleneck would build and gate every channel at the constant gate(fc2.bias).
+        if hidden_channels is not None and not (_is_int(hidden_channels) and hidden_channels >= 1):
+            raise ValueError(f"SqueezeExcite got hidden_channels={hidden_channels!r}; use an integer >= 1, "
+                             "or None for channels // reduction")
         hidden = hidden_channels if hidden_channels is not None else max(1, channels // reduction)
         self.channels = channels
         self.squeeze = squeeze
@@ -93,7 +104,9 @@ class SqueezeExcite(nn.Module):
 
     def norm_scale_and_add(self, c: torch.Tensor, norm: nn.BatchNorm2d, residual: torch.Tensor) -> torch.Tensor:
         """``residual + y * gates(y)`` with ``y = norm(c)``: in training, without keeping y for the backward."""
-        if not (self._fused_backward(c) and norm.training and norm.affine and norm.track_running_stats
+        # An empty batch (N = 0) steps aside: native_batch_norm refuses it, nn.BatchNorm2d passes it through.
+        if not (self._fused_backward(c) and c.numel() > 0
+                and norm.training and norm.affine and norm.track_running_stats
                 and norm.momentum is not None
                 and (self.recompute_norm if self.recompute_norm is not None else c.device.type == "cpu")):
             return self.scale_and_add(norm(c), residual)
@@ -226,10 +239,17 @@ class SEConfig:
     stages: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.position not in POSITIONS:
-            raise ValueError(f"unknown SE position {self.position!r}; choose one of {', '.join(POSITIONS)}")
-        # Fail at build time rather than deep inside the first block.
-        SqueezeExcite(1, self.reduction, self.squeeze, self.gate)
+        # Fail at build time, in the terms of the se_* build options, rather than deep inside the first block.
+        checks = [
+            ("reduction", _is_int(self.reduction) and self.reduction >= 1, "use an integer >= 1 (paper: 16)"),
+            ("squeeze", self.squeeze in SQUEEZES, f"choose one of {', '.join(SQUEEZES)}"),
+            ("gate", self.gate in GATES, f"choose one of {', '.join(GATES)}"),
+            ("bias", isinstance(self.bias, bool), "use True or False"),  # a truthy string would give biases
+            ("position", self.position in POSITIONS, f"choose one of {', '.join(POSITIONS)}"),
+        ]
+        for name, ok, fix in checks:
+            if not ok:
+                raise ValueError(f"SE blocks got se_{name}={getattr(self, name)!r}; {fix}")
 
     def block(self, channels: int) -> SqueezeExcite:
         return SqueezeExcite(channels, self.reduction, self.squeeze, self.gate, self.bias)

@@ -2,8 +2,44 @@
 
 from __future__ import annotations
 
+import numbers
+from typing import Iterable
+
 import torch
 from torch import nn
+
+
+def check_option(ok: bool, family: str, option: str, value: object, fix: str) -> None:
+    """Refuse a build option ``family`` would ignore or cannot honour, in one line: the option, the family,
+    the fix. ``create_model`` adds the model's name in front."""
+    if not ok:
+        raise ValueError(f"{family} got {option}={value!r}; {fix}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_positive(family: str, option: str, values: int | Iterable[int]) -> None:
+    """Every entry of ``values`` (a width, a depth...) is an integer >= 1: a 0 builds a layer-less stage or a
+    zero-width conv that fails, if at all, deep in the first forward pass."""
+    entries = [values] if _is_int(values) or not isinstance(values, Iterable) else list(values)
+    check_option(all(_is_int(v) and v >= 1 for v in entries), family, option, values, "use integers >= 1")
+
+
+def check_num_classes(family: str, num_classes: int) -> None:
+    check_option(_is_int(num_classes) and num_classes >= 0, family, "num_classes", num_classes,
+                 "use num_classes >= 1, or 0 for no classifier")
+
+
+def check_common_options(family: str, num_classes: int, in_chans: int, drop_rate: float) -> None:
+    """The options every family takes: classifier size, input channels, dropout before the classifier."""
+    check_num_classes(family, num_classes)
+    check_option(_is_int(in_chans) and in_chans >= 1, family, "in_chans", in_chans,
+                 "use in_chans >= 1 (3 for RGB, 1 for grey images)")
+    # nn.Dropout accepts p = 1 and zeroes every feature: a classifier that sees nothing.
+    check_option(isinstance(drop_rate, numbers.Real) and 0 <= drop_rate < 1, family, "drop_rate", drop_rate,
+                 "use a probability in [0, 1)")
 
 
 def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
@@ -61,5 +97,6 @@ class PooledClassifier(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a fresh one with ``num_classes`` outputs (0: no classifier)."""
+        check_num_classes(type(self).__name__, num_classes)
         self.num_classes = num_classes
         setattr(self, self.classifier_name, _linear_or_identity(self.num_features, num_classes))

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
-from senet.models.base import PooledClassifier, init_weights
+from senet.models.base import PooledClassifier, check_common_options, check_option, init_weights
 from senet.models.registry import PaperFigures, register_model
 
 IntPair = Union[int, tuple[int, int]]
@@ -190,6 +190,7 @@ class BNInception(PooledClassifier):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        check_common_options("BNInception", num_classes, in_chans, drop_rate)
         if se is not None:
             se.require_position(type(self).__name__)
         self.se_config = se
@@ -392,10 +393,14 @@ class InceptionResNetV2(PooledClassifier):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        check_common_options("InceptionResNetV2", num_classes, in_chans, drop_rate)
         if se is not None:
             se.require_position(type(self).__name__)
         if len(depths) != 3 or len(scales) != 3 or depths[2] < 1:
             raise ValueError(f"depths {tuple(depths)} and scales {tuple(scales)} need 3 entries each, depths[2] >= 1")
+        # range() of a negative depth is empty: a block type would silently vanish.
+        check_option(all(isinstance(d, int) and d >= 0 for d in depths), "InceptionResNetV2", "depths",
+                     tuple(depths), "use integers >= 0 (>= 1 for the last)")
         self.se_config = se
 
         def stage_se(stage: int) -> SEConfig | None:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
-from senet.models.base import PooledClassifier, init_weights
+from senet.models.base import (PooledClassifier, check_common_options, check_option, check_positive,
+                               init_weights)
 from senet.models.registry import PaperFigures, register_model
 
 
@@ -102,6 +103,10 @@ class MobileNet(PooledClassifier):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        check_common_options("MobileNet", num_classes, in_chans, drop_rate)
+        check_positive("MobileNet", "stem_width", stem_width)
+        check_option(all(len(u) == 2 and min(u) >= 1 for u in units), "MobileNet", "units", tuple(units),
+                     "give (out_channels, stride) pairs of integers >= 1")
         if se is not None:
             se.require_position("MobileNet")
         self.se_config = se
@@ -235,8 +240,12 @@ class ShuffleNet(PooledClassifier):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        check_common_options("ShuffleNet", num_classes, in_chans, drop_rate)
         if len(depths) != len(widths):
             raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
+        # A stage of depth 0 would leave its width unbuilt.
+        for option, values in dict(depths=depths, widths=widths, groups=groups, stem_width=stem_width).items():
+            check_positive("ShuffleNet", option, values)
         if se is not None:
             se.require_position("ShuffleNet", ("standard", "post"))
         self.se_config = se

@@ -102,10 +102,17 @@ def create_model(name: str, num_classes: int | None = None, **options) -> nn.Mod
         return info.builder(num_classes=info.num_classes if num_classes is None else num_classes, **options)
     except TypeError as error:
         # An unknown keyword surfaces from deep inside the family class: say it in the user's terms.
-        if "unexpected keyword argument" not in str(error):
-            raise
-        bad = str(error).split("argument", 1)[1].strip()
-        raise ValueError(f"{info.name} has no option {bad}; see senet.model_info({info.name!r})") from None
+        message = str(error)
+        if "unexpected keyword argument" in message:
+            bad = message.split("argument", 1)[1].strip()
+            raise ValueError(f"{info.name} has no option {bad}; see senet.model_info({info.name!r})") from None
+        if "got multiple values for" in message:  # e.g. depths=: the builder fixes it
+            bad = message.split("argument", 1)[1].strip()
+            raise ValueError(f"{info.name} fixes {bad} itself; build the family class to change it") from None
+        raise
+    except ValueError as error:
+        # Families name themselves ("ResNet got ..."); the user asked for a model: name it too.
+        raise ValueError(f"{info.name}: {error}") from error
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -22,11 +22,14 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
-from senet.models.base import PooledClassifier, init_weights
+from senet.models.base import (PooledClassifier, check_common_options, check_option, check_positive,
+                               init_weights)
 from senet.models.registry import PaperFigures, register_model
 
 StemType = Literal["7x7", "deep", "cifar"]
 StemPool = Literal["torchvision", "caffe"]
+STEMS: tuple[str, ...] = ("7x7", "deep", "cifar")
+STEM_POOLS: tuple[str, ...] = ("torchvision", "caffe")
 
 
 class _ResidualUnit(nn.Module):
@@ -211,12 +214,17 @@ class ResNet(PooledClassifier):
         stem: ``"7x7"`` conv (ResNet), ``"deep"`` three 3x3 convs (SENet-154), ``"cifar"`` one 3x3 conv
             and no pooling.
         stem_width: output width of the stem's first conv (``deep`` ends at twice this).
-        stem_pool: ``"caffe"`` or ``"torchvision"`` max pooling after the stem (see the module doc).
-        stride_in_1x1: put a down-sampling bottleneck's stride in its first 1x1 conv, not its 3x3.
+        stem_pool: ``"caffe"`` or ``"torchvision"`` max pooling after the stem (see the module doc); ``None``
+            (default) is ``"torchvision"``, or no pooling with the ``cifar`` stem, which refuses the option.
+        stride_in_1x1: put a down-sampling bottleneck's stride in its first 1x1 conv, not its 3x3 (bottlenecks
+            only: basic blocks have no 1x1 conv).
         down_kernel_size: kernel of stride-2 projection shortcuts (3 in SENet-154, appendix c).
         se: where and how SE blocks are used; ``None`` for the plain network.
         num_classes, in_chans, drop_rate: classifier size, input channels, dropout before the classifier.
-        zero_init_residual: start each unit's last BN at zero, so units begin as identities.
+        zero_init_residual: start each unit's last BN at zero, so units begin as identities (post-activation
+            units only: a pre-activation branch ends in a conv).
+
+    Options the chosen block or stem would ignore are refused (:func:`_check_options`).
     """
 
     def __init__(
@@ -230,7 +238,7 @@ class ResNet(PooledClassifier):
         first_conv_ratio: float = 1.0,
         stem: StemType = "7x7",
         stem_width: int = 64,
-        stem_pool: StemPool = "torchvision",
+        stem_pool: StemPool | None = None,
         stride_in_1x1: bool = False,
         down_kernel_size: int = 1,
         se: SEConfig | None = None,
@@ -240,13 +248,17 @@ class ResNet(PooledClassifier):
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
-        if len(depths) != len(widths):
-            raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
+        check_common_options("ResNet", num_classes, in_chans, drop_rate)
+        _check_options(block, depths, widths, groups=groups, base_width=base_width,
+                       first_conv_ratio=first_conv_ratio, stem=stem, stem_width=stem_width,
+                       stem_pool=stem_pool, stride_in_1x1=stride_in_1x1, down_kernel_size=down_kernel_size,
+                       zero_init_residual=zero_init_residual)
         self.se_config = se
 
         self.conv1, stem_out = _make_stem(stem, in_chans, stem_width)
+        # He et al. 2016b: a pre-activation net's stem is a bare conv; the first unit's BN-ReLU activates it.
         self.bn1 = nn.Identity() if block.preact else nn.BatchNorm2d(stem_out)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.Identity() if block.preact else nn.ReLU(inplace=True)
         self.maxpool = _make_stem_pool(stem, stem_pool)
 
         self._block = block
@@ -301,6 +313,43 @@ class ResNet(PooledClassifier):
         return self.final_act(x)
 
 
+def _check_options(block: type[_ResidualUnit], depths: Sequence[int], widths: Sequence[int], **o) -> None:
+    """Refuse what the block or stem would silently ignore, or could not build."""
+    basic = issubclass(block, BasicBlock)
+    family = ("pre-activation " if block.preact else "") + ("ResNet with basic blocks" if basic else "ResNet")
+    check_option(len(depths) == len(widths), family, "depths", tuple(depths),
+                 f"give one per width {tuple(widths)}")
+    check_positive(family, "depths", depths)  # a 0 would still build the stage's first unit
+    check_positive(family, "widths", widths)
+    check_positive(family, "stem_width", o["stem_width"])
+    check_option(o["stem"] in STEMS, family, "stem", o["stem"], f"choose one of {', '.join(STEMS)}")
+    pool = o["stem_pool"]
+    if o["stem"] == "cifar":
+        check_option(pool is None, family, "stem_pool", pool, "the cifar stem has no pooling; leave it out")
+    else:
+        check_option(pool in (None, *STEM_POOLS), family, "stem_pool", pool,
+                     f"choose {' or '.join(STEM_POOLS)}")
+    # An even kernel with padding k // 2 shifts the shortcut against the branch; one stage has no projection.
+    kernel = o["down_kernel_size"]
+    odd = isinstance(kernel, int) and kernel >= 1 and kernel % 2 == 1
+    check_option(odd, family, "down_kernel_size", kernel, "use an odd kernel size: 1, or 3 as SENet-154")
+    check_option(kernel == 1 or len(depths) > 1, family, "down_kernel_size", kernel,
+                 "a single stage has no stride-2 shortcut; leave it at 1")
+    if basic:
+        neutral = {"stride_in_1x1": False, "groups": 1, "base_width": 64, "first_conv_ratio": 1.0}
+        for option, value in neutral.items():
+            check_option(o[option] == value, family, option, o[option],
+                         f"basic blocks have no 1x1 conv, no groups; leave it at {value!r} or use a bottleneck")
+    else:
+        check_positive(family, "groups", o["groups"])
+        check_positive(family, "base_width", o["base_width"])
+        ratio = o["first_conv_ratio"]
+        check_option(ratio > 0, family, "first_conv_ratio", ratio, "use a ratio > 0")
+    if block.preact:
+        check_option(not o["zero_init_residual"], family, "zero_init_residual", o["zero_init_residual"],
+                     "pre-activation branches end in a conv, not a BN; leave it False")
+
+
 def _make_stem(stem: StemType, in_chans: int, width: int) -> tuple[nn.Module, int]:
     if stem == "7x7":
         return nn.Conv2d(in_chans, width, 7, 2, 3, bias=False), width
@@ -321,10 +370,10 @@ def _make_stem(stem: StemType, in_chans: int, width: int) -> tuple[nn.Module, in
     raise ValueError(f"unknown stem {stem!r}; choose one of 7x7, deep, cifar")
 
 
-def _make_stem_pool(stem: StemType, stem_pool: StemPool) -> nn.Module:
+def _make_stem_pool(stem: StemType, stem_pool: StemPool | None) -> nn.Module:
     if stem == "cifar":
         return nn.Identity()
-    if stem_pool == "torchvision":
+    if stem_pool in ("torchvision", None):
         return nn.MaxPool2d(3, 2, padding=1)
     if stem_pool == "caffe":
         return nn.MaxPool2d(3, 2, padding=0, ceil_mode=True)
@@ -333,6 +382,7 @@ def _make_stem_pool(stem: StemType, stem_pool: StemPool) -> nn.Module:
 
 # Layouts of the networks in the paper's Table 2; a builder's keyword options override them.
 _PAPER_RESNET = dict(stride_in_1x1=True, stem_pool="caffe")  # original ResNet and the released SE-ResNets
+_PAPER_RESNET_BASIC = dict(stem_pool="caffe")  # basic blocks have no 1x1 conv to take the stride
 _RESNEXT_32X4D = dict(groups=32, base_width=4, stem_pool="caffe")
 
 
@@ -345,25 +395,25 @@ def _resnet(block: type[_ResidualUnit], depths: Sequence[int], se: bool, layout:
 @register_model()
 def resnet18(**options) -> ResNet:
     """ResNet-18 (He et al. 2016), basic blocks; not in the SE paper."""
-    return _resnet(BasicBlock, (2, 2, 2, 2), False, _PAPER_RESNET, options)
+    return _resnet(BasicBlock, (2, 2, 2, 2), False, _PAPER_RESNET_BASIC, options)
 
 
 @register_model(aliases=("seresnet18",))
 def se_resnet18(**options) -> ResNet:
     """SE-ResNet-18: ResNet-18 with SE on each residual branch; not in the SE paper."""
-    return _resnet(BasicBlock, (2, 2, 2, 2), True, _PAPER_RESNET, options)
+    return _resnet(BasicBlock, (2, 2, 2, 2), True, _PAPER_RESNET_BASIC, options)
 
 
 @register_model()
 def resnet34(**options) -> ResNet:
     """ResNet-34 (He et al. 2016), basic blocks; not in the SE paper."""
-    return _resnet(BasicBlock, (3, 4, 6, 3), False, _PAPER_RESNET, options)
+    return _resnet(BasicBlock, (3, 4, 6, 3), False, _PAPER_RESNET_BASIC, options)
 
 
 @register_model(aliases=("seresnet34",))
 def se_resnet34(**options) -> ResNet:
     """SE-ResNet-34: ResNet-34 with SE on each residual branch; not in the SE paper."""
-    return _resnet(BasicBlock, (3, 4, 6, 3), True, _PAPER_RESNET, options)
+    return _resnet(BasicBlock, (3, 4, 6, 3), True, _PAPER_RESNET_BASIC, options)
 
 
 @register_model(paper=PaperFigures(25.6, 3.86, 24.80, 7.48, source="Table 2 re-impl.; params Tables 10/13/16"))

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
-from senet.models.base import PooledClassifier, init_weights
+from senet.models.base import PooledClassifier, check_common_options, check_positive, init_weights
 from senet.models.registry import PaperFigures, register_model
 
 BranchType = Literal["basic", "bottleneck"]
@@ -248,8 +248,12 @@ class ShakeResNet(PooledClassifier):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        check_common_options("ShakeResNet", num_classes, in_chans, drop_rate)
         if len(depths) != len(widths):
             raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
+        # A depth of 0 would still build the stage's first block.
+        for option, values in dict(depths=depths, widths=widths, stem_width=stem_width).items():
+            check_positive("ShakeResNet", option, values)
         if branch == "bottleneck" and (inner_widths is None or len(inner_widths) != len(widths)):
             raise ValueError("bottleneck branches need inner_widths, one per stage")
         if branch == "basic" and (inner_widths is not None or groups != 1):
@@ -308,6 +312,7 @@ def _shake(branch: BranchType, depths: Sequence[int], se: bool, layout: dict, op
     options = {**layout, **options}
     se_config = SEConfig.pop_from(options, enabled=se)
     base = options.pop("base_width")
+    check_positive("ShakeResNet", "base_width", base)
     scale = (1, 2, 4)  # widths double at each down-sampling stage
     if branch == "basic":
         # "26 2x96d": the first stage's blocks are 96 wide (Gastaldi's -baseWidth); the stem stays 16.

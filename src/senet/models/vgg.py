@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig, SqueezeExcite
-from senet.models.base import init_weights
+from senet.models.base import check_common_options, check_num_classes, check_positive, init_weights
 from senet.models.registry import PaperFigures, register_model
 
 
@@ -72,8 +72,13 @@ class VGG(nn.Module):
         drop_rate: float = 0.5,
     ) -> None:
         super().__init__()
+        check_common_options("VGG", num_classes, in_chans, drop_rate)
         if len(depths) != len(widths):
             raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
+        # A stage of depth 0 would keep its max-pool and silently drop its width.
+        sizes = dict(depths=depths, widths=widths, mlp_width=mlp_width, pool_size=pool_size)
+        for option, values in sizes.items():
+            check_positive("VGG", option, values)
         if se is not None:
             se.require_position("VGG")  # SE after every conv's ReLU
         self.num_classes = num_classes
@@ -126,6 +131,7 @@ class VGG(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final Linear by a fresh one with ``num_classes`` outputs (0: no classifier)."""
+        check_num_classes("VGG", num_classes)
         self.num_classes = num_classes
         self.classifier[-1] = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -54,15 +56,49 @@ class TrainConfig:
     compile: bool = False
     output: str | None = None
     log_interval: int = 20
+    # Run control: how often and how many checkpoints; not part of what is trained, so a resume may change them.
+    save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+    save_every_minutes: float = 0.0  # also checkpoint when this many minutes passed since the last save (0: off)
+    keep: int = 2  # checkpoints kept in the run directory (the newest K; at least 1)
 
     def __post_init__(self) -> None:
+        """Refuse every value that cannot be meant, naming the field and its valid range: a run that starts
+        with a wrong setting gives plausible numbers for the wrong experiment."""
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a registered model name (senet models), got {self.model!r}")
+        from senet.models.registry import model_info
+
+        model_info(self.model)  # an unknown name fails here, with the closest known names
+        if not isinstance(self.model_options, dict) or not all(isinstance(k, str) for k in self.model_options):
+            raise ValueError(f"model_options must map option names to values, got {self.model_options!r}")
+        reserved = sorted({"num_classes", "in_chans"} & set(self.model_options))
+        if reserved:
+            raise ValueError(f"model option {', '.join(reserved)} is set by the dataset; "
+                             "leave it out of model_options")
+        if not isinstance(self.milestones, (tuple, list)):
+            raise ValueError(f"milestones must be a sequence of epochs, e.g. (82, 123), "
+                             f"got {self.milestones!r}")
+        for m in self.milestones:
+            _check_number("milestones", m, float)
         self.milestones = tuple(float(m) for m in self.milestones)
         if self.schedule not in ("step", "multistep", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose step, multistep or cosine")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be positive")
-        if not 0 <= self.freeze_bn_epochs <= self.epochs:
-            raise ValueError(f"freeze_bn_epochs={self.freeze_bn_epochs} must lie in [0, epochs={self.epochs}]")
+        for name in _SWITCHES:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name, kind, low, high, text in _RANGES:
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            _check_number(name, value, kind)
+            if (low is not None and not low(value)) or (high is not None and not high(self, value)):
+                raise ValueError(f"{name} must be {text.format(epochs=self.epochs)}, got {value!r}")
+        given = _epochs_text(self.milestones)
+        steps = zip(self.milestones, self.milestones[1:])
+        if any(m <= 0 for m in self.milestones) or any(later <= earlier for earlier, later in steps):
+            raise ValueError(f"milestones must be increasing epochs > 0, got {given}")
+        if self.schedule == "multistep" and any(m > self.epochs for m in self.milestones):
+            raise ValueError(f"milestones must lie within (0, epochs={self.epochs}], got {given}")
 
     def scaled_lr(self) -> float:
         """The learning rate at this run's global batch size."""
@@ -80,6 +116,46 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config fields {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+def _check_number(name: str, value: Any, kind: type) -> None:
+    """``value`` must be a finite number of ``kind`` (an int is a float too; a bool is neither)."""
+    allowed = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a finite number'}, got {value!r}")
+
+
+def _epochs_text(epochs: tuple[float, ...]) -> str:
+    return ",".join(f"{m:g}" for m in epochs) or "none"
+
+
+# (field, type, lower-bound test, upper-bound test given the config, the valid range in words).
+# Fields named in _OPTIONAL may also be None ("from the model" / "from the data" / "as is").
+_RANGES: tuple[tuple[str, type, Any, Any, str], ...] = (
+    ("epochs", int, lambda v: v >= 1, None, ">= 1"),
+    ("batch_size", int, lambda v: v >= 1, None, ">= 1"),
+    ("image_size", int, lambda v: v >= 1, None, ">= 1 (or None: the dataset's)"),
+    ("eval_crop", int, lambda v: v >= 1, None, ">= 1 (or None: the dataset's)"),
+    ("cutout", int, lambda v: v >= 0, None, ">= 0 (0: off)"),
+    ("workers", int, lambda v: v >= 0, None, ">= 0"),
+    ("lr", float, lambda v: v > 0, None, "> 0"),
+    ("lr_reference_batch", int, lambda v: v >= 1, None, ">= 1 (or None: --lr as is)"),
+    ("momentum", float, lambda v: v >= 0, lambda c, v: v < 1, "in [0, 1)"),
+    ("weight_decay", float, lambda v: v >= 0, None, ">= 0"),
+    ("step_epochs", int, lambda v: v >= 1, None, ">= 1"),
+    ("gamma", float, lambda v: v > 0, None, "> 0"),
+    ("warmup_epochs", float, lambda v: v >= 0, lambda c, v: v <= c.epochs, "in [0, epochs={epochs}]"),
+    ("label_smoothing", float, lambda v: v >= 0, lambda c, v: v < 1, "in [0, 1)"),
+    ("drop_rate", float, lambda v: v >= 0, lambda c, v: v < 1, "in [0, 1) (or None: the model's)"),
+    ("freeze_bn_epochs", int, lambda v: v >= 0, lambda c, v: v <= c.epochs, "in [0, epochs={epochs}]"),
+    ("seed", int, lambda v: v >= 0, None, ">= 0"),
+    ("log_interval", int, lambda v: v >= 0, None, ">= 0 (0: no progress lines)"),
+    ("save_every_steps", int, lambda v: v >= 0, None, ">= 0 (0: at epoch ends only)"),
+    ("save_every_minutes", float, lambda v: v >= 0, None, ">= 0 (0: off)"),
+    ("keep", int, lambda v: v >= 1, None, ">= 1"),
+)
+_SWITCHES = ("download", "balanced_sampling", "strict_data", "nesterov", "amp", "channels_last", "compile")
+_OPTIONAL = {"image_size", "eval_crop", "lr_reference_batch", "drop_rate"}
 
 
 def _imagenet_paper(model: str) -> dict[str, Any]:
@@ -142,18 +218,51 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if not values.get("data", "digits"):
         raise ValueError(f"preset {preset!r} needs --data: an image folder (ROOT/train, ROOT/val) or a dataset name")
-    return TrainConfig.from_dict(values)
+    config = TrainConfig.from_dict(values)
+    check_model_options(config)
+    return config
+
+
+def check_model_options(config: TrainConfig) -> None:
+    """Build ``config``'s network on the meta device (no memory, no weights) so that an unknown or ill-typed
+    model option fails now, in one line, rather than after a run directory was made."""
+    import torch
+
+    from senet.models.registry import create_model
+
+    options = dict(config.model_options)
+    if config.drop_rate is not None:
+        options["drop_rate"] = config.drop_rate  # as the engine's build_model passes it
+    try:
+        with torch.device("meta"):
+            create_model(config.model, **options)
+    except (TypeError, ValueError) as error:
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ValueError(f"{config.model} cannot be built with {given}: {error}") from None
 
 
 def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["se_reduction=8", "se_stages=(1,2)"]`` -> ``{"se_reduction": 8, "se_stages": (1, 2)}``."""
+    """``["se_reduction=8", "se_stages=(1,2)"]`` -> ``{"se_reduction": 8, "se_stages": (1, 2)}``.
+
+    A value is a Python literal or a bare word (``se_gate=tanh``); anything else (``widths=(4,8``) is refused
+    rather than passed on as a string."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-opt expects KEY=VALUE, got {pair!r}")
+        key, text = key.strip(), text.strip()
+        if not sep or not key.isidentifier() or not text:
+            raise ValueError(f"--model-opt expects KEY=VALUE with KEY an option name, e.g. se_reduction=8; "
+                             f"got {pair!r}")
+        if key in options:
+            raise ValueError(f"--model-opt {key} is given twice ({options[key]!r} and {text!r})")
         try:
             options[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            if not _BARE_WORD.fullmatch(text):
+                raise ValueError(f"--model-opt {pair!r}: {text!r} is neither a Python literal "
+                                 "(8, 0.5, (1, 2), 'avg') nor a bare word (tanh)") from None
             options[key] = text  # a bare word such as se_gate=tanh
     return options
+
+
+_BARE_WORD = re.compile(r"[A-Za-z_][\w.\-]*")

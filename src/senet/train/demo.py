@@ -27,8 +27,6 @@ def run_demo(models: tuple[str, ...] = ("se_resnet20_cifar", "resnet20_cifar"), 
     rows = []
     for model in models:
         config = resolve_config("demo", model=model, output=str(Path(output) / model), **overrides)
-        if Path(config.output, "checkpoint.json").exists():
-            raise ValueError(f"{config.output} already holds a run; remove it or pass another --output")
         started = time.perf_counter()
         result = train(config)
         rows.append(DemoRow(model, count_params(result.model), result.history[-1]["val_top1_err"],

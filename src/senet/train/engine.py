@@ -1,9 +1,10 @@
 """The training and evaluation engine: one code path for one process and for ``torchrun`` (PyTorch DDP).
 
 ``train(config)`` builds data, model, optimizer and schedule from a :class:`TrainConfig`, trains, evaluates
-after every epoch, writes one JSON line per epoch and a checkpoint per epoch into the run directory, and
-resumes exactly from a checkpoint. Under ``torchrun`` each process trains on its shard of the data, DDP
-averages the gradients, evaluation metrics are summed over all processes, and only rank 0 writes.
+after every epoch, writes one JSON line per epoch and a checkpoint per epoch (and, if asked, every N steps or
+minutes) into the run directory, and resumes exactly from any checkpoint. SIGINT, SIGTERM and SIGUSR1 stop
+it at a step boundary after a checkpoint (see ``control.py``). Under ``torchrun`` each process trains on its
+shard of the data, DDP averages the gradients, metrics are summed over all processes, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -32,19 +33,18 @@ from senet.models.registry import create_model
 from senet.train.checkpoint import (
     BEST_NAME,
     Checkpoint,
-    load_checkpoint,
+    RngState,
+    list_checkpoints,
     load_weights_into,
+    rng_state,
     save_checkpoint,
     save_weights,
-    set_rng_state,
 )
 from senet.train.config import TrainConfig
+from senet.train.control import RunControl, StopRequested, TrainingInterrupted
+from senet.train.rundir import METRICS_NAME, SCHEDULE_FIELDS, open_run_dir, prepare_run_dir, reconcile
 
 log = logging.getLogger("senet.train")
-
-# Fields that define what is trained: a checkpoint whose values differ belongs to another run.
-IDENTITY_FIELDS = ("model", "model_options", "data")
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -105,13 +105,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _new_run_dir(config: TrainConfig) -> Path:
-    if config.output:
-        return Path(config.output)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path("runs") / f"{stamp}-{config.model}"
 
 
 def _setup_logging(run_dir: Path) -> list[logging.Handler]:
@@ -196,22 +189,31 @@ def _topk_correct(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
 class _Meter:
     """Sums of loss, top-1/top-5 hits and counts, reduced over ranks at the end."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, top1 hits, top5 hits, n
-        self.skipped = 0
+    def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
+        # loss*n, top1 hits, top5 hits, n; a resumed epoch starts from the sums saved mid-epoch.
+        sums = state["sums"] if state else [0.0] * 4
+        self.sums = torch.tensor(sums, dtype=torch.float64, device=device)
+        self.skipped = state["skipped"] if state else 0
 
     def add(self, loss: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> None:
         top1, top5 = _topk_correct(scores.detach(), targets)
-        n = targets.numel()
-        self.sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), torch.tensor(float(n), dtype=torch.float64, device=self.sums.device)])
+        n = torch.tensor(float(targets.numel()), dtype=torch.float64, device=self.sums.device)
+        self.sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), n])
+
+    def totals(self, ctx: _Dist) -> dict[str, Any]:
+        """The sums over all ranks, as saved in a checkpoint (every rank must call this)."""
+        sums = ctx.sum(torch.cat([self.sums, torch.tensor([float(self.skipped)], dtype=torch.float64,
+                                                          device=self.sums.device)]))
+        *totals, skipped = sums.tolist()
+        return {"sums": totals, "skipped": int(skipped)}
 
     def result(self, ctx: _Dist, prefix: str) -> dict[str, float]:
-        sums = ctx.sum(self.sums.clone())
-        skipped = int(ctx.sum(torch.tensor([self.skipped], dtype=torch.float64, device=sums.device)).item())
-        loss, top1, top5, n = sums.tolist()
-        n = max(n, 1.0)
-        return {f"{prefix}_loss": loss / n, f"{prefix}_top1_err": 100 * (1 - top1 / n),
-                f"{prefix}_top5_err": 100 * (1 - top5 / n), f"{prefix}_images": int(n), f"{prefix}_skipped": skipped}
+        totals = self.totals(ctx)
+        loss, top1, top5, n = totals["sums"]
+        seen = max(n, 1.0)
+        return {f"{prefix}_loss": loss / seen, f"{prefix}_top1_err": 100 * (1 - top1 / seen),
+                f"{prefix}_top5_err": 100 * (1 - top5 / seen), f"{prefix}_images": int(n),
+                f"{prefix}_skipped": totals["skipped"]}
 
 
 def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,19 +232,29 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False, channels_last: bool = False,
-    ctx: _Dist = _Dist(), prefix: str = "val", log_interval: int = 0,
+    ctx: _Dist = _Dist(), prefix: str = "val", log_interval: int = 0, control: RunControl | None = None,
 ) -> dict[str, float]:
-    """Loss and top-1/top-5 error (in %) over ``loader``, summed over all processes of a distributed run."""
+    """Loss and top-1/top-5 error (in %) over ``loader``, summed over all processes of a distributed run.
+
+    With ``control``, a stop signal ends evaluation early (:class:`StopRequested`) on every rank.
+    """
     model.eval()
     meter = _Meter(device)
-    for images, targets, skipped in _progress(loader, f"{prefix}", log_interval, ctx.is_main):
+    # Ranks' shards may differ by a batch: they agree on stopping only over the batches all of them have.
+    polls = control.min_over_ranks(len(loader)) if control is not None else 0
+    for index, (images, targets, skipped) in enumerate(_progress(loader, f"{prefix}", log_interval, ctx.is_main)):
+        if index < polls:
+            control.check_stop()  # type: ignore[union-attr]
         meter.skipped += skipped
         if targets.numel() == 0:
             continue
         images, targets = _to_device(images, targets, device, channels_last)
         with autocast(device, amp):
             scores, are_probs = _forward(model, images)
-        loss = nn.functional.nll_loss(scores.clamp_min(1e-12).log(), targets) if are_probs else nn.functional.cross_entropy(scores, targets)
+        if are_probs:
+            loss = nn.functional.nll_loss(scores.clamp_min(1e-12).log(), targets)
+        else:
+            loss = nn.functional.cross_entropy(scores, targets)
         meter.add(loss, scores, targets)
     return meter.result(ctx, prefix)
 
@@ -286,186 +298,318 @@ def _progress(iterable: Iterable, desc: str, log_interval: int, enabled: bool) -
 
 # -- training -----------------------------------------------------------------------------------------
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
-    """Refuse a checkpoint of another model, options or dataset, naming what differs."""
-    ours = json.loads(json.dumps(config.to_dict()))  # as the checkpoint stored it (tuples become lists)
-    differs = [f"{name}: checkpoint {saved.get(name)!r} vs {ours[name]!r}" for name in IDENTITY_FIELDS
-               if saved.get(name) != ours[name]]
-    if differs:
-        raise ValueError(f"checkpoint belongs to another run ({'; '.join(differs)})")
-
-
 def train(
     config: TrainConfig,
     resume: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    extend_schedule: bool = False,
     on_step: Callable[[int, int], None] | None = None,
 ) -> RunResult:
-    """Train ``config.model`` on ``config.data``; ``resume`` continues a run directory exactly where it stopped.
+    """Train ``config.model`` on ``config.data``; ``resume`` continues a run exactly where it stopped.
 
-    ``on_step(epoch, batch)`` is called after every optimizer step (progress hooks, tests).
-    Raises :class:`TrainingDiverged` on a NaN/inf loss, after logging which checkpoint is the last good one.
-    A ``KeyboardInterrupt`` saves a checkpoint of the interrupted epoch and is re-raised.
+    Args:
+        resume: a run directory (continued from its newest complete checkpoint), or ``"auto"``: the run in
+            ``config.output`` if it has a checkpoint, else a new run there (a requeued job reruns one command).
+        overwrite: replace the run already in ``config.output`` (without it, an existing run is refused).
+        extend_schedule: let a resumed run change its schedule (epochs, lr, batch size, ...); the learning rate
+            follows the new schedule from where the run stands.
+        on_step: ``on_step(epoch, batch)`` after every optimizer step (progress hooks, tests).
+
+    Model, options, data and run directory are all checked before anything is written. Raises
+    :class:`TrainingDiverged` on a NaN/inf loss, and :class:`TrainingInterrupted` when SIGINT, SIGTERM or
+    SIGUSR1 stopped training at a step boundary (after saving a checkpoint there).
     """
-    device_name = config.device
-    ctx = _init_distributed(resolve_device(device_name).type)
-    device = resolve_device(device_name, ctx.local_rank)
-    checkpoint: Checkpoint | None = load_checkpoint(resume) if resume is not None else None
+    ctx = _init_distributed(resolve_device(config.device).type)
+    device = resolve_device(config.device, ctx.local_rank)
+    run_dir, checkpoint = prepare_run_dir(config, resume, overwrite)
+    changes: list[str] = []
     if checkpoint is not None:
-        _check_resumable(checkpoint.meta["config"], config)
-    run_dir = checkpoint.run_dir if checkpoint is not None else _new_run_dir(config)
+        changes = reconcile(checkpoint.meta["config"], config, extend_schedule=extend_schedule,
+                            mid_epoch=checkpoint.meta["batches_done"] > 0)
+    seed_everything(config.seed)  # same initial weights on every rank
+    spec = _build_data(config)
+    net = build_model(config, spec).to(device)
+    if checkpoint is not None:
+        if checkpoint.meta["num_classes"] != spec.num_classes:
+            raise ValueError(f"checkpoint has {checkpoint.meta['num_classes']} classes, the data {spec.num_classes}")
+        load_weights_into(net, checkpoint.model_state(), str(checkpoint.path))
+        if checkpoint.position >= (config.epochs, 0):
+            return _finished(config, run_dir, checkpoint, net, ctx)
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        open_run_dir(run_dir, config, checkpoint)
     handlers = _setup_logging(run_dir) if ctx.is_main else []
     try:
-        return _train(config, ctx, device, run_dir, checkpoint, on_step)
+        with RunControl(ctx.world_size, config.save_every_steps, config.save_every_minutes) as control:
+            run = _Run(config, ctx, device, run_dir, spec, net, control, on_step)
+            if checkpoint is not None:
+                run.restore(checkpoint, changes)
+            return run.run()
     finally:
         for handler in handlers:
             log.removeHandler(handler)
             handler.close()
 
 
-def _train(
-    config: TrainConfig, ctx: _Dist, device: torch.device, run_dir: Path, checkpoint: Checkpoint | None,
-    on_step: Callable[[int, int], None] | None,
-) -> RunResult:
-    if config.batch_size % ctx.world_size:
-        raise ValueError(f"batch size {config.batch_size} does not split over {ctx.world_size} processes")
-    seed_everything(config.seed)  # same initial weights on every rank
-    spec = _build_data(config)
-    net = build_model(config, spec).to(device)
-    if checkpoint is not None:
-        if checkpoint.meta.get("num_classes") != spec.num_classes:
-            raise ValueError(f"checkpoint has {checkpoint.meta.get('num_classes')} classes, the data {spec.num_classes}")
-        load_weights_into(net, checkpoint.model_state(), str(checkpoint.run_dir))
-    if config.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    seed_everything(config.seed + ctx.rank)  # different augmentation and shuffling streams per rank
-
-    per_rank_batch = config.batch_size // ctx.world_size
-    train_loader = build_loader(
-        spec.train, batch_size=per_rank_batch, train=True, workers=config.workers, seed=config.seed,
-        distributed=ctx.world_size > 1, balanced_targets=spec.train_targets if config.balanced_sampling else None,
-        pin_memory=device.type == "cuda",
-    )
-    val_loader = build_loader(val_shard(spec.val, ctx), batch_size=per_rank_batch, train=False,
-                              workers=config.workers, pin_memory=device.type == "cuda")
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(spec.train)} training images give no full batch of {per_rank_batch}; lower --batch-size")
-
-    model: nn.Module = torch.compile(net) if config.compile else net
-    if ctx.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    other, bn = _split_bn_params(net)
-    optimizer = torch.optim.SGD(
-        [{"params": other}, {"params": bn}], lr=config.scaled_lr(), momentum=config.momentum,
-        nesterov=config.nesterov, weight_decay=config.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [_lr_factor(config, steps_per_epoch), _bn_lr_factor(config, steps_per_epoch)]
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-    start_epoch, skip_batches, step, history, best = 0, 0, 0, [], {}
-    if checkpoint is not None:
-        meta = checkpoint.meta
-        optimizer.load_state_dict(checkpoint.optimizer_state())
-        scheduler.load_state_dict(meta["scheduler"])
-        # The saved lr belongs to the saved config; this run's schedule (e.g. more epochs) decides from here.
-        for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base_lr * factor(scheduler.last_epoch)
-        if meta.get("scaler"):
-            scaler.load_state_dict(meta["scaler"])
-        start_epoch, skip_batches, step = meta["epoch"], meta["batches_done"], meta["step"]
-        history, best = meta.get("history", []), meta.get("best", {})
-        if skip_batches == 0:
-            set_rng_state(checkpoint.tensors, meta["rng"])
-        if ctx.is_main:
-            log.info(f"resuming {run_dir} at epoch {start_epoch + 1}, batch {skip_batches} (step {step})")
-
-    def save(epoch: int, batches_done: int) -> None:
-        if ctx.is_main:
-            save_checkpoint(run_dir, model=net, optimizer=optimizer, meta={
-                "config": config.to_dict(), "model": config.model, "num_classes": spec.num_classes,
-                "classes": spec.classes, "in_chans": spec.in_chans, "epoch": epoch, "batches_done": batches_done,
-                "step": step, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "history": history, "best": best,
-            })
-
+def _finished(config: TrainConfig, run_dir: Path, checkpoint: Checkpoint, net: nn.Module, ctx: _Dist) -> RunResult:
+    """A resumed run that has nothing left to do says so and leaves its files as they are."""
+    epoch, batches = checkpoint.position
+    if (epoch, batches) > (config.epochs, 0):
+        raise ValueError(f"{run_dir} has trained {epoch} epochs, more than --epochs {config.epochs}; "
+                         "give at least that many")
     if ctx.is_main:
-        log.info(f"run {run_dir}: {config.model} on {spec.name} ({len(spec.train)} train / {len(spec.val)} val images, "
-                 f"{spec.num_classes} classes), {ctx.world_size} process(es) on {device}, lr {config.scaled_lr():g}, "
-                 f"batch {config.batch_size}, {config.epochs} epochs")
+        print(f"{run_dir} has finished all {config.epochs} epochs; nothing to do (to train longer, resume with "
+              "a larger --epochs and --extend-schedule)")
+    meta = checkpoint.meta
+    return RunResult(run_dir, net, meta["history"], meta["best"])
 
-    for epoch in range(start_epoch, config.epochs):
-        sampler = train_loader.sampler
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        model.train()
-        if _bn_frozen(config, epoch):
-            for module in net.modules():
+
+def _schedule_plan(config: TrainConfig, steps_per_epoch: int, epoch: int, factor: Callable[[int], float]) -> str:
+    """'lr 0.05 now; at epoch 5: 0.04, ...': what the learning rate does over the next epochs."""
+    lr = config.scaled_lr()
+    now = lr * factor(epoch * steps_per_epoch)
+    upcoming = [f"epoch {e + 1}: {lr * factor(e * steps_per_epoch):.4g}" for e in range(epoch + 1, config.epochs)]
+    more = f", ... until epoch {config.epochs}" if len(upcoming) > 5 else ""
+    return f"lr {now:.4g} now" + (f"; at the start of {', '.join(upcoming[:5])}{more}" if upcoming else "")
+
+
+class _Run:
+    """One run's model, optimizer, data and position (epoch, batches done, optimizer steps), and its loop."""
+
+    def __init__(self, config: TrainConfig, ctx: _Dist, device: torch.device, run_dir: Path, spec: DataSpec,
+                 net: nn.Module, control: RunControl, on_step: Callable[[int, int], None] | None) -> None:
+        if config.batch_size % ctx.world_size:
+            raise ValueError(f"batch size {config.batch_size} does not split over {ctx.world_size} processes")
+        self.config, self.ctx, self.device, self.run_dir, self.spec = config, ctx, device, run_dir, spec
+        self.control, self.on_step = control, on_step
+        if config.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        seed_everything(config.seed + ctx.rank)  # different augmentation streams per rank
+        self.per_rank_batch = config.batch_size // ctx.world_size
+        cuda = device.type == "cuda"
+        self.train_loader = build_loader(
+            spec.train, batch_size=self.per_rank_batch, train=True, workers=config.workers, seed=config.seed,
+            distributed=ctx.world_size > 1, balanced_targets=spec.train_targets if config.balanced_sampling else None,
+            pin_memory=cuda,
+        )
+        self.val_loader = build_loader(val_shard(spec.val, ctx), batch_size=self.per_rank_batch, train=False,
+                                       workers=config.workers, pin_memory=cuda)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(spec.train)} training images give no full batch of {self.per_rank_batch}; "
+                             "lower --batch-size")
+        model: nn.Module = torch.compile(net) if config.compile else net
+        if ctx.world_size > 1:
+            model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        self.model = model
+        other, bn = _split_bn_params(net)
+        self.optimizer = torch.optim.SGD(
+            [{"params": other}, {"params": bn}], lr=config.scaled_lr(), momentum=config.momentum,
+            nesterov=config.nesterov, weight_decay=config.weight_decay,
+        )
+        self.lr_factors = [_lr_factor(config, self.steps_per_epoch), _bn_lr_factor(config, self.steps_per_epoch)]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factors)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and cuda)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {}
+        self.epoch_state: dict[str, Any] = {}  # train sums and time of the epoch in progress, when resumed
+        self.resumed_from: Checkpoint | None = None
+        self.saved_at: tuple[int, int] | None = None
+
+    # -- resume and save ---------------------------------------------------------------------------------
+
+    def restore(self, checkpoint: Checkpoint, changes: list[str]) -> None:
+        meta = checkpoint.meta
+        self.epoch, self.batch = checkpoint.position
+        if self.batch and meta["world_size"] != self.ctx.world_size:
+            raise ValueError(f"{checkpoint.path} was saved mid-epoch by {meta['world_size']} process(es); resume it "
+                             f"with as many, or from an epoch-end checkpoint (this run has {self.ctx.world_size})")
+        self.optimizer.load_state_dict(checkpoint.optimizer_state())
+        # The schedule is a pure function of the position in the run: recomputed, not loaded, so that a
+        # schedule extended on resume (extend_schedule) takes effect from here.
+        self._move_schedule_to(self.epoch * self.steps_per_epoch + self.batch)
+        if meta.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(meta["scaler"])
+        self.step, self.history, self.best = meta["step"], meta["history"], meta["best"]
+        # Rank 0 carries the epoch's sums over all ranks; the others restart theirs from zero.
+        self.epoch_state = meta["epoch_state"] if self.ctx.is_main else {}
+        self.resumed_from = checkpoint
+        self.saved_at = checkpoint.position
+        self.control.saved(self.step)
+        if self.ctx.is_main:
+            log.info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step}) "
+                     f"from {checkpoint.path.name}")
+            if changes:
+                log.info(f"changed on resume: {'; '.join(changes)}")
+            if any(change.split()[0] in SCHEDULE_FIELDS for change in changes):
+                log.info(f"schedule recomputed for {self.config.epochs} epochs: "
+                         + _schedule_plan(self.config, self.steps_per_epoch, self.epoch, self.lr_factors[0]))
+
+    def _move_schedule_to(self, position: int) -> None:
+        """Set the learning rates for ``position`` batches into the run, as ``position`` scheduler steps would."""
+        self.scheduler.last_epoch = position
+        for group, base_lr, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.lr_factors):
+            group["lr"] = base_lr * factor(position)
+
+    def _restore_rng(self) -> None:
+        checkpoint, self.resumed_from = self.resumed_from, None
+        if checkpoint is None:
+            return
+        if self.ctx.rank < len(checkpoint.meta["rng"]):
+            checkpoint.restore_rng(self.ctx.rank)
+        else:  # more processes than the saved run (at an epoch boundary): a fresh stream for this rank
+            seed_everything(self.config.seed + self.ctx.rank + 1_000_003 * self.epoch)
+
+    def save(self, meter: _Meter | None = None, rng: RngState | None = None, elapsed: float = 0.0) -> Path | None:
+        """Checkpoint the current position on rank 0; every rank calls this (it gathers every rank's state).
+
+        ``rng``: the RNG state at this step boundary (taken before the next batch was drawn).
+        """
+        rngs = self.control.gather(rng if rng is not None else rng_state())
+        epoch_state = {**meter.totals(self.ctx), "elapsed_s": elapsed} if meter is not None else {}
+        position = (self.epoch, self.batch)
+        path, error = None, ""
+        if self.ctx.is_main and position != self.saved_at:  # a boundary already saved holds the same state
+            try:
+                path = save_checkpoint(self.run_dir, model=self.net, optimizer=self.optimizer, rng=rngs,
+                                       keep=self.config.keep, meta=self._meta(epoch_state))
+            except OSError as failure:
+                error = f"{type(failure).__name__}: {failure}"
+        if not self.control.min_over_ranks(int(not error)):
+            raise ValueError(f"could not write a checkpoint into {self.run_dir} ({error or 'failed on rank 0'}); "
+                             "free some space or fix the permissions, then resume from the last checkpoint")
+        self.saved_at = position
+        self.control.saved(self.step)
+        return path
+
+    def _meta(self, epoch_state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(), "model": self.config.model, "num_classes": self.spec.num_classes,
+            "classes": self.spec.classes, "in_chans": self.spec.in_chans, "epoch": self.epoch,
+            "batches_done": self.batch, "step": self.step, "world_size": self.ctx.world_size,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "history": self.history, "best": self.best, "epoch_state": epoch_state,
+        }
+
+    def stop(self, signum: int, meter: _Meter | None = None, rng: RngState | None = None,
+             elapsed: float = 0.0) -> None:
+        """Save at this step boundary and raise :class:`TrainingInterrupted` (on every rank)."""
+        name = signal.Signals(signum).name
+        where = f"epoch {self.epoch + 1}, batch {self.batch} (step {self.step})"
+        try:
+            self.save(meter, rng, elapsed)
+        except ValueError as error:
+            raise TrainingInterrupted(signum, False, f"stopped by {name} at {where}, but {error}") from None
+        message = (f"stopped by {name} at {where}; saved in {self.run_dir}: continue with "
+                   f"`senet train --resume {self.run_dir}`")
+        if self.ctx.is_main:
+            log.info(message)
+        raise TrainingInterrupted(signum, True, message)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        config, ctx, spec = self.config, self.ctx, self.spec
+        if ctx.is_main:
+            log.info(f"run {self.run_dir}: {config.model} on {spec.name} ({len(spec.train)} train / {len(spec.val)} "
+                     f"val images, {spec.num_classes} classes), {ctx.world_size} process(es) on {self.device}, "
+                     f"lr {config.scaled_lr():g}, batch {config.batch_size}, {config.epochs} epochs")
+        while self.epoch < config.epochs:
+            meter, elapsed = self._train_epoch()
+            try:
+                val_metrics = evaluate(self.model, self.val_loader, self.device, amp=config.amp,
+                                       channels_last=config.channels_last, ctx=ctx, control=self.control)
+            except StopRequested as request:  # the epoch is trained: resume will evaluate it
+                self.stop(request.signum, meter, None, elapsed)
+            self._end_epoch(meter, val_metrics, elapsed)
+        return RunResult(self.run_dir, self.net, self.history, self.best)
+
+    def _train_epoch(self) -> tuple[_Meter, float]:
+        config, ctx, device = self.config, self.ctx, self.device
+        self.train_loader.sampler.set_epoch(self.epoch, start=self.batch * self.per_rank_batch)  # type: ignore
+        self.model.train()
+        if _bn_frozen(config, self.epoch):
+            for module in self.net.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        meter = _Meter(device)
-        started = time.perf_counter()
-        batch = 0
-        try:
-            batches = iter(train_loader)
-            for _ in range(skip_batches):  # a run interrupted mid-epoch: replay the data order, then the RNG
-                next(batches)
-            if skip_batches:
-                set_rng_state(checkpoint.tensors, checkpoint.meta["rng"])
-            batch = skip_batches
-            for images, targets, skipped in _progress(batches, f"epoch {epoch + 1}/{config.epochs}", config.log_interval, ctx.is_main):
-                meter.skipped += skipped
-                if targets.numel() == 0 and ctx.world_size == 1:
-                    continue  # every image of this batch was unreadable (and skipped, as counted)
-                images, targets = _to_device(images, targets, device, config.channels_last)
-                with autocast(device, config.amp):
-                    logits = model(images)
-                    loss = criterion(logits.float(), targets)
-                if not torch.isfinite(loss):
-                    last = f"{run_dir}/checkpoint.json (after epoch {epoch})" if (run_dir / "checkpoint.json").exists() else "none yet"
-                    raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, batch {batch + 1}; training "
-                                           f"stopped, last good checkpoint: {last}. Lower --lr or check the data.")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                batch += 1
-                meter.add(loss, logits.float(), targets)
-                if on_step is not None:
-                    on_step(epoch, batch)
-        except KeyboardInterrupt:
-            save(epoch, batch)
-            if ctx.is_main:
-                log.info(f"interrupted: saved epoch {epoch + 1} batch {batch} to {run_dir}; continue with "
-                         f"`senet train --resume {run_dir}`")
-            raise
-        skip_batches = 0
-        elapsed = time.perf_counter() - started
-        train_metrics = meter.result(ctx, "train")
-        val_metrics = evaluate(model, val_loader, device, amp=config.amp, channels_last=config.channels_last, ctx=ctx)
-        record = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"], **train_metrics,
-                  **val_metrics, "images_per_s": train_metrics["train_images"] / elapsed, "epoch_time_s": elapsed}
-        history.append(record)
-        improved = not best or record["val_top1_err"] < best["val_top1_err"]
+        meter = _Meter(device, self.epoch_state or None)
+        started = time.perf_counter() - self.epoch_state.get("elapsed_s", 0.0)
+        self.epoch_state = {}
+        batches = _progress(self.train_loader, f"epoch {self.epoch + 1}/{config.epochs}", config.log_interval,
+                            ctx.is_main)
+        self._restore_rng()
+        while True:
+            rng = rng_state()  # what the next batch draws from: saved if we stop before training on it
+            try:
+                images, targets, skipped = next(batches)
+            except StopIteration:
+                break
+            decision = self.control.poll(step=self.step, empty=targets.numel() == 0)
+            if decision.stop_signal:
+                self.stop(decision.stop_signal, meter, rng, time.perf_counter() - started)
+            if decision.save:
+                self.save(meter, rng, time.perf_counter() - started)
+            self.batch += 1
+            meter.skipped += skipped
+            if decision.skip:  # no readable image in this batch on some rank: every rank steps over it
+                if ctx.is_main:
+                    log.info(f"  epoch {self.epoch + 1} batch {self.batch}: no readable image on some process; "
+                             "batch skipped on all")
+                self._move_schedule_to(self.scheduler.last_epoch + 1)  # the lr follows the position in the run
+                continue
+            self._step(images, targets, meter)
+        return meter, time.perf_counter() - started
+
+    def _step(self, images: torch.Tensor, targets: torch.Tensor, meter: _Meter) -> None:
+        config, device = self.config, self.device
+        images, targets = _to_device(images, targets, device, config.channels_last)
+        with autocast(device, config.amp):
+            logits = self.model(images)
+            loss = self.criterion(logits.float(), targets)
+        if not self.control.min_over_ranks(int(bool(torch.isfinite(loss)))):
+            checkpoints = list_checkpoints(self.run_dir)
+            last = checkpoints[-1] if checkpoints else "none yet"
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {self.batch}; "
+                                   f"training stopped, last good checkpoint: {last}. Lower --lr or check the data.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        meter.add(loss, logits.float(), targets)
+        self.control.after_step(self.step)
+        if self.on_step is not None:
+            self.on_step(self.epoch, self.batch)
+
+    def _end_epoch(self, meter: _Meter, val_metrics: dict[str, float], elapsed: float) -> None:
+        config, epoch = self.config, self.epoch
+        train_metrics = meter.result(self.ctx, "train")
+        for split, metrics in (("train", train_metrics), ("val", val_metrics)):
+            if metrics[f"{split}_images"] == 0:
+                raise ValueError(f"no {split} image could be used in epoch {epoch + 1} "
+                                 f"({metrics[f'{split}_skipped']} unreadable, skipped): fix or replace the "
+                                 f"{split} data of {self.spec.name}")
+        record = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                  **train_metrics, **val_metrics, "images_per_s": train_metrics["train_images"] / max(elapsed, 1e-9),
+                  "epoch_time_s": elapsed}
+        self.history.append(record)
+        improved = not self.best or record["val_top1_err"] < self.best["val_top1_err"]
         if improved:
-            best = {"epoch": epoch + 1, "val_top1_err": record["val_top1_err"], "val_top5_err": record["val_top5_err"]}
-        if ctx.is_main:
-            with open(run_dir / "metrics.jsonl", "a") as handle:
+            self.best = {"epoch": epoch + 1, "val_top1_err": record["val_top1_err"],
+                         "val_top5_err": record["val_top5_err"]}
+            if self.ctx.is_main:
+                save_weights(self.run_dir / BEST_NAME, self.net)
+        self.epoch, self.batch = epoch + 1, 0
+        self.save()  # the commit point of the epoch; the metrics line follows, rewritten from it on resume
+        if self.ctx.is_main:
+            with open(self.run_dir / METRICS_NAME, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if improved:
-                save_weights(run_dir / BEST_NAME, net)
             skipped = record["train_skipped"] + record["val_skipped"]
             log.info(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
                      f"train top-1 err {record['train_top1_err']:.2f}%  val top-1 err {record['val_top1_err']:.2f}%  "
                      f"top-5 err {record['val_top5_err']:.2f}%  lr {record['lr']:.4g}  "
                      f"{record['images_per_s']:.0f} img/s" + (f"  skipped {skipped} unreadable images" if skipped else ""))
-        save(epoch + 1, 0)
-    return RunResult(run_dir, net, history, best)

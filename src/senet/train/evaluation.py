@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file
 
 from senet.data import build_data, build_loader
-from senet.train.checkpoint import BEST_NAME, load_checkpoint, load_weights_into
+from senet.train.checkpoint import BEST_NAME, load_checkpoint, load_weights_file, load_weights_into
 from senet.train.config import TrainConfig
 from senet.train.engine import build_model, predict_proba, resolve_device
 
@@ -63,7 +62,7 @@ def evaluate_runs(
         root = data_root if data is not None else config.data_root
         state = checkpoint.model_state()
         if weights == "best":
-            state = load_file(checkpoint.run_dir / BEST_NAME)
+            state = load_weights_file(checkpoint.run_dir / BEST_NAME)
         for scale in scales or [None]:
             spec = build_data(source, root=root, image_size=config.image_size, eval_crop=scale, ten_crop=ten_crop,
                               strict_data=config.strict_data)

@@ -155,3 +155,15 @@ def test_time_based_saves_count_from_the_last_save(monkeypatch):
     assert not control.poll(step=4).save
     by_steps = control_module.RunControl(save_every_steps=5)
     assert [s for s in range(1, 16) if by_steps.poll(step=s).save] == [5, 10, 15]
+
+
+def test_a_second_signal_stops_at_once_and_handlers_are_restored():
+    from senet.train.control import RunControl
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(KeyboardInterrupt):
+        with RunControl() as control:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert control.poll(step=1).stop_signal == signal.SIGUSR1
+            os.kill(os.getpid(), signal.SIGUSR1)
+    assert signal.getsignal(signal.SIGUSR1) is before

@@ -104,18 +104,14 @@ class _ClassBalancedSampler(_ResumableSampler):
         return self.num_samples
 
 
-class _DistributedEpochSampler(DistributedSampler, _ResumableSampler):
-    """torchvision-style DistributedSampler (each rank a strided shard of one shuffled order), resumable."""
+class _DistributedEpochSampler(_ResumableSampler, DistributedSampler):
+    """torch's DistributedSampler (each rank a strided shard of one shuffled order), resumable."""
 
     def _order(self) -> list[int]:
         return list(DistributedSampler.__iter__(self))
 
     def _full_length(self) -> int:
         return self.num_samples
-
-    __iter__ = _ResumableSampler.__iter__
-    __len__ = _ResumableSampler.__len__
-    set_epoch = _ResumableSampler.set_epoch
 
 
 def _collate_skipping(batch: list[tuple[torch.Tensor, int] | None]) -> Batch:

@@ -99,10 +99,13 @@ def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every RNG this process draws from: torch (CPU and CUDA), numpy, Python."""
+    """Every RNG this process draws from: torch (CPU, and the current CUDA device once in use), numpy, Python.
+
+    Only the current GPU's: touching the others would create a CUDA context on every GPU of the node.
+    """
     tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda"] = torch.cuda.get_rng_state()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, state, gauss = random.getstate()
     meta = {"numpy": [name, keys.tolist(), pos, has_gauss, cached], "python": [version, list(state), gauss]}
@@ -140,9 +143,8 @@ class Checkpoint:
             raise ValueError(f"{self.path} holds no RNG state of process {rank}; it was saved by "
                              f"{len(self.meta['rng'])} process(es)")
         torch.set_rng_state(tensors["torch"])
-        cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
+        if "cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["cuda"])
         name, keys, pos, has_gauss, cached = self.meta["rng"][rank]["numpy"]
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         version, state, gauss = self.meta["rng"][rank]["python"]

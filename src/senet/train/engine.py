@@ -322,6 +322,8 @@ def train(
     """
     ctx = _init_distributed(resolve_device(config.device).type)
     device = resolve_device(config.device, ctx.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # this process's GPU is "the current one" (NCCL, RNG state)
     run_dir, checkpoint = prepare_run_dir(config, resume, overwrite)
     changes: list[str] = []
     if checkpoint is not None:
@@ -476,7 +478,7 @@ class _Run:
             try:
                 path = save_checkpoint(self.run_dir, model=self.net, optimizer=self.optimizer, rng=rngs,
                                        keep=self.config.keep, meta=self._meta(epoch_state))
-            except OSError as failure:
+            except Exception as failure:  # noqa: BLE001 -- every rank must learn of it, or the others would hang
                 error = f"{type(failure).__name__}: {failure}"
         if not self.control.min_over_ranks(int(not error)):
             raise ValueError(f"could not write a checkpoint into {self.run_dir} ({error or 'failed on rank 0'}); "

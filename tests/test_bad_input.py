@@ -189,6 +189,10 @@ CASES = [
          expect=("no option 'nonsense'",)),
     # demo
     Case("demo-epochs-0", ["demo", "--epochs", "0", "--output", "run"], expect=("--epochs", ">= 1")),
+    # the second model's run exists: refused before the first model trains
+    Case("demo-existing-runs", ["demo", "--output", "run", "--epochs", "1", "--device", "cpu"],
+         setup=lambda folder: (folder / "run" / "resnet20_cifar").mkdir() or
+         (folder / "run" / "resnet20_cifar" / "config.json").write_text("{}"), expect=("already holds files",)),
 ]
 
 

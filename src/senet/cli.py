@@ -129,7 +129,7 @@ def _demo(args: argparse.Namespace) -> int:
     from senet.train.demo import format_demo, run_demo
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "device": args.device}.items() if v is not None}
-    print(format_demo(run_demo(output=args.output, **overrides)))
+    print(format_demo(run_demo(output=args.output, overwrite=args.overwrite, **overrides)))
     return 0
 
 
@@ -402,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive_int, metavar="N",
                       help="epochs per model (default: the demo preset's)")
     demo.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    demo.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier demo in --output")
     demo.set_defaults(run=_demo)
     return parser
 

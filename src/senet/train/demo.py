@@ -9,6 +9,7 @@ from pathlib import Path
 from senet.analysis.complexity import count_params
 from senet.train.config import resolve_config
 from senet.train.engine import train
+from senet.train.rundir import prepare_run_dir
 
 
 @dataclass
@@ -22,14 +23,20 @@ class DemoRow:
 
 
 def run_demo(models: tuple[str, ...] = ("se_resnet20_cifar", "resnet20_cifar"), output: str | Path = "runs/demo",
-             **overrides) -> list[DemoRow]:
-    """Train each model with the ``demo`` preset (same seed, same data order) and return their results."""
+             overwrite: bool = False, **overrides) -> list[DemoRow]:
+    """Train each model with the ``demo`` preset (same seed, same data order) and return their results.
+
+    ``overwrite`` replaces the runs of an earlier demo in ``output``; without it they are refused, before
+    either model trains.
+    """
+    configs = [resolve_config("demo", model=model, output=str(Path(output) / model), **overrides) for model in models]
+    for config in configs:
+        prepare_run_dir(config, None, overwrite)
     rows = []
-    for model in models:
-        config = resolve_config("demo", model=model, output=str(Path(output) / model), **overrides)
+    for config in configs:
         started = time.perf_counter()
-        result = train(config)
-        rows.append(DemoRow(model, count_params(result.model), result.history[-1]["val_top1_err"],
+        result = train(config, overwrite=overwrite)
+        rows.append(DemoRow(config.model, count_params(result.model), result.history[-1]["val_top1_err"],
                             result.best["val_top1_err"], time.perf_counter() - started, result.run_dir))
     return rows
 

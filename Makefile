@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP_INSTALL := $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: install demo test models bench clean
+.PHONY: install demo test lint models bench clean
 
 install:
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -15,6 +15,10 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests
 
 bench: install
 	$(PIP_INSTALL) -e ".[dev,bench]"

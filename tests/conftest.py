@@ -28,7 +28,9 @@ def make_folder(tmp_path: Path) -> MakeFolder:
     """Build ROOT/{train,val}/CLASS/*.jpg; returns ROOT."""
 
     def make(
-        classes: Iterable[str] = ("cat", "dog", "fox"), per_class: int = 4, splits: Iterable[str] = ("train", "val")
+        classes: Iterable[str] = ("cat", "dog", "fox"),
+        per_class: int = 4,
+        splits: Iterable[str] = ("train", "val"),
     ) -> Path:
         root = tmp_path / "images"
         seed = 0

@@ -55,8 +55,28 @@ def _checkpoint_json(content: str) -> Callable[[Path], None]:
 def _finished_run() -> Path:
     """One finished tiny run (trained once per test session), copied into the cases that need a real run."""
     run = Path(tempfile.mkdtemp(prefix="senet-bad-input-")) / "run"
-    assert main(["train", "--device", "cpu", "--epochs", "1", "--batch-size", "256", "--log-interval", "0",
-                 "--model", "resnet20_cifar", "--model-opt", "widths=(4,4,4)", "--output", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--device",
+                "cpu",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "256",
+                "--log-interval",
+                "0",
+                "--model",
+                "resnet20_cifar",
+                "--model-opt",
+                "widths=(4,4,4)",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -79,43 +99,106 @@ def _truncate(pattern: str) -> Callable[[Path], None]:
     return damage
 
 
+def _earlier_plain_demo_run(folder: Path) -> None:
+    """``run/`` holds the plain twin's run of an earlier ``senet demo --output run``."""
+    (folder / "run" / "resnet20_cifar").mkdir()
+    (folder / "run" / "resnet20_cifar" / "config.json").write_text("{}")
+
+
 CASES = [
     # runs: never clobbered, never resumed into something else, damaged files named
-    Case("train-existing-run", _train("--output", "done"), setup=_with_run(), expect=("already holds files",)),
+    Case(
+        "train-existing-run", _train("--output", "done"), setup=_with_run(), expect=("already holds files",)
+    ),
     Case("train-overwrite-foreign-folder", _train("--overwrite"), expect=("also holds notes.txt",)),
-    Case("train-resume-and-overwrite", ["train", "--resume", "done", "--overwrite"], setup=_with_run(),
-         expect=("contradict",)),
-    Case("train-resume-changed-epochs", ["train", "--resume", "done", "--epochs", "3"], setup=_with_run(),
-         expect=("--extend-schedule",)),
-    Case("train-resume-other-model", ["train", "--resume", "done", "--model", "resnet56_cifar"], setup=_with_run(),
-         expect=("belongs to another run",)),
-    Case("train-resume-into-other-output", ["train", "--resume", "done", "--output", "run"], setup=_with_run(),
-         expect=("drop --output",)),
-    Case("train-resume-auto-without-output", ["train", "--resume", "auto", "--device", "cpu"],
-         expect=("--resume auto needs --output",)),
-    Case("train-resume-truncated-checkpoint", ["train", "--resume", "done", "--epochs", "2", "--extend-schedule"],
-         setup=_with_run(_truncate("checkpoint-*.safetensors")), expect=("truncated",)),
-    Case("eval-truncated-best-weights", ["eval", "--checkpoint", "done", "--weights", "best", "--device", "cpu"],
-         setup=_with_run(_truncate("best.safetensors")), expect=("best.safetensors", "corrupt")),
-    Case("eval-damaged-checkpoint-json", ["eval", "--checkpoint", "done", "--device", "cpu"],
-         setup=_with_run(lambda run: [p.write_text('{"format": "senet-checkpoint/2", "tensors": 3}')
-                                      for p in run.glob("checkpoint-*.json")]),
-         expect=("damaged",)),
+    Case(
+        "train-resume-and-overwrite",
+        ["train", "--resume", "done", "--overwrite"],
+        setup=_with_run(),
+        expect=("contradict",),
+    ),
+    Case(
+        "train-resume-changed-epochs",
+        ["train", "--resume", "done", "--epochs", "3"],
+        setup=_with_run(),
+        expect=("--extend-schedule",),
+    ),
+    Case(
+        "train-resume-other-model",
+        ["train", "--resume", "done", "--model", "resnet56_cifar"],
+        setup=_with_run(),
+        expect=("belongs to another run",),
+    ),
+    Case(
+        "train-resume-into-other-output",
+        ["train", "--resume", "done", "--output", "run"],
+        setup=_with_run(),
+        expect=("drop --output",),
+    ),
+    Case(
+        "train-batch-larger-than-the-data",
+        _train("--output", "new_run", "--batch-size", "5000"),
+        expect=("no full batch of 5000",),
+    ),
+    Case(
+        "train-resume-auto-without-output",
+        ["train", "--resume", "auto", "--device", "cpu"],
+        expect=("--resume auto needs --output",),
+    ),
+    Case(
+        "train-resume-truncated-checkpoint",
+        ["train", "--resume", "done", "--epochs", "2", "--extend-schedule"],
+        setup=_with_run(_truncate("checkpoint-*.safetensors")),
+        expect=("truncated",),
+    ),
+    Case(
+        "eval-truncated-best-weights",
+        ["eval", "--checkpoint", "done", "--weights", "best", "--device", "cpu"],
+        setup=_with_run(_truncate("best.safetensors")),
+        expect=("best.safetensors", "corrupt"),
+    ),
+    Case(
+        "eval-damaged-checkpoint-json",
+        ["eval", "--checkpoint", "done", "--device", "cpu"],
+        setup=_with_run(
+            lambda run: [
+                p.write_text('{"format": "senet-checkpoint/2", "tensors": 3}')
+                for p in run.glob("checkpoint-*.json")
+            ]
+        ),
+        expect=("damaged",),
+    ),
     # models
     Case("models-unknown-pattern", ["models", "no_such_model*"], expect=("no model matches",)),
     Case("models-bad-format", ["models", "--format", "xml"], expect=("--format", "invalid choice")),
     Case("no-command", [], expect=("required",)),
     Case("unknown-command", ["frobnicate"], expect=("invalid choice",)),
     # train: names and model options
-    Case("train-unknown-model", _train("--model", "se_resnet5"), expect=("unknown model", "closest: se_resnet50")),
+    Case(
+        "train-unknown-model",
+        _train("--model", "se_resnet5"),
+        expect=("unknown model", "closest: se_resnet50"),
+    ),
     Case("train-unknown-model-opt", _train("--model-opt", "nonsense=1"), expect=("no option 'nonsense'",)),
     Case("train-model-opt-no-equals", _train("--model-opt", "nonsense"), expect=("--model-opt", "KEY=VALUE")),
-    Case("train-model-opt-unreadable-value", _train("--model-opt", "se_stages=(1,2"),
-         expect=("--model-opt", "Python literal")),
-    Case("train-model-opt-wrong-type", _train("--model-opt", "se_reduction=abc"), expect=("se_reduction='abc'",)),
-    Case("train-model-opt-twice", _train("--model-opt", "se_reduction=8", "--model-opt", "se_reduction=4"),
-         expect=("given twice",)),
-    Case("train-model-opt-set-by-data", _train("--model-opt", "num_classes=3"), expect=("set by the dataset",)),
+    Case(
+        "train-model-opt-unreadable-value",
+        _train("--model-opt", "se_stages=(1,2"),
+        expect=("--model-opt", "Python literal"),
+    ),
+    Case(
+        "train-model-opt-wrong-type",
+        _train("--model-opt", "se_reduction=abc"),
+        expect=("se_reduction='abc'",),
+    ),
+    Case(
+        "train-model-opt-twice",
+        _train("--model-opt", "se_reduction=8", "--model-opt", "se_reduction=4"),
+        expect=("given twice",),
+    ),
+    Case(
+        "train-model-opt-set-by-data", _train("--model-opt", "num_classes=3"), expect=("set by the dataset",)
+    ),
     Case("train-unknown-preset", _train("--preset", "imagenet"), expect=("--preset", "invalid choice")),
     Case("train-unknown-schedule", _train("--schedule", "linear"), expect=("unknown schedule",)),
     Case("train-unknown-device", _train("--device", "tpu"), expect=("unknown device",)),
@@ -127,18 +210,31 @@ CASES = [
     Case("train-epochs-0", _train("--epochs", "0"), expect=("epochs must be >= 1",)),
     Case("train-batch-size-0", _train("--batch-size", "0"), expect=("batch_size must be >= 1",)),
     Case("train-momentum-1", _train("--momentum", "1"), expect=("momentum", "[0, 1)")),
-    Case("train-weight-decay-negative", _train("--weight-decay", "-0.001"), expect=("weight_decay must be >= 0",)),
+    Case(
+        "train-weight-decay-negative",
+        _train("--weight-decay", "-0.001"),
+        expect=("weight_decay must be >= 0",),
+    ),
     Case("train-gamma-0", _train("--gamma", "0"), expect=("gamma must be > 0",)),
     Case("train-warmup-negative", _train("--warmup-epochs", "-1"), expect=("warmup_epochs",)),
     Case("train-warmup-beyond-the-run", _train("--warmup-epochs", "2"), expect=("warmup_epochs", "epochs=1")),
     Case("train-step-epochs-0", _train("--step-epochs", "0"), expect=("step_epochs must be >= 1",)),
     Case("train-milestones-not-numbers", _train("--milestones", "a,b"), expect=("--milestones", "82,123")),
-    Case("train-milestones-decreasing", _train("--schedule", "multistep", "--milestones", "0.5,0.25"),
-         expect=("milestones must be increasing",)),
-    Case("train-milestones-beyond-the-run", _train("--schedule", "multistep", "--milestones", "0.5,3"),
-         expect=("milestones must lie within (0, epochs=1]",)),
-    Case("train-preset-milestones-beyond-epochs", _train("--preset", "cifar-paper", "--epochs", "10"),
-         expect=("milestones", "epochs=10")),
+    Case(
+        "train-milestones-decreasing",
+        _train("--schedule", "multistep", "--milestones", "0.5,0.25"),
+        expect=("milestones must be increasing",),
+    ),
+    Case(
+        "train-milestones-beyond-the-run",
+        _train("--schedule", "multistep", "--milestones", "0.5,3"),
+        expect=("milestones must lie within (0, epochs=1]",),
+    ),
+    Case(
+        "train-preset-milestones-beyond-epochs",
+        _train("--preset", "cifar-paper", "--epochs", "10"),
+        expect=("milestones", "epochs=10"),
+    ),
     Case("train-workers-negative", _train("--workers", "-1"), expect=("workers must be >= 0",)),
     Case("train-log-interval-negative", _train("--log-interval", "-1"), expect=("log_interval",)),
     Case("train-cutout-negative", _train("--cutout", "-1"), expect=("cutout must be >= 0",)),
@@ -149,50 +245,97 @@ CASES = [
     Case("train-freeze-bn-beyond-the-run", _train("--freeze-bn-epochs", "2"), expect=("freeze_bn_epochs",)),
     Case("train-seed-negative", _train("--seed", "-1"), expect=("seed must be >= 0",)),
     Case("train-save-every-steps-negative", _train("--save-every-steps", "-1"), expect=("save_every_steps",)),
-    Case("train-save-every-minutes-negative", _train("--save-every-minutes", "-1"),
-         expect=("save_every_minutes",)),
+    Case(
+        "train-save-every-minutes-negative",
+        _train("--save-every-minutes", "-1"),
+        expect=("save_every_minutes",),
+    ),
     Case("train-keep-0", _train("--keep", "0"), expect=("keep must be >= 1",)),
     # eval
-    Case("eval-scales-not-numbers", ["eval", "--checkpoint", "run", "--scales", "abc"],
-         expect=("--scales", "224,320")),
+    Case(
+        "eval-scales-not-numbers",
+        ["eval", "--checkpoint", "run", "--scales", "abc"],
+        expect=("--scales", "224,320"),
+    ),
     Case("eval-scales-0", ["eval", "--checkpoint", "run", "--scales", "224,0"], expect=("--scales",)),
-    Case("eval-batch-size-0", ["eval", "--checkpoint", "run", "--batch-size", "0"],
-         expect=("--batch-size", ">= 1")),
-    Case("eval-missing-checkpoint", ["eval", "--checkpoint", "no_such_run", "--per-class", "keep.txt"],
-         expect=("no_such_run",)),
-    Case("eval-checkpoint-without-one", ["eval", "--checkpoint", "run", "--per-class", "keep.txt"],
-         expect=("no checkpoint",)),
-    Case("eval-checkpoint-not-json", ["eval", "--checkpoint", _CHECKPOINT],
-         setup=_checkpoint_json("{not json"), expect=(_CHECKPOINT,)),
-    Case("eval-checkpoint-json-list", ["eval", "--checkpoint", _CHECKPOINT],
-         setup=_checkpoint_json("[]"), expect=(_CHECKPOINT,)),
-    Case("eval-checkpoint-json-without-tensors", ["eval", "--checkpoint", _CHECKPOINT],
-         setup=_checkpoint_json(json.dumps({"format": FORMAT})), expect=(_CHECKPOINT,)),
-    Case("eval-checkpoint-json-tensors-not-a-name", ["eval", "--checkpoint", _CHECKPOINT],
-         setup=_checkpoint_json(json.dumps({"format": FORMAT, "tensors": 5})), expect=(_CHECKPOINT,)),
-    Case("eval-unknown-device", ["eval", "--checkpoint", "run", "--device", "tpu"], expect=("unknown device",)),
+    Case(
+        "eval-batch-size-0",
+        ["eval", "--checkpoint", "run", "--batch-size", "0"],
+        expect=("--batch-size", ">= 1"),
+    ),
+    Case(
+        "eval-missing-checkpoint",
+        ["eval", "--checkpoint", "no_such_run", "--per-class", "keep.txt"],
+        expect=("no_such_run",),
+    ),
+    Case(
+        "eval-checkpoint-without-one",
+        ["eval", "--checkpoint", "run", "--per-class", "keep.txt"],
+        expect=("no checkpoint",),
+    ),
+    Case(
+        "eval-checkpoint-not-json",
+        ["eval", "--checkpoint", _CHECKPOINT],
+        setup=_checkpoint_json("{not json"),
+        expect=(_CHECKPOINT,),
+    ),
+    Case(
+        "eval-checkpoint-json-list",
+        ["eval", "--checkpoint", _CHECKPOINT],
+        setup=_checkpoint_json("[]"),
+        expect=(_CHECKPOINT,),
+    ),
+    Case(
+        "eval-checkpoint-json-without-tensors",
+        ["eval", "--checkpoint", _CHECKPOINT],
+        setup=_checkpoint_json(json.dumps({"format": FORMAT})),
+        expect=(_CHECKPOINT,),
+    ),
+    Case(
+        "eval-checkpoint-json-tensors-not-a-name",
+        ["eval", "--checkpoint", _CHECKPOINT],
+        setup=_checkpoint_json(json.dumps({"format": FORMAT, "tensors": 5})),
+        expect=(_CHECKPOINT,),
+    ),
+    Case(
+        "eval-unknown-device", ["eval", "--checkpoint", "run", "--device", "tpu"], expect=("unknown device",)
+    ),
     # plot
     Case("plot-not-a-run", ["plot", "no_such_run", "--out", "keep.txt"], expect=("no_such_run",)),
     # bench
     Case("bench-batch-0", ["bench", "--batch", "0"], expect=("--batch", ">= 1")),
     Case("bench-batch-not-a-number", ["bench", "--batch", "a"], expect=("--batch", "1,8,32")),
     Case("bench-size-0", ["bench", "--size", "0"], expect=("--size", ">= 1")),
-    Case("bench-size-too-small-for-the-network", ["bench", "--models", "resnet18", "--size", "1", "--no-memory"],
-         expect=("cannot take 1x1 inputs",)),
+    Case(
+        "bench-size-too-small-for-the-network",
+        ["bench", "--models", "resnet18", "--size", "1", "--no-memory"],
+        expect=("cannot take 1x1 inputs",),
+    ),
     Case("bench-repeats-0", ["bench", "--repeats", "0"], expect=("--repeats",)),
-    Case("bench-optimize-in-train-mode", ["bench", "--mode", "train", "--optimize", "--size", "32", "--no-memory"],
-         expect=("mode='infer'",)),
-    Case("bench-unknown-model", ["bench", "--models", "se_resnet5", "--size", "32", "--no-memory"],
-         expect=("unknown model", "closest: se_resnet50")),
-    Case("bench-unknown-model-option", ["bench", "--models", "se_resnet18@nonsense=1", "--size", "32",
-                                        "--no-memory"],
-         expect=("no option 'nonsense'",)),
+    Case(
+        "bench-optimize-in-train-mode",
+        ["bench", "--mode", "train", "--optimize", "--size", "32", "--no-memory"],
+        expect=("mode='infer'",),
+    ),
+    Case(
+        "bench-unknown-model",
+        ["bench", "--models", "se_resnet5", "--size", "32", "--no-memory"],
+        expect=("unknown model", "closest: se_resnet50"),
+    ),
+    Case(
+        "bench-unknown-model-option",
+        ["bench", "--models", "se_resnet18@nonsense=1", "--size", "32", "--no-memory"],
+        expect=("no option 'nonsense'",),
+    ),
     # demo
     Case("demo-epochs-0", ["demo", "--epochs", "0", "--output", "run"], expect=("--epochs", ">= 1")),
     # the second model's run exists: refused before the first model trains
-    Case("demo-existing-runs", ["demo", "--output", "run", "--epochs", "1", "--device", "cpu"],
-         setup=lambda folder: (folder / "run" / "resnet20_cifar").mkdir() or
-         (folder / "run" / "resnet20_cifar" / "config.json").write_text("{}"), expect=("already holds files",)),
+    Case(
+        "demo-existing-runs",
+        ["demo", "--output", "run", "--epochs", "1", "--device", "cpu"],
+        setup=_earlier_plain_demo_run,
+        expect=("already holds files",),
+    ),
 ]
 
 
@@ -202,7 +345,8 @@ def _snapshot(folder: Path) -> dict[str, tuple]:
     for path in sorted(folder.rglob("*")):
         stat = path.stat()
         state[str(path.relative_to(folder))] = (
-            ("file", path.read_bytes(), stat.st_mtime_ns) if path.is_file() else ("dir", stat.st_mtime_ns))
+            ("file", path.read_bytes(), stat.st_mtime_ns) if path.is_file() else ("dir", stat.st_mtime_ns)
+        )
     return state
 
 

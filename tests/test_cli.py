@@ -38,8 +38,12 @@ def test_unknown_pattern_is_one_line_and_exit_code_2(capsys):
 
 
 def test_python_dash_m_senet_runs():
-    done = subprocess.run([sys.executable, "-m", "senet", "models", "senet154", "--format", "json"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "senet", "models", "senet154", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and json.loads(done.stdout)[0]["name"] == "senet154"
 
 
@@ -67,15 +71,21 @@ def test_every_flag_of_every_command_has_help_and_shows_its_default():
         for action in parser._actions:
             label = f"{name} {'/'.join(action.option_strings) or action.dest}"
             assert action.help and action.help.strip(), f"{label} has no help"
-            takes_value = action.option_strings and action.nargs != 0 and action.default is not argparse.SUPPRESS
+            takes_value = (
+                action.option_strings and action.nargs != 0 and action.default is not argparse.SUPPRESS
+            )
             if takes_value or isinstance(action, argparse.BooleanOptionalAction):
                 assert "default" in formatter._expand_help(action), f"{label} does not show its default"
-    assert {"senet train", "senet eval", "senet bench", "senet models", "senet plot", "senet demo"} <= set(names)
+    assert {"senet train", "senet eval", "senet bench", "senet models", "senet plot", "senet demo"} <= set(
+        names
+    )
 
 
 def test_every_train_config_field_has_help_words_and_a_flag():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert fields - {"model_options"} <= set(_FIELD_HELP), "TrainConfig fields without an entry in _FIELD_HELP"
+    assert fields - {"model_options"} <= set(_FIELD_HELP), (
+        "TrainConfig fields without an entry in _FIELD_HELP"
+    )
     assert set(_FIELD_HELP) <= fields, "_FIELD_HELP names fields TrainConfig no longer has"
     train = dict(_parsers())["senet train"]
     flags = {option for action in train._actions for option in action.option_strings}
@@ -104,14 +114,17 @@ def test_a_long_usage_is_shortened_in_an_error(capsys):
     ]
 
 
-@pytest.mark.parametrize("pairs, message", [
-    (["se_reduction"], "KEY=VALUE"),
-    (["=8"], "KEY=VALUE"),
-    (["se_reduction="], "KEY=VALUE"),
-    (["se stages=(1,2)"], "KEY=VALUE"),
-    (["se_stages=(1,2"], "neither a Python literal"),
-    (["se_reduction=8", "se_reduction=4"], "given twice"),
-])
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        (["se_reduction"], "KEY=VALUE"),
+        (["=8"], "KEY=VALUE"),
+        (["se_reduction="], "KEY=VALUE"),
+        (["se stages=(1,2)"], "KEY=VALUE"),
+        (["se_stages=(1,2"], "neither a Python literal"),
+        (["se_reduction=8", "se_reduction=4"], "given twice"),
+    ],
+)
 def test_malformed_model_options_are_refused(pairs, message):
     with pytest.raises(ValueError, match=message):
         parse_model_options(pairs)

@@ -41,25 +41,44 @@ def _models(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(row.as_dict() for row in rows)
     else:
-        header = ("model", "input", "params (M)", "paper", "diff", "FLOPs", "paper", "diff", "data", "top-1 err", "top-5 err")
+        header = (
+            "model",
+            "input",
+            "params (M)",
+            "paper",
+            "diff",
+            "FLOPs",
+            "paper",
+            "diff",
+            "data",
+            "top-1 err",
+            "top-5 err",
+        )
         table = [header]
         for row in rows:
-            table.append((
-                row.name,
-                str(row.input_size),
-                f"{row.params_m:.2f}",
-                _fmt(row.paper_params, ".2f"),
-                _percent(row.params_diff),
-                _flops(row.gflops),
-                _flops(row.paper_gflops),
-                _percent(row.gflops_diff),
-                row.dataset,
-                _fmt(row.paper_top1_err, ".2f"),
-                _fmt(row.paper_top5_err, ".2f"),
-            ))
+            table.append(
+                (
+                    row.name,
+                    str(row.input_size),
+                    f"{row.params_m:.2f}",
+                    _fmt(row.paper_params, ".2f"),
+                    _percent(row.params_diff),
+                    _flops(row.gflops),
+                    _flops(row.paper_gflops),
+                    _percent(row.gflops_diff),
+                    row.dataset,
+                    _fmt(row.paper_top1_err, ".2f"),
+                    _fmt(row.paper_top5_err, ".2f"),
+                )
+            )
         widths = [max(len(line[i]) for line in table) for i in range(len(header))]
         for n, line in enumerate(table):
-            print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+            print(
+                "  ".join(
+                    cell.ljust(w) if i == 0 else cell.rjust(w)
+                    for i, (cell, w) in enumerate(zip(line, widths))
+                )
+            )
             if n == 0:
                 print("  ".join("-" * w for w in widths))
         print(
@@ -73,7 +92,11 @@ def _models(args: argparse.Namespace) -> int:
 def _config_overrides(args: argparse.Namespace) -> dict:
     from senet.train.config import TrainConfig, parse_model_options
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
     if args.model_opt:
         overrides["model_options"] = parse_model_options(args.model_opt)
     return overrides
@@ -93,28 +116,42 @@ def _train(args: argparse.Namespace) -> int:
         # A resumed run keeps its saved config; flags given now override it (and are checked by train()).
         checkpoint = load_checkpoint(resume_from)
         # A run directory may have been moved since it was saved: it continues where it is now.
-        config = TrainConfig.from_dict({**checkpoint.meta["config"], "output": str(checkpoint.run_dir), **overrides})
+        config = TrainConfig.from_dict(
+            {**checkpoint.meta["config"], "output": str(checkpoint.run_dir), **overrides}
+        )
     else:
         config = resolve_config(args.preset, **overrides)
     result = train(config, resume=args.resume, overwrite=args.overwrite, extend_schedule=args.extend_schedule)
     if result.best:
-        print(f"best val top-1 error {result.best['val_top1_err']:.2f}% (epoch {result.best['epoch']}); "
-              f"run: {result.run_dir}")
+        print(
+            f"best val top-1 error {result.best['val_top1_err']:.2f}% (epoch {result.best['epoch']}); "
+            f"run: {result.run_dir}"
+        )
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from senet.train.evaluation import evaluate_runs, write_per_class
 
-    result = evaluate_runs(args.checkpoint, args.data, data_root=args.data_root, scales=args.scales,
-                           ten_crop=args.ten_crop, batch_size=args.batch_size, workers=args.workers,
-                           device=args.device, weights=args.weights)
+    result = evaluate_runs(
+        args.checkpoint,
+        args.data,
+        data_root=args.data_root,
+        scales=args.scales,
+        ten_crop=args.ten_crop,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        weights=args.weights,
+    )
     if args.per_class:
         write_per_class(result, args.per_class)
     if args.format == "json":
         print(json.dumps({"top1_err": result.top1_err, "top5_err": result.top5_err, "images": result.images}))
     else:
-        print(f"top-1 error {result.top1_err:.2f}%  top-5 error {result.top5_err:.2f}%  ({result.images} images)")
+        print(
+            f"top-1 error {result.top1_err:.2f}%  top-5 error {result.top5_err:.2f}%  ({result.images} images)"
+        )
     return 0
 
 
@@ -146,12 +183,32 @@ def _bench(args: argparse.Namespace) -> int:
     specs = split_specs(args.models) + split_specs(args.vs or "")
     documents, records = [], []
     for batch in args.batch:
-        settings = BenchSettings(batch=batch, size=args.size, mode=args.mode, device=args.device, amp=args.amp,
-                                 channels_last=args.channels_last, compile=args.compile, optimize=args.optimize,
-                                 threads=args.threads, warmup=args.warmup, repeats=args.repeats, memory=not args.no_memory)
+        settings = BenchSettings(
+            batch=batch,
+            size=args.size,
+            mode=args.mode,
+            device=args.device,
+            amp=args.amp,
+            channels_last=args.channels_last,
+            compile=args.compile,
+            optimize=args.optimize,
+            threads=args.threads,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            memory=not args.no_memory,
+        )
         results = benchmark(specs, settings)
         documents.append(format_results(results, settings))
-        records += [{**r.as_dict(), **{k: getattr(settings, k) for k in ("mode", "size", "device", "amp", "channels_last", "compile", "optimize")}} for r in results]
+        records += [
+            {
+                **r.as_dict(),
+                **{
+                    k: getattr(settings, k)
+                    for k in ("mode", "size", "device", "amp", "channels_last", "compile", "optimize")
+                },
+            }
+            for r in results
+        ]
     print(json.dumps(records, indent=1) if args.format == "json" else "\n\n".join(documents))
     return 0
 
@@ -220,7 +277,8 @@ def _positive_ints(example: str) -> typing.Callable[[str], list[int]]:
             values = []
         if not values or any(v < 1 for v in values):
             raise argparse.ArgumentTypeError(
-                f"expected comma-separated integers >= 1 such as {example}; got {text!r}")
+                f"expected comma-separated integers >= 1 such as {example}; got {text!r}"
+            )
         return values
 
     return parse
@@ -232,7 +290,8 @@ def _epoch_list(text: str) -> tuple[float, ...]:
         return tuple(float(p) for p in (p.strip() for p in text.split(",")) if p)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated epochs such as 82,123 or 0.5,1.5; got {text!r}") from None
+            f"expected comma-separated epochs such as 82,123 or 0.5,1.5; got {text!r}"
+        ) from None
 
 
 def _model_opt(text: str) -> str:
@@ -261,14 +320,14 @@ _FIELD_HELP = {
     "batch_size": "global batch size, split over the processes of a torchrun job",
     "lr": "learning rate (at --lr-reference-batch when that is set)",
     "lr_reference_batch": "batch size at which --lr is given; the rate scales linearly from it "
-                          "(default: none, --lr as is, or the preset's)",
+    "(default: none, --lr as is, or the preset's)",
     "momentum": "SGD momentum, in [0, 1)",
     "nesterov": "Nesterov momentum",
     "weight_decay": "L2 weight decay",
     "schedule": "learning-rate schedule: step, multistep or cosine",
     "step_epochs": "with --schedule step: multiply the rate by --gamma every N epochs",
     "milestones": "with --schedule multistep: epochs (fractions allowed) where the rate is multiplied by "
-                  "--gamma (default: none, or the preset's)",
+    "--gamma (default: none, or the preset's)",
     "gamma": "factor of each step/multistep decay",
     "warmup_epochs": "linear warm-up from 0 over this many epochs (fractions allowed)",
     "label_smoothing": "label smoothing of the cross-entropy, in [0, 1)",
@@ -314,50 +373,94 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             metavar = "N" if kind is int else "X" if kind is float else None
             parser.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
-    parser.add_argument("--model-opt", action="append", metavar="KEY=VALUE", type=_model_opt,
-                        help="model build option, e.g. se_reduction=8 or se_stages=(1,2); repeatable")
+    parser.add_argument(
+        "--model-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        type=_model_opt,
+        help="model build option, e.g. se_reduction=8 or se_stages=(1,2); repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="senet",
-                     description="Squeeze-and-Excitation Networks: build, count, train, measure.")
+    parser = _Parser(
+        prog="senet", description="Squeeze-and-Excitation Networks: build, count, train, measure."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     help="one of these; `senet COMMAND --help` describes its flags")
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="one of these; `senet COMMAND --help` describes its flags",
+    )
 
-    models = commands.add_parser("models", help="list registered models with params and GFLOPs beside the paper's")
+    models = commands.add_parser(
+        "models", help="list registered models with params and GFLOPs beside the paper's"
+    )
     models.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'se_*'")
     models.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     models.set_defaults(run=_models)
 
-    train = commands.add_parser("train", help="train a model (torchrun --nproc_per_node=N -m senet train ... for DDP)")
-    train.add_argument("--preset", choices=("demo", "imagenet-paper", "cifar-paper"), default=None,
-                       help="a recipe of the paper; every field can still be overridden")
-    train.add_argument("--resume", metavar="RUN_DIR|auto",
-                       help="continue a run from its newest complete checkpoint; auto: the run in --output if it "
-                            "has one, else start it there (for requeued cluster jobs)")
+    train = commands.add_parser(
+        "train", help="train a model (torchrun --nproc_per_node=N -m senet train ... for DDP)"
+    )
+    train.add_argument(
+        "--preset",
+        choices=("demo", "imagenet-paper", "cifar-paper"),
+        default=None,
+        help="a recipe of the paper; every field can still be overridden",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a run from its newest complete checkpoint; auto: the run in --output if it "
+        "has one, else start it there (for requeued cluster jobs)",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
-    train.add_argument("--extend-schedule", action="store_true",
-                       help="with --resume: allow changed epochs, lr, batch size or schedule, and recompute the "
-                            "learning-rate schedule for them from where the run stands")
+    train.add_argument(
+        "--extend-schedule",
+        action="store_true",
+        help="with --resume: allow changed epochs, lr, batch size or schedule, and recompute the "
+        "learning-rate schedule for them from where the run stands",
+    )
     _add_config_arguments(train)
     train.set_defaults(run=_train)
 
-    evaluate = commands.add_parser("eval", help="top-1/top-5 error of trained runs, with multi-crop/scale fusion and ensembles")
-    evaluate.add_argument("--checkpoint", action="append", required=True, metavar="RUN_DIR",
-                          help="a run directory; repeat to average the softmax of an ensemble")
+    evaluate = commands.add_parser(
+        "eval", help="top-1/top-5 error of trained runs, with multi-crop/scale fusion and ensembles"
+    )
+    evaluate.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="RUN_DIR",
+        help="a run directory; repeat to average the softmax of an ensemble",
+    )
     evaluate.add_argument("--data", help="dataset (default: the run's own)")
-    evaluate.add_argument("--data-root",
-                          help="folder holding the CIFAR files (default: the run's own with its data)")
-    evaluate.add_argument("--scales", metavar="S1,S2", type=_positive_ints("224,320"),
-                          help="evaluation crop sizes to fuse, e.g. 224,320 (default: the run's own crop)")
-    evaluate.add_argument("--ten-crop", action="store_true", help="average over 10 crops (corners, centre, flips)")
-    evaluate.add_argument("--weights", choices=("last", "best"), default="last",
-                          help="the last checkpoint or the best epoch's weights")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
-                          help="images per batch")
-    evaluate.add_argument("--workers", type=_nonnegative_int, default=0, metavar="N",
-                          help="DataLoader worker processes")
+    evaluate.add_argument(
+        "--data-root", help="folder holding the CIFAR files (default: the run's own with its data)"
+    )
+    evaluate.add_argument(
+        "--scales",
+        metavar="S1,S2",
+        type=_positive_ints("224,320"),
+        help="evaluation crop sizes to fuse, e.g. 224,320 (default: the run's own crop)",
+    )
+    evaluate.add_argument(
+        "--ten-crop", action="store_true", help="average over 10 crops (corners, centre, flips)"
+    )
+    evaluate.add_argument(
+        "--weights",
+        choices=("last", "best"),
+        default="last",
+        help="the last checkpoint or the best epoch's weights",
+    )
+    evaluate.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="images per batch"
+    )
+    evaluate.add_argument(
+        "--workers", type=_nonnegative_int, default=0, metavar="N", help="DataLoader worker processes"
+    )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--per-class", metavar="CSV", help="write per-class errors to this CSV file")
     evaluate.add_argument("--format", choices=("text", "json"), default="text", help="output format")
@@ -366,43 +469,69 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="train/val error curves of runs on one chart (paper Fig. 4)")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of `senet train`")
     plot.add_argument("--out", default="curves.png", help="image file to write")
-    plot.add_argument("--metric", choices=("top1_err", "top5_err", "loss"), default="top1_err",
-                      help="what to plot")
+    plot.add_argument(
+        "--metric", choices=("top1_err", "top5_err", "loss"), default="top1_err", help="what to plot"
+    )
     plot.set_defaults(run=_plot)
 
-    bench = commands.add_parser("bench", help="latency, throughput and peak memory, models interleaved; ratios to the first")
-    bench.add_argument("--models", default="resnet50,se_resnet50", help="comma-separated; NAME@opt=value,... for options")
+    bench = commands.add_parser(
+        "bench", help="latency, throughput and peak memory, models interleaved; ratios to the first"
+    )
+    bench.add_argument(
+        "--models", default="resnet50,se_resnet50", help="comma-separated; NAME@opt=value,... for options"
+    )
     bench.add_argument("--vs", help="other projects' models, e.g. timm:seresnet50,torchvision:resnet50")
-    bench.add_argument("--batch", default="1", type=_positive_ints("1,8,32"), metavar="B1,B2",
-                       help="comma-separated batch sizes")
-    bench.add_argument("--size", type=_positive_int, default=224, metavar="PIXELS",
-                       help="input height and width")
-    bench.add_argument("--mode", choices=("infer", "train"), default="infer",
-                       help="forward without autograd, or a whole SGD step")
+    bench.add_argument(
+        "--batch",
+        default="1",
+        type=_positive_ints("1,8,32"),
+        metavar="B1,B2",
+        help="comma-separated batch sizes",
+    )
+    bench.add_argument(
+        "--size", type=_positive_int, default=224, metavar="PIXELS", help="input height and width"
+    )
+    bench.add_argument(
+        "--mode",
+        choices=("infer", "train"),
+        default="infer",
+        help="forward without autograd, or a whole SGD step",
+    )
     bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     bench.add_argument("--amp", action="store_true", help="mixed precision: bf16 on CPU, fp16 on CUDA")
     bench.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     bench.add_argument("--compile", action="store_true", help="torch.compile the models")
-    bench.add_argument("--optimize", action="store_true", help="time senet.optimize_for_inference(model) (infer mode)")
-    bench.add_argument("--threads", type=_positive_int, metavar="N",
-                       help="CPU threads (default: torch's choice)")
-    bench.add_argument("--warmup", type=_nonnegative_int, default=3, metavar="N",
-                       help="untimed iterations per model")
-    bench.add_argument("--repeats", type=_positive_int, default=10, metavar="N",
-                       help="timed iterations per model")
+    bench.add_argument(
+        "--optimize", action="store_true", help="time senet.optimize_for_inference(model) (infer mode)"
+    )
+    bench.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="CPU threads (default: torch's choice)"
+    )
+    bench.add_argument(
+        "--warmup", type=_nonnegative_int, default=3, metavar="N", help="untimed iterations per model"
+    )
+    bench.add_argument(
+        "--repeats", type=_positive_int, default=10, metavar="N", help="timed iterations per model"
+    )
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     bench.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-    bench.add_argument("--report", metavar="FILE",
-                       help="run the whole benchmark suite and write it as Markdown (make bench)")
+    bench.add_argument(
+        "--report", metavar="FILE", help="run the whole benchmark suite and write it as Markdown (make bench)"
+    )
     bench.add_argument("--quick", action="store_true", help="with --report: fewer repetitions")
     bench.set_defaults(run=_bench)
 
-    demo = commands.add_parser("demo", help="train se_resnet20_cifar and resnet20_cifar on the embedded digits")
+    demo = commands.add_parser(
+        "demo", help="train se_resnet20_cifar and resnet20_cifar on the embedded digits"
+    )
     demo.add_argument("--output", default="runs/demo", help="folder for the two runs")
-    demo.add_argument("--epochs", type=_positive_int, metavar="N",
-                      help="epochs per model (default: the demo preset's)")
+    demo.add_argument(
+        "--epochs", type=_positive_int, metavar="N", help="epochs per model (default: the demo preset's)"
+    )
     demo.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-    demo.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier demo in --output")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace the runs of an earlier demo in --output"
+    )
     demo.set_defaults(run=_demo)
     return parser
 

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 import senet
-from senet.analysis.benchmark import BenchSettings, benchmark, build_benchmark_model, format_results, split_specs
+from senet.analysis.benchmark import (
+    BenchSettings,
+    benchmark,
+    build_benchmark_model,
+    format_results,
+    split_specs,
+)
 from senet.analysis.optimize import fold_batchnorm, optimize_for_inference
 from senet.analysis.report import saved_for_backward_mb
 
@@ -10,8 +16,9 @@ TINY = BenchSettings(batch=2, size=32, warmup=1, repeats=3, memory=False)
 
 
 def test_specs_split_on_models_not_on_options():
-    assert split_specs("resnet50@stride_in_1x1=False,stem_pool='torchvision',se_resnet50,timm:seresnet50") == [
-        "resnet50@stride_in_1x1=False,stem_pool='torchvision'", "se_resnet50", "timm:seresnet50"]
+    assert split_specs(
+        "resnet50@stride_in_1x1=False,stem_pool='torchvision',se_resnet50,timm:seresnet50"
+    ) == ["resnet50@stride_in_1x1=False,stem_pool='torchvision'", "se_resnet50", "timm:seresnet50"]
 
 
 def test_spec_options_reach_the_builder_and_bad_sources_are_named():
@@ -24,7 +31,9 @@ def test_spec_options_reach_the_builder_and_bad_sources_are_named():
 
 @pytest.mark.parametrize("mode", ["infer", "train"])
 def test_benchmark_reports_every_figure_with_ratios_to_the_first(mode):
-    results = benchmark(["resnet18", "se_resnet18"], BenchSettings(**{**TINY.__dict__, "mode": mode, "memory": True}))
+    results = benchmark(
+        ["resnet18", "se_resnet18"], BenchSettings(**{**TINY.__dict__, "mode": mode, "memory": True})
+    )
     assert [r.model for r in results] == ["resnet18", "se_resnet18"]
     assert results[0].ratios["latency"] == 1.0 and results[1].ratios["latency"] > 0
     assert all(r.images_per_s == pytest.approx(2000 / r.latency_ms) for r in results)
@@ -33,7 +42,10 @@ def test_benchmark_reports_every_figure_with_ratios_to_the_first(mode):
 
 
 def test_se_saves_the_branch_outputs_for_backward():
-    plain, se = saved_for_backward_mb("resnet18", batch=2, size=64), saved_for_backward_mb("se_resnet18", batch=2, size=64)
+    plain, se = (
+        saved_for_backward_mb("resnet18", batch=2, size=64),
+        saved_for_backward_mb("se_resnet18", batch=2, size=64),
+    )
     assert se > plain
 
 
@@ -50,4 +62,6 @@ def test_folded_batchnorm_keeps_the_outputs():
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
         fast = optimize_for_inference(model, compile=False, bf16=False)
-        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            fast(x.contiguous(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-5
+        )

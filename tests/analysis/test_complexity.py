@@ -11,17 +11,28 @@ from senet.analysis.complexity import count_macs, count_params, model_complexity
 # has 1.87M / 2.48M: the table truncates to 0.1M (4.23 -> 4.2, 4.72 -> 4.7 for MobileNet too). Kept as known gaps.
 TRUNCATED_IN_TABLE_3 = {"shufflenet", "se_shufflenet"}
 WITH_PAPER_PARAMS = [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="Table 3 truncates ShuffleNet's 1.87M to 1.8M"))
-    if n in TRUNCATED_IN_TABLE_3 else n
-    for n in senet.list_models() if senet.model_info(n).paper.params_m is not None
+    pytest.param(
+        n, marks=pytest.mark.xfail(strict=True, reason="Table 3 truncates ShuffleNet's 1.87M to 1.8M")
+    )
+    if n in TRUNCATED_IN_TABLE_3
+    else n
+    for n in senet.list_models()
+    if senet.model_info(n).paper.params_m is not None
 ]
 # Inception-ResNet-v2 as released (timm's 55,843,464 params) costs 13.16 GMACs at 299x299; Table 2 prints 11.75.
 # The paper does not say how it counted; its SE delta (+0.01) matches ours (+0.0085). Kept as a known gap.
 OVER_TABLE_2_GFLOPS = {"inception_resnet_v2", "se_inception_resnet_v2"}
 WITH_PAPER_GFLOPS = [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="Inception-ResNet-v2 measures 13.16 GMACs vs Table 2's 11.75"))
-    if n in OVER_TABLE_2_GFLOPS else n
-    for n in senet.list_models() if senet.model_info(n).paper.gflops is not None
+    pytest.param(
+        n,
+        marks=pytest.mark.xfail(
+            strict=True, reason="Inception-ResNet-v2 measures 13.16 GMACs vs Table 2's 11.75"
+        ),
+    )
+    if n in OVER_TABLE_2_GFLOPS
+    else n
+    for n in senet.list_models()
+    if senet.model_info(n).paper.gflops is not None
 ]
 
 
@@ -111,13 +122,19 @@ def test_se_twin_adds_exactly_its_se_fcs_in_params_and_macs(se_name):
     assert _macs(se_name) - _macs(plain_name) == _se_fc_macs(blocks)
 
 
-@pytest.mark.parametrize("options, blocks", [
-    ({"se_stages": (1,)}, RESNET50_SE[:1]),  # "SE Stage 2" (Table 13): conv2_x only
-    ({"se_stages": (2,)}, RESNET50_SE[1:2]),  # "SE Stage 3"
-    ({"se_stages": (3,)}, RESNET50_SE[2:3]),  # "SE Stage 4"
-    ({"se_position": "3x3"}, [(3, 64), (4, 128), (6, 256), (3, 512)]),  # SE_3x3 (Table 15): the 3x3 widths
-    ({"se_bias": False}, RESNET50_SE),  # the ablations' bias-free FCs (Sec. 6)
-])
+@pytest.mark.parametrize(
+    "options, blocks",
+    [
+        ({"se_stages": (1,)}, RESNET50_SE[:1]),  # "SE Stage 2" (Table 13): conv2_x only
+        ({"se_stages": (2,)}, RESNET50_SE[1:2]),  # "SE Stage 3"
+        ({"se_stages": (3,)}, RESNET50_SE[2:3]),  # "SE Stage 4"
+        (
+            {"se_position": "3x3"},
+            [(3, 64), (4, 128), (6, 256), (3, 512)],
+        ),  # SE_3x3 (Table 15): the 3x3 widths
+        ({"se_bias": False}, RESNET50_SE),  # the ablations' bias-free FCs (Sec. 6)
+    ],
+)
 def test_the_ablation_variants_add_exactly_the_se_formula(options, blocks):
     added = _complexity("se_resnet50", **options).params - _complexity("resnet50").params
     assert added == _se_params(blocks, bias=options.get("se_bias", True))

@@ -1,4 +1,7 @@
-"""Tiny CIFAR files written on the fly in the real pickle format (image folders: ``make_folder`` in tests/conftest.py)."""
+"""Tiny CIFAR files written on the fly in the real pickle format.
+
+Image folders: ``make_folder`` in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +51,9 @@ def cifar100_root(tmp_path: Path) -> Path:
         _pickle(folder / name, batch)
     _pickle(
         folder / "meta",
-        {"fine_label_names": [f"f{k}" for k in range(100)], "coarse_label_names": [f"g{k}" for k in range(20)]},
+        {
+            "fine_label_names": [f"f{k}" for k in range(100)],
+            "coarse_label_names": [f"g{k}" for k in range(20)],
+        },
     )
     return root

@@ -116,9 +116,13 @@ def _payloads(marker: Path) -> dict[str, object]:
 
 @pytest.mark.parametrize("kind", ["os.system", "open", "exec in data"])
 @pytest.mark.parametrize("target", ["batches.meta", "data_batch_2", "test_batch"])
-def test_a_pickle_that_would_run_code_is_refused_before_it_runs(cifar10_root: Path, tmp_path: Path, kind, target):
+def test_a_pickle_that_would_run_code_is_refused_before_it_runs(
+    cifar10_root: Path, tmp_path: Path, kind, target
+):
     live = tmp_path / "live"
-    pickle.loads(pickle.dumps(_payloads(live)[kind], protocol=2))  # the payload works when unpickled naively ...
+    pickle.loads(
+        pickle.dumps(_payloads(live)[kind], protocol=2)
+    )  # the payload works when unpickled naively ...
     assert live.exists()
     marker = tmp_path / "marker"
     _pickle(cifar10_root / "cifar-10-batches-py" / target, _payloads(marker)[kind])
@@ -186,10 +190,20 @@ def test_python2_files_as_the_originals_are_written_load(tmp_path: Path):
     pixels = bytes(range(256)) * 24
     path = tmp_path / "data_batch_1"
     path.write_bytes(
-        b"\x80\x02}(" + short(b"data") + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
-        + short(b"b") + b"\x87R(K\x01K\x02M\x00\x0c\x86cnumpy\ndtype\n" + short(b"u1") + b"K\x00K\x01\x87R(K\x03"
-        + short(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbI00\nT" + len(pixels).to_bytes(4, "little")
-        + pixels + b"tb" + short(b"labels") + b"](K\x03K\x07eu."
+        b"\x80\x02}("
+        + short(b"data")
+        + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + short(b"b")
+        + b"\x87R(K\x01K\x02M\x00\x0c\x86cnumpy\ndtype\n"
+        + short(b"u1")
+        + b"K\x00K\x01\x87R(K\x03"
+        + short(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tbI00\nT"
+        + len(pixels).to_bytes(4, "little")
+        + pixels
+        + b"tb"
+        + short(b"labels")
+        + b"](K\x03K\x07eu."
     )
     loaded = _read_cifar_pickle(path)
     assert loaded.keys() == {"data", "labels"} and loaded["labels"] == [3, 7]
@@ -217,13 +231,17 @@ def test_one_class_is_refused(cifar10_root: Path):
 
 def test_training_labels_of_one_class_are_refused(cifar10_root: Path):
     _relabel(cifar10_root, [f"c{k}" for k in range(10)], lambda old: 3)
-    with pytest.raises(ValueError, match=r"only 1 of its 10 classes \(c3\); classification needs at least two"):
+    with pytest.raises(
+        ValueError, match=r"only 1 of its 10 classes \(c3\); classification needs at least two"
+    ):
         build_data("cifar10", root=str(cifar10_root))
 
 
 def test_labels_outside_the_classes_are_refused(cifar10_root: Path):
     _relabel(cifar10_root, [f"c{k}" for k in range(10)], lambda old: old + 5)  # labels 0..9 become 5..14
-    with pytest.raises(ValueError, match=r"damaged.*labels 1\d.* are not in 0\.\.9 \(10 classes in batches.meta\)"):
+    with pytest.raises(
+        ValueError, match=r"damaged.*labels 1\d.* are not in 0\.\.9 \(10 classes in batches.meta\)"
+    ):
         build_data("cifar10", root=str(cifar10_root))
 
 

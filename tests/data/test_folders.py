@@ -88,7 +88,9 @@ def test_empty_class_folder(make_folder):
     for image in (root / "val" / "fox").iterdir():
         image.unlink()
     (root / "val" / "fox" / "notes.txt").write_text("no image here")
-    with pytest.raises(FileNotFoundError, match=re.escape(str(root / "val" / "fox")) + ".*at least one image"):
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(str(root / "val" / "fox")) + ".*at least one image"
+    ):
         build_data(str(root))
 
 
@@ -133,7 +135,11 @@ def test_a_small_split_with_no_decodable_image_is_refused(make_folder):
     root = make_folder(per_class=1)
     for image in (root / "val").glob("*/*.jpg"):
         image.write_bytes(b"\x00garbage, not a JPEG")
-    with pytest.raises(ValueError, match=rf"none of the 3 images in {re.escape(str(root / 'val'))} can be decoded"):
+    with pytest.raises(
+        ValueError, match=rf"none of the 3 images in {re.escape(str(root / 'val'))} can be decoded"
+    ):
         build_data(str(root))
     (root / "val" / "dog" / "0.jpg").write_bytes((root / "train" / "dog" / "0.jpg").read_bytes())
-    assert len(build_data(str(root)).val) == 3  # one readable image is enough: the others are skipped when loaded
+    assert (
+        len(build_data(str(root)).val) == 3
+    )  # one readable image is enough: the others are skipped when loaded

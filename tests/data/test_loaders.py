@@ -74,7 +74,10 @@ def test_balanced_sampler_draws_classes_equally():
     loader = build_loader(_Indices(100), batch_size=10, train=True, seed=1, balanced_targets=targets)
     drawn = [targets[i] for epoch in range(10) for i in _order(loader, epoch)]
     assert len(drawn) == 1000
-    assert all(abs(count / 1000 - 1 / 3) < 0.06 for count in Counter(drawn).values()) and len(Counter(drawn)) == 3
+    assert (
+        all(abs(count / 1000 - 1 / 3) < 0.06 for count in Counter(drawn).values())
+        and len(Counter(drawn)) == 3
+    )
     again = build_loader(_Indices(100), batch_size=10, train=True, seed=1, balanced_targets=targets)
     assert _order(again, 4) == _order(loader, 4) and _order(loader, 4) != _order(loader, 5)
 

@@ -25,7 +25,9 @@ def test_excitation_is_fc_relu_fc_sigmoid_of_the_channel_means():
     torch.testing.assert_close(se.gates(x).flatten(1), expected)
 
 
-@pytest.mark.parametrize("channels, reduction, hidden", [(256, 16, 16), (2048, 16, 128), (64, 8, 8), (10, 16, 1)])
+@pytest.mark.parametrize(
+    "channels, reduction, hidden", [(256, 16, 16), (2048, 16, 128), (64, 8, 8), (10, 16, 1)]
+)
 def test_reduced_width_is_channels_over_r(channels, reduction, hidden):
     se = SqueezeExcite(channels, reduction)
     assert se.fc1.weight.shape == (hidden, channels, 1, 1)
@@ -53,8 +55,9 @@ def test_no_squeeze_applies_the_fcs_at_every_position():
     torch.testing.assert_close(se(x), _excited(x, se, torch.sigmoid, squeeze=False))
 
 
-@pytest.mark.parametrize("gate, function", [
-    ("sigmoid", torch.sigmoid), ("tanh", torch.tanh), ("relu", torch.relu)])
+@pytest.mark.parametrize(
+    "gate, function", [("sigmoid", torch.sigmoid), ("tanh", torch.tanh), ("relu", torch.relu)]
+)
 @pytest.mark.parametrize("training", [True, False])  # the fused training node and the plain eval ops
 def test_each_gate_is_its_function_of_the_excitation(gate, function, training):
     se = SqueezeExcite(16, reduction=2, gate=gate).train(training)
@@ -103,8 +106,12 @@ def test_bad_options_fail_with_the_choices():
     with pytest.raises(ValueError, match="standard, pre, post, identity, 3x3"):
         SEConfig(position="after")
     # SEConfig speaks in the se_* build options a user gives.
-    for field, value, fix in [("reduction", "abc", "integer >= 1"), ("reduction", 0, "integer >= 1"),
-                              ("gate", "softmax", "sigmoid, tanh, relu"), ("bias", "no", "True or False")]:
+    for field, value, fix in [
+        ("reduction", "abc", "integer >= 1"),
+        ("reduction", 0, "integer >= 1"),
+        ("gate", "softmax", "sigmoid, tanh, relu"),
+        ("bias", "no", "True or False"),
+    ]:
         with pytest.raises(ValueError, match=f"SE blocks got se_{field}={value!r}; .*{fix}"):
             SEConfig(**{field: value})
 

@@ -11,9 +11,12 @@ from senet.models.inception import BN_INCEPTION_MODULES, InceptionResNetBlock
 
 BN_INCEPTION = ["bn_inception", "se_bn_inception"]
 IRV2 = ["inception_resnet_v2", "se_inception_resnet_v2"]
-FEATURES = {"bn_inception": (1024, 7), "se_bn_inception": (1024, 7), "inception_resnet_v2": (1536, 8),
-            "se_inception_resnet_v2": (1536, 8)}  # (channels, side) of the last feature map at the paper's size
-
+FEATURES = {
+    "bn_inception": (1024, 7),
+    "se_bn_inception": (1024, 7),
+    "inception_resnet_v2": (1536, 8),
+    "se_inception_resnet_v2": (1536, 8),
+}  # (channels, side) of the last feature map at the paper's size
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,12 +46,15 @@ def test_cadenes_spelling_builds_the_same_network():
     assert shapes[0] == shapes[1]
 
 
-@pytest.mark.parametrize("name, options, fix", [
-    ("inception_resnet_v2", {"depths": (10, -1, 10)}, r"InceptionResNetV2 got depths=\(10, -1, 10\)"),
-    ("se_inception_resnet_v2", {"in_chans": 0}, "InceptionResNetV2 got in_chans=0"),
-    ("bn_inception", {"drop_rate": 1.5}, "BNInception got drop_rate=1.5"),
-    ("se_bn_inception", {"num_classes": -1}, "BNInception got num_classes=-1"),
-])
+@pytest.mark.parametrize(
+    "name, options, fix",
+    [
+        ("inception_resnet_v2", {"depths": (10, -1, 10)}, r"InceptionResNetV2 got depths=\(10, -1, 10\)"),
+        ("se_inception_resnet_v2", {"in_chans": 0}, "InceptionResNetV2 got in_chans=0"),
+        ("bn_inception", {"drop_rate": 1.5}, "BNInception got drop_rate=1.5"),
+        ("se_bn_inception", {"num_classes": -1}, "BNInception got num_classes=-1"),
+    ],
+)
 def test_impossible_build_options_are_refused(name, options, fix):
     with pytest.raises(ValueError, match=f"^{name}: {fix}"):
         senet.create_model(name, **options)
@@ -67,12 +73,15 @@ def test_shapes_at_the_paper_input_size(name):
     assert features.shape == (1, channels, side, side) and logits.shape == (1, 1000)
 
 
-@pytest.mark.parametrize("name, size, side", [
-    ("se_bn_inception", 224, 7),
-    ("bn_inception", 64, 2),
-    ("se_inception_resnet_v2", 299, 8),
-    ("inception_resnet_v2", 75, 1),  # the smallest input the unpadded stride-2 layers accept
-])
+@pytest.mark.parametrize(
+    "name, size, side",
+    [
+        ("se_bn_inception", 224, 7),
+        ("bn_inception", 64, 2),
+        ("se_inception_resnet_v2", 299, 8),
+        ("inception_resnet_v2", 75, 1),  # the smallest input the unpadded stride-2 layers accept
+    ],
+)
 def test_a_real_forward_gives_finite_logits(name, size, side):
     model = senet.create_model(name, num_classes=10).eval()
     with torch.no_grad():
@@ -107,10 +116,21 @@ def test_inception_resnet_v2_costs_timms_13_2_gmacs():
 
 def test_se_bn_inception_hidden_widths_match_the_released_prototxt():
     model = senet.create_model("se_bn_inception")
-    widths = {spec.name: getattr(model, f"inception_{spec.name}").se.fc1.weight.shape[:2] for spec in BN_INCEPTION_MODULES}
+    widths = {
+        spec.name: getattr(model, f"inception_{spec.name}").se.fc1.weight.shape[:2]
+        for spec in BN_INCEPTION_MODULES
+    }
     assert widths == {
-        "3a": (16, 256), "3b": (20, 320), "3c": (36, 576), "4a": (36, 576), "4b": (36, 576),
-        "4c": (38, 608), "4d": (38, 608), "4e": (66, 1056), "5a": (64, 1024), "5b": (64, 1024),
+        "3a": (16, 256),
+        "3b": (20, 320),
+        "3c": (36, 576),
+        "4a": (36, 576),
+        "4b": (36, 576),
+        "4c": (38, 608),
+        "4d": (38, 608),
+        "4e": (66, 1056),
+        "5a": (64, 1024),
+        "5b": (64, 1024),
     }
 
 
@@ -167,18 +187,34 @@ def test_inception_resnet_v2_layout_of_the_released_network():
     model = senet.create_model("inception_resnet_v2")
     assert [len(model.repeat), len(model.repeat_1), len(model.repeat_2)] == [10, 20, 9]
     assert {b.scale for b in model.repeat} == {0.17} and {b.scale for b in model.repeat_1} == {0.10}
-    assert {b.scale for b in model.repeat_2} == {0.20} and model.block8.scale == 1.0 and model.block8.relu is None
-    assert all(isinstance(b, InceptionResNetBlock) and b.relu is not None for b in model.residual_blocks()[:-1])
+    assert (
+        {b.scale for b in model.repeat_2} == {0.20}
+        and model.block8.scale == 1.0
+        and model.block8.relu is None
+    )
+    assert all(
+        isinstance(b, InceptionResNetBlock) and b.relu is not None for b in model.residual_blocks()[:-1]
+    )
     assert model.dropout.p == 0.2  # the original paper's keep-0.8 dropout
     keys = set(model.state_dict())
-    for key in ["conv2d_1a.conv.weight", "mixed_5b.branch3.1.conv.weight", "mixed_6a.branch1.2.bn.running_var",
-                "repeat.9.conv2d.bias", "repeat_1.19.branch1.2.conv.weight", "block8.conv2d.weight",
-                "conv2d_7b.bn.weight", "classif.weight"]:
+    for key in [
+        "conv2d_1a.conv.weight",
+        "mixed_5b.branch3.1.conv.weight",
+        "mixed_6a.branch1.2.bn.running_var",
+        "repeat.9.conv2d.bias",
+        "repeat_1.19.branch1.2.conv.weight",
+        "block8.conv2d.weight",
+        "conv2d_7b.bn.weight",
+        "classif.weight",
+    ]:
         assert key in keys, key  # timm's names
 
 
 def test_se_twins_only_add_se_keys():
-    for plain_name, se_name in [("bn_inception", "se_bn_inception"), ("inception_resnet_v2", "se_inception_resnet_v2")]:
+    for plain_name, se_name in [
+        ("bn_inception", "se_bn_inception"),
+        ("inception_resnet_v2", "se_inception_resnet_v2"),
+    ]:
         plain = set(senet.create_model(plain_name).state_dict())
         se = set(senet.create_model(se_name).state_dict())
         assert plain <= se and all(".se.fc1." in k or ".se.fc2." in k for k in se - plain)
@@ -202,7 +238,9 @@ def test_se_options_reach_the_blocks_and_bad_ones_are_refused():
 
 @pytest.mark.parametrize("name, size", [("se_bn_inception", 64), ("se_inception_resnet_v2", 75)])
 def test_build_options_forward_features_and_reset_classifier(name, size):
-    model = senet.create_model(name, num_classes=5, in_chans=1, drop_rate=0.3, **({"depths": (1, 1, 1)} if "resnet" in name else {})).eval()
+    model = senet.create_model(
+        name, num_classes=5, in_chans=1, drop_rate=0.3, **({"depths": (1, 1, 1)} if "resnet" in name else {})
+    ).eval()
     assert model.dropout.p == 0.3 and model.num_classes == 5
     x = torch.randn(1, 1, size, size)
     with torch.no_grad():
@@ -211,18 +249,25 @@ def test_build_options_forward_features_and_reset_classifier(name, size):
         assert model.forward_head(features, pre_logits=True).shape == (1, model.num_features)
         assert model(x).shape == (1, 5)
         model.reset_classifier(3)
-        assert model.num_classes == 3 and model(x).shape == (1, 3) and model.get_classifier().out_features == 3
+        assert (
+            model.num_classes == 3 and model(x).shape == (1, 3) and model.get_classifier().out_features == 3
+        )
         model.reset_classifier(0)
         assert isinstance(model.get_classifier(), nn.Identity) and model(x).shape == (1, model.num_features)
 
 
-@pytest.mark.parametrize("name, size, options", [
-    ("se_bn_inception", 64, {}),
-    ("se_inception_resnet_v2", 75, {"depths": (1, 1, 1)}),  # one block of each type keeps the step fast
-])
+@pytest.mark.parametrize(
+    "name, size, options",
+    [
+        ("se_bn_inception", 64, {}),
+        ("se_inception_resnet_v2", 75, {"depths": (1, 1, 1)}),  # one block of each type keeps the step fast
+    ],
+)
 def test_a_training_step_reaches_the_se_blocks(name, size, options):
     model = senet.create_model(name, num_classes=4, **options).train()
     loss = nn.functional.cross_entropy(model(torch.randn(2, 3, size, size)), torch.tensor([0, 3]))
     loss.backward()
     se_blocks = [m for m in model.modules() if isinstance(m, senet.SqueezeExcite)]
-    assert se_blocks and all(b.fc1.weight.grad is not None and torch.isfinite(b.fc1.weight.grad).all() for b in se_blocks)
+    assert se_blocks and all(
+        b.fc1.weight.grad is not None and torch.isfinite(b.fc1.weight.grad).all() for b in se_blocks
+    )

@@ -123,7 +123,11 @@ def test_shufflenet_follows_zhang_table_1():
     assert [s[0].conv2.stride[0] for s in stages] == [2, 2, 2]
     assert all(u.conv2.stride[0] == 1 for s in stages for u in s[1:])
     assert [s[0].conv1.out_channels for s in stages] == [60, 120, 240]  # bottleneck = out / 4
-    assert [s[0].conv3.out_channels for s in stages] == [216, 240, 480]  # out - in, concatenated to the shortcut
+    assert [s[0].conv3.out_channels for s in stages] == [
+        216,
+        240,
+        480,
+    ]  # out - in, concatenated to the shortcut
     assert all(u.conv2.groups == u.conv2.in_channels for u in units)
 
 
@@ -161,7 +165,9 @@ def test_shufflenet_post_position_rescales_the_unit_output():
 def test_unsupported_se_positions_are_refused():
     with pytest.raises(ValueError, match="MobileNet supports se_position 'standard', got 'post'"):
         senet.create_model("se_mobilenet", se_position="post")
-    with pytest.raises(ValueError, match="ShuffleNet supports se_position 'standard', 'post', got 'identity'"):
+    with pytest.raises(
+        ValueError, match="ShuffleNet supports se_position 'standard', 'post', got 'identity'"
+    ):
         senet.create_model("se_shufflenet", se_position="identity")
     with pytest.raises(ValueError, match="se_reduction given to a network without SE"):
         senet.create_model("shufflenet", se_reduction=8)
@@ -191,13 +197,20 @@ def test_a_training_step_reaches_every_se_block(name):
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
-@pytest.mark.parametrize("name, options, fix", [
-    ("mobilenet", {"units": ((64, 1), (128, 0))}, r"MobileNet got units=.*; give \(out_channels, stride\)"),
-    ("se_mobilenet", {"stem_width": 0}, "MobileNet got stem_width=0"),
-    ("shufflenet", {"depths": (4, 0, 4)}, r"ShuffleNet got depths=\(4, 0, 4\); use integers >= 1"),
-    ("se_shufflenet", {"groups": 0}, "ShuffleNet got groups=0"),
-    ("shufflenet", {"in_chans": 0}, "ShuffleNet got in_chans=0"),
-])
+@pytest.mark.parametrize(
+    "name, options, fix",
+    [
+        (
+            "mobilenet",
+            {"units": ((64, 1), (128, 0))},
+            r"MobileNet got units=.*; give \(out_channels, stride\)",
+        ),
+        ("se_mobilenet", {"stem_width": 0}, "MobileNet got stem_width=0"),
+        ("shufflenet", {"depths": (4, 0, 4)}, r"ShuffleNet got depths=\(4, 0, 4\); use integers >= 1"),
+        ("se_shufflenet", {"groups": 0}, "ShuffleNet got groups=0"),
+        ("shufflenet", {"in_chans": 0}, "ShuffleNet got in_chans=0"),
+    ],
+)
 def test_impossible_build_options_are_refused(name, options, fix):
     with pytest.raises(ValueError, match=f"^{name}: {fix}"):
         senet.create_model(name, **options)

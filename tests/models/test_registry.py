@@ -5,8 +5,17 @@ from torch import nn
 import senet
 
 PAPER_RESNET_FAMILY = [
-    "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x4d", "se_resnet50", "se_resnet101",
-    "se_resnet152", "se_resnext50_32x4d", "se_resnext101_32x4d", "senet154",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x4d",
+    "se_resnet50",
+    "se_resnet101",
+    "se_resnet152",
+    "se_resnext50_32x4d",
+    "se_resnext101_32x4d",
+    "senet154",
 ]
 
 
@@ -52,10 +61,16 @@ PLAIN_WITH_SE_TWIN = [n for n in MODELS if not n.startswith("se_") and f"se_{n}"
 # Table 2 and Table 3 print each SE model's gain over its re-implemented baseline in brackets (top-1, top-5):
 # a second, independent column of the paper that the registered errors of both twins must reproduce.
 PRINTED_GAINS = {
-    "resnet50": (1.51, 0.86), "resnet101": (0.79, 0.45), "resnet152": (0.85, 0.61),
-    "resnext50_32x4d": (1.01, 0.41), "resnext101_32x4d": (0.48, 0.56), "vgg16_bn": (1.80, 1.11),
-    "bn_inception": (1.15, 0.75), "inception_resnet_v2": (0.57, 0.42),
-    "mobilenet": (3.1, 1.7), "shufflenet": (1.6, 1.4),  # Table 3
+    "resnet50": (1.51, 0.86),
+    "resnet101": (0.79, 0.45),
+    "resnet152": (0.85, 0.61),
+    "resnext50_32x4d": (1.01, 0.41),
+    "resnext101_32x4d": (0.48, 0.56),
+    "vgg16_bn": (1.80, 1.11),
+    "bn_inception": (1.15, 0.75),
+    "inception_resnet_v2": (0.57, 0.42),
+    "mobilenet": (3.1, 1.7),
+    "shufflenet": (1.6, 1.4),  # Table 3
 }
 
 
@@ -75,18 +90,23 @@ def test_se_twins_are_registered_like_their_baselines_and_the_paper_orders_them(
     if plain.paper.top1_err is not None and se.paper.top1_err is not None:
         assert se.paper.top1_err < plain.paper.top1_err
     if plain.paper.gflops is not None and se.paper.gflops is not None:
-        assert plain.paper.gflops < se.paper.gflops <= plain.paper.gflops * 1.015  # ShuffleNet's +1.4% at most
+        assert (
+            plain.paper.gflops < se.paper.gflops <= plain.paper.gflops * 1.015
+        )  # ShuffleNet's +1.4% at most
     blocks = [m for m in _meta(se.name).modules() if isinstance(m, senet.SqueezeExcite)]
     assert blocks and not any(isinstance(m, senet.SqueezeExcite) for m in _meta(name).modules())
 
 
 @pytest.mark.parametrize("name", senet.list_models())
-@pytest.mark.parametrize("option, value, fix", [
-    ("num_classes", -1, "use num_classes >= 1, or 0 for no classifier"),
-    ("in_chans", 0, r"use in_chans >= 1"),
-    ("drop_rate", 1.0, r"use a probability in \[0, 1\)"),
-    ("drop_rate", -0.1, r"use a probability in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "option, value, fix",
+    [
+        ("num_classes", -1, "use num_classes >= 1, or 0 for no classifier"),
+        ("in_chans", 0, r"use in_chans >= 1"),
+        ("drop_rate", 1.0, r"use a probability in \[0, 1\)"),
+        ("drop_rate", -0.1, r"use a probability in \[0, 1\)"),
+    ],
+)
 def test_every_family_refuses_impossible_common_options_in_one_line(name, option, value, fix):
     with pytest.raises(ValueError, match=rf"^{name}: \w+ got {option}={value}; {fix}") as error:
         _meta(name, **{option: value})

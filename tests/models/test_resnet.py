@@ -75,11 +75,17 @@ def test_standard_se_rescales_the_residual_branch_before_the_sum():
         torch.testing.assert_close(block(x), torch.relu(x))  # branch gated off: out = relu(identity)
 
 
-@pytest.mark.parametrize("position, expected", [
-    ("post", lambda x, block: torch.zeros_like(x)),  # SE after the sum rescales everything
-    ("identity", lambda x, block: torch.relu(block.branch(x))),  # SE on the shortcut removes it
-    ("pre", lambda x, block: torch.relu(block.branch(torch.zeros_like(x)) + x)),  # SE feeds only the branch
-])
+@pytest.mark.parametrize(
+    "position, expected",
+    [
+        ("post", lambda x, block: torch.zeros_like(x)),  # SE after the sum rescales everything
+        ("identity", lambda x, block: torch.relu(block.branch(x))),  # SE on the shortcut removes it
+        (
+            "pre",
+            lambda x, block: torch.relu(block.branch(torch.zeros_like(x)) + x),
+        ),  # SE feeds only the branch
+    ],
+)
 def test_integration_strategies_of_figure_5(position, expected):
     block = senet.create_model("se_resnet50", se_position=position).layer1[1].eval()
     _close_gates(block)
@@ -130,28 +136,51 @@ def _meta(name: str, **options) -> nn.Module:
         return senet.create_model(name, **options)
 
 
-@pytest.mark.parametrize("name, options, fix", [
-    # Accepted and ignored before: basic blocks have no 1x1 conv; a pre-activation branch ends in a conv, so
-    # there is no last BN to zero; the CIFAR stem has no pooling.
-    ("resnet18", {"stride_in_1x1": True}, "ResNet with basic blocks got stride_in_1x1=True; basic blocks"),
-    ("se_resnet34", {"stride_in_1x1": True}, "leave it at False or use a bottleneck"),
-    ("resnet110_cifar", {"stride_in_1x1": True}, "pre-activation ResNet with basic blocks got stride_in_1x1"),
-    ("resnet20_cifar", {"zero_init_residual": True}, "pre-activation ResNet with basic blocks got zero_init"),
-    ("se_resnet164_cifar", {"zero_init_residual": True}, "branches end in a conv, not a BN; leave it False"),
-    ("wrn16_8", {"zero_init_residual": True}, "zero_init_residual=True"),
-    ("resnet56_cifar", {"stem_pool": "caffe"}, "stem_pool='caffe'; the cifar stem has no pooling"),
-    ("se_wrn16_8", {"stem_pool": "torchvision"}, "the cifar stem has no pooling; leave it out"),
-    ("resnet34", {"groups": 32}, "got groups=32; basic blocks have no 1x1 conv, no groups; leave it at 1"),
-    ("resnet18", {"base_width": 4}, "got base_width=4"),
-    # Impossible: an even projection kernel misaligns the shortcut; empty widths; unknown layouts.
-    ("senet154", {"down_kernel_size": 2}, "got down_kernel_size=2; use an odd kernel size"),
-    ("resnet50", {"widths": (64, 0, 256, 512)}, r"got widths=\(64, 0, 256, 512\); use integers >= 1"),
-    ("resnet50", {"widths": (64, 128)}, r"got depths=\(3, 4, 6, 3\); give one per width"),
-    ("resnet50", {"stem_pool": "max"}, "got stem_pool='max'; choose torchvision or caffe"),
-    ("resnet50", {"stem": "5x5"}, "got stem='5x5'; choose one of 7x7, deep, cifar"),
-    ("resnext50_32x4d", {"groups": 0}, "got groups=0"),
-    ("senet154", {"first_conv_ratio": 0.0}, "got first_conv_ratio=0.0; use a ratio > 0"),
-])
+@pytest.mark.parametrize(
+    "name, options, fix",
+    [
+        # Accepted and ignored before: basic blocks have no 1x1 conv; a pre-activation branch ends in a conv, so
+        # there is no last BN to zero; the CIFAR stem has no pooling.
+        (
+            "resnet18",
+            {"stride_in_1x1": True},
+            "ResNet with basic blocks got stride_in_1x1=True; basic blocks",
+        ),
+        ("se_resnet34", {"stride_in_1x1": True}, "leave it at False or use a bottleneck"),
+        (
+            "resnet110_cifar",
+            {"stride_in_1x1": True},
+            "pre-activation ResNet with basic blocks got stride_in_1x1",
+        ),
+        (
+            "resnet20_cifar",
+            {"zero_init_residual": True},
+            "pre-activation ResNet with basic blocks got zero_init",
+        ),
+        (
+            "se_resnet164_cifar",
+            {"zero_init_residual": True},
+            "branches end in a conv, not a BN; leave it False",
+        ),
+        ("wrn16_8", {"zero_init_residual": True}, "zero_init_residual=True"),
+        ("resnet56_cifar", {"stem_pool": "caffe"}, "stem_pool='caffe'; the cifar stem has no pooling"),
+        ("se_wrn16_8", {"stem_pool": "torchvision"}, "the cifar stem has no pooling; leave it out"),
+        (
+            "resnet34",
+            {"groups": 32},
+            "got groups=32; basic blocks have no 1x1 conv, no groups; leave it at 1",
+        ),
+        ("resnet18", {"base_width": 4}, "got base_width=4"),
+        # Impossible: an even projection kernel misaligns the shortcut; empty widths; unknown layouts.
+        ("senet154", {"down_kernel_size": 2}, "got down_kernel_size=2; use an odd kernel size"),
+        ("resnet50", {"widths": (64, 0, 256, 512)}, r"got widths=\(64, 0, 256, 512\); use integers >= 1"),
+        ("resnet50", {"widths": (64, 128)}, r"got depths=\(3, 4, 6, 3\); give one per width"),
+        ("resnet50", {"stem_pool": "max"}, "got stem_pool='max'; choose torchvision or caffe"),
+        ("resnet50", {"stem": "5x5"}, "got stem='5x5'; choose one of 7x7, deep, cifar"),
+        ("resnext50_32x4d", {"groups": 0}, "got groups=0"),
+        ("senet154", {"first_conv_ratio": 0.0}, "got first_conv_ratio=0.0; use a ratio > 0"),
+    ],
+)
 def test_options_the_family_would_ignore_or_cannot_build_are_refused(name, options, fix):
     with pytest.raises(ValueError, match=f"^{name}: .*{fix}"):
         _meta(name, **options)
@@ -161,7 +190,9 @@ def test_options_that_match_the_block_are_still_accepted():
     # stride_in_1x1=False is what a basic block does anyway: same layout as the default.
     default, explicit = _meta("resnet18"), _meta("resnet18", stride_in_1x1=False)
     assert explicit.layer2[0].conv1.stride == default.layer2[0].conv1.stride == (2, 2)
-    assert isinstance(default.maxpool, nn.MaxPool2d) and default.maxpool.ceil_mode  # the paper's Caffe pooling
+    assert (
+        isinstance(default.maxpool, nn.MaxPool2d) and default.maxpool.ceil_mode
+    )  # the paper's Caffe pooling
     assert isinstance(_meta("resnet20_cifar").maxpool, nn.Identity)
     assert _meta("resnet50", num_classes=0).num_features == 2048  # 0: no classifier, not an error
 
@@ -179,7 +210,9 @@ def test_pre_activation_stem_is_a_bare_conv(name, training):
     expected = F.conv2d(x, model.conv1.weight, padding=1)
     assert (expected < 0).any()
     torch.testing.assert_close(seen[0], expected)
-    assert all(not k.startswith(("bn1.", "relu")) for k in model.state_dict())  # the keys stay conv1.*, layer*
+    assert all(
+        not k.startswith(("bn1.", "relu")) for k in model.state_dict()
+    )  # the keys stay conv1.*, layer*
 
 
 def test_post_activation_stem_is_conv_bn_relu_pool():

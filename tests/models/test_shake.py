@@ -8,8 +8,18 @@ import senet.models.shake  # noqa: F401  (registers the family until models/__in
 from senet.analysis.complexity import model_complexity
 from senet.models.shake import ShakeBlock, ShakeShake, ShakeShortcut, shake_shake
 
-SHAKE_FAMILY = ["shake_shake26_2x96d", "se_shake_shake26_2x96d", "shake_even29_2x4x64d", "se_shake_even29_2x4x64d"]
-TINY = {"shake_shake26_2x96d": 8, "se_shake_shake26_2x96d": 8, "shake_even29_2x4x64d": 4, "se_shake_even29_2x4x64d": 4}
+SHAKE_FAMILY = [
+    "shake_shake26_2x96d",
+    "se_shake_shake26_2x96d",
+    "shake_even29_2x4x64d",
+    "se_shake_even29_2x4x64d",
+]
+TINY = {
+    "shake_shake26_2x96d": 8,
+    "se_shake_shake26_2x96d": 8,
+    "shake_even29_2x4x64d": 4,
+    "se_shake_even29_2x4x64d": 4,
+}
 
 
 def _tiny(name: str, **options) -> nn.Module:
@@ -38,9 +48,14 @@ def _basic_branch_by_hand(x: torch.Tensor, b: nn.Sequential, stride: int) -> tor
 def _shifted_shortcut_by_hand(x: torch.Tensor, s: ShakeShortcut) -> torch.Tensor:
     x = F.relu(x)
     shifted = torch.zeros_like(x)
-    shifted[:, :, 1:, 1:] = x[:, :, :-1, :-1]  # one pixel right and down, as Gastaldi's SpatialZeroPadding(1,-1,1,-1)
+    shifted[:, :, 1:, 1:] = x[
+        :, :, :-1, :-1
+    ]  # one pixel right and down, as Gastaldi's SpatialZeroPadding(1,-1,1,-1)
     stride = s.stride
-    paths = [F.conv2d(x[:, :, ::stride, ::stride], s.conv1.weight), F.conv2d(shifted[:, :, ::stride, ::stride], s.conv2.weight)]
+    paths = [
+        F.conv2d(x[:, :, ::stride, ::stride], s.conv1.weight),
+        F.conv2d(shifted[:, :, ::stride, ::stride], s.conv2.weight),
+    ]
     return _bn(torch.cat(paths, 1), s.bn)
 
 
@@ -64,10 +79,13 @@ def test_every_model_maps_a_batch_to_logits_in_train_and_eval(name):
         assert logits.shape == (2, classes) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("plain, stages", [
-    ("shake_shake26_2x96d", [(4, 96), (4, 192), (4, 384)]),
-    ("shake_even29_2x4x64d", [(3, 256), (3, 512), (3, 1024)]),
-])
+@pytest.mark.parametrize(
+    "plain, stages",
+    [
+        ("shake_shake26_2x96d", [(4, 96), (4, 192), (4, 384)]),
+        ("shake_even29_2x4x64d", [(3, 256), (3, 512), (3, 1024)]),
+    ],
+)
 def test_se_adds_the_papers_parameter_formula_on_block_outputs(plain, stages):
     # One SE block per block, on the combined residual: C = the block's output width, r = 16, FC biases.
     extra = model_complexity("se_" + plain).params - model_complexity(plain).params
@@ -80,12 +98,17 @@ def test_full_size_layouts_follow_gastaldi():
         cifar100 = senet.create_model("shake_even29_2x4x64d")
     assert cifar10.conv1.out_channels == 16 and [len(s) for s in cifar10.stages()] == [4, 4, 4]
     assert [s[0].branch1.conv2.out_channels for s in cifar10.stages()] == [96, 192, 384]
-    assert all(s[0].shortcut.shifted and s[1].shortcut is None for s in cifar10.stages())  # 16 -> 96 projects too
+    assert all(
+        s[0].shortcut.shifted and s[1].shortcut is None for s in cifar10.stages()
+    )  # 16 -> 96 projects too
     assert [s[0].branch1.conv1.stride for s in cifar10.stages()] == [(1, 1), (2, 2), (2, 2)]
     assert cifar10.num_features == 384 and cifar10.layer1[0].shake_backward == "shake"
 
     assert cifar100.conv1.out_channels == 64 and [len(s) for s in cifar100.stages()] == [3, 3, 3]
-    convs = [(b.conv2.in_channels, b.conv2.groups, b.conv3.out_channels) for b in (s[0].branch2 for s in cifar100.stages())]
+    convs = [
+        (b.conv2.in_channels, b.conv2.groups, b.conv3.out_channels)
+        for b in (s[0].branch2 for s in cifar100.stages())
+    ]
     assert convs == [(256, 4, 256), (512, 4, 512), (1024, 4, 1024)]  # 4 groups of 64/128/256
     assert [s[0].branch1.conv2.stride for s in cifar100.stages()] == [(1, 1), (2, 2), (2, 2)]
     assert all(not s[0].shortcut.shifted for s in cifar100.stages())
@@ -101,7 +124,9 @@ def test_shifted_shortcut_sees_the_pixels_the_first_path_skips():
         out = shortcut(x) * (1 + shortcut.bn.eps) ** 0.5  # undo the eval BN's eps
     relu = F.relu(x)[0, 0]
     torch.testing.assert_close(out[0, 0], relu[::2, ::2])
-    torch.testing.assert_close(out[0, 1], torch.tensor([[0.0, 0.0], [0.0, relu[1, 1]]]))  # x[2i-1, 2j-1], zero-padded
+    torch.testing.assert_close(
+        out[0, 1], torch.tensor([[0.0, 0.0], [0.0, relu[1, 1]]])
+    )  # x[2i-1, 2j-1], zero-padded
 
 
 @pytest.mark.parametrize("stage, index", [(2, 0), (1, 1)])  # a shifted-shortcut block and an identity one
@@ -115,7 +140,9 @@ def test_eval_basic_block_is_the_mean_of_the_branches_computed_by_hand(stage, in
     with torch.no_grad():
         out1, out2 = block(x), block(x)
         shortcut = x if block.shortcut is None else _shifted_shortcut_by_hand(x, block.shortcut)
-        expected = 0.5 * (_basic_branch_by_hand(x, block.branch1, stride) + _basic_branch_by_hand(x, block.branch2, stride))
+        expected = 0.5 * (
+            _basic_branch_by_hand(x, block.branch1, stride) + _basic_branch_by_hand(x, block.branch2, stride)
+        )
         expected = expected + shortcut  # no ReLU after the sum: the next branch starts with one
     assert torch.equal(out1, out2)
     torch.testing.assert_close(out1, expected, rtol=1e-4, atol=1e-5)
@@ -133,7 +160,9 @@ def test_eval_bottleneck_block_is_the_mean_of_the_branches_then_relu():
             out = F.relu(_bn(F.conv2d(out, b.conv2.weight, stride=2, padding=1, groups=4), b.bn2))
             branches.append(_bn(F.conv2d(out, b.conv3.weight), b.bn3))
         shortcut = _bn(F.conv2d(x, block.shortcut.conv1.weight, stride=2), block.shortcut.bn)
-        torch.testing.assert_close(block(x), F.relu(0.5 * (branches[0] + branches[1]) + shortcut), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            block(x), F.relu(0.5 * (branches[0] + branches[1]) + shortcut), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_training_forward_is_random_per_seed_and_reproducible():
@@ -192,10 +221,13 @@ def test_batch_level_and_even_forward():
     torch.testing.assert_close(shake_shake(x1, x2, False), 0.5 * (x1 + x2))
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("se_shake_shake26_2x96d", lambda x, block: block.shortcut(x)),  # basic blocks: no ReLU after the sum
-    ("se_shake_even29_2x4x64d", lambda x, block: torch.relu(block.shortcut(x))),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("se_shake_shake26_2x96d", lambda x, block: block.shortcut(x)),  # basic blocks: no ReLU after the sum
+        ("se_shake_even29_2x4x64d", lambda x, block: torch.relu(block.shortcut(x))),
+    ],
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_closed_se_gates_leave_only_the_shortcut(name, expected, training):
     block = _tiny(name).layer2[0].train(training)
@@ -256,13 +288,20 @@ def test_forward_features_options_and_reset_classifier():
 
 @pytest.mark.parametrize("name", ["se_shake_shake26_2x96d", "se_shake_even29_2x4x64d"])
 def test_a_training_step_reaches_both_branches_and_the_se_block(name):
-    model = _tiny(name, num_classes=4, se_reduction=4).train()  # r = 16 would leave 8 channels a dead 1-wide FC
+    model = _tiny(
+        name, num_classes=4, se_reduction=4
+    ).train()  # r = 16 would leave 8 channels a dead 1-wide FC
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.layer1[0].branch2.conv1.weight.detach().clone()
     loss = F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     block = model.layer1[0]
-    for param in (block.branch1.conv1.weight, block.branch2.conv1.weight, block.se.fc1.weight, block.shortcut.conv1.weight):
+    for param in (
+        block.branch1.conv1.weight,
+        block.branch2.conv1.weight,
+        block.se.fc1.weight,
+        block.shortcut.conv1.weight,
+    ):
         assert param.grad is not None and param.grad.abs().sum() > 0
     optimizer.step()
     assert not torch.equal(before, model.layer1[0].branch2.conv1.weight)

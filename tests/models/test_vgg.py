@@ -123,13 +123,19 @@ def test_a_training_step_reaches_the_se_blocks():
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
-@pytest.mark.parametrize("options, fix", [
-    ({"widths": (8, 8, 16, 16, 0)}, "VGG got widths=.*; use integers >= 1"),
-    ({"depths": (2, 2, 0, 3, 3)}, "fixes 'depths' itself"),  # a 0 would keep the stage's pool, drop its width
-    ({"mlp_width": 0}, "VGG got mlp_width=0"),
-    ({"pool_size": 0}, "VGG got pool_size=0"),
-    ({"drop_rate": 1.0}, r"VGG got drop_rate=1.0; use a probability in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "options, fix",
+    [
+        ({"widths": (8, 8, 16, 16, 0)}, "VGG got widths=.*; use integers >= 1"),
+        (
+            {"depths": (2, 2, 0, 3, 3)},
+            "fixes 'depths' itself",
+        ),  # a 0 would keep the stage's pool, drop its width
+        ({"mlp_width": 0}, "VGG got mlp_width=0"),
+        ({"pool_size": 0}, "VGG got pool_size=0"),
+        ({"drop_rate": 1.0}, r"VGG got drop_rate=1.0; use a probability in \[0, 1\)"),
+    ],
+)
 def test_impossible_build_options_are_refused(options, fix):
     with pytest.raises(ValueError, match=fix):
         _meta("vgg16_bn", **options)

@@ -10,8 +10,13 @@ from senet.train import checkpoint as ckpt
 
 
 def _save(run_dir, model, optimizer, step, keep=2):
-    return ckpt.save_checkpoint(run_dir, model=model, optimizer=optimizer, keep=keep,
-                                meta={"step": step, "batches_done": step % 3, "epoch": step // 3, "config": {}})
+    return ckpt.save_checkpoint(
+        run_dir,
+        model=model,
+        optimizer=optimizer,
+        keep=keep,
+        meta={"step": step, "batches_done": step % 3, "epoch": step // 3, "config": {}},
+    )
 
 
 @pytest.fixture
@@ -26,8 +31,21 @@ def trained():
 def _complete(meta_path):
     """A checkpoint JSON with every field the schema asks for (as the engine writes them)."""
     meta = json.loads(meta_path.read_text())
-    meta.update({k: v for k, v in {"model": "m", "num_classes": 3, "classes": [], "world_size": 1, "history": [],
-                                   "best": {}, "epoch_state": {}}.items() if k not in meta})
+    meta.update(
+        {
+            k: v
+            for k, v in {
+                "model": "m",
+                "num_classes": 3,
+                "classes": [],
+                "world_size": 1,
+                "history": [],
+                "best": {},
+                "epoch_state": {},
+            }.items()
+            if k not in meta
+        }
+    )
     meta_path.write_text(json.dumps(meta))
     return meta_path
 
@@ -40,8 +58,10 @@ def test_round_trip_restores_weights_optimizer_and_rng(tmp_path, trained):
     assert all(torch.equal(loaded.model_state()[k], v) for k, v in model.state_dict().items())
     fresh = torch.optim.SGD(nn.Linear(4, 3).parameters(), lr=0.1, momentum=0.9)
     fresh.load_state_dict(loaded.optimizer_state())
-    assert torch.equal(fresh.state_dict()["state"][0]["momentum_buffer"],
-                       optimizer.state_dict()["state"][0]["momentum_buffer"])
+    assert torch.equal(
+        fresh.state_dict()["state"][0]["momentum_buffer"],
+        optimizer.state_dict()["state"][0]["momentum_buffer"],
+    )
     loaded.restore_rng(0)
     assert torch.equal(torch.rand(3), expected_draw)
     with pytest.raises(ValueError, match="no RNG state of process 1"):
@@ -118,14 +138,21 @@ def test_files_follow_the_umask(tmp_path, umask, mode):
         open(tmp_path / "plain", "w").close()
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert (
+        stat.S_IMODE((tmp_path / "f").stat().st_mode)
+        == mode
+        == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    )
 
 
-@pytest.mark.parametrize("content, message", [
-    ("[]", "not a senet checkpoint"),
-    ('{"format": "senet-checkpoint/2"}', "missing or wrong fields tensors"),
-    ("{not json", "not a valid checkpoint file"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[]", "not a senet checkpoint"),
+        ('{"format": "senet-checkpoint/2"}', "missing or wrong fields tensors"),
+        ("{not json", "not a valid checkpoint file"),
+    ],
+)
 def test_malformed_checkpoint_json_is_one_line(tmp_path, content, message):
     path = tmp_path / (ckpt.checkpoint_name(0, 1) + ".json")
     path.write_text(content)

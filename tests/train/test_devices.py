@@ -8,12 +8,20 @@ import torch
 from senet.train import TrainConfig, train
 from senet.train.evaluation import evaluate_runs
 
-TINY = dict(model="se_resnet20_cifar", model_options={"widths": (4, 8, 8)}, data="digits", epochs=1, batch_size=64,
-            log_interval=0)
+TINY = dict(
+    model="se_resnet20_cifar",
+    model_options={"widths": (4, 8, 8)},
+    data="digits",
+    epochs=1,
+    batch_size=64,
+    log_interval=0,
+)
 
 
 def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
-    result = train(TrainConfig(**TINY, device="cpu", amp=True, channels_last=True, output=str(tmp_path / "run")))
+    result = train(
+        TrainConfig(**TINY, device="cpu", amp=True, channels_last=True, output=str(tmp_path / "run"))
+    )
     assert math.isfinite(result.history[0]["train_loss"]) and result.history[0]["val_images"] == 360
     assert next(result.model.parameters()).dtype == torch.float32  # autocast leaves the weights in fp32
 

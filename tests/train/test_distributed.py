@@ -15,8 +15,17 @@ from safetensors.torch import load_file, save_file
 from senet.train import TrainConfig, train
 from senet.train.checkpoint import load_checkpoint
 
-CONFIG = dict(model="se_resnet20_cifar", model_options={"widths": (4, 8, 8)}, data="digits", epochs=2,
-              batch_size=64, lr=0.1, schedule="cosine", log_interval=0, device="cpu")
+CONFIG = dict(
+    model="se_resnet20_cifar",
+    model_options={"widths": (4, 8, 8)},
+    data="digits",
+    epochs=2,
+    batch_size=64,
+    lr=0.1,
+    schedule="cosine",
+    log_interval=0,
+    device="cpu",
+)
 
 
 def _free_port() -> int:
@@ -26,12 +35,21 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world_size: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
-                      LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        GLOO_SOCKET_IFNAME="lo",
+    )
     torch.set_num_threads(1)
     try:
         result = train(TrainConfig(**CONFIG, output=os.path.join(out, "run")))
-        save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, os.path.join(out, f"rank{rank}.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in result.model.state_dict().items()},
+            os.path.join(out, f"rank{rank}.safetensors"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -48,8 +66,21 @@ def test_two_ddp_processes_stay_identical_and_learn(tmp_path):
 
 def _torchrun(*args, env=None, expect=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", **(env or {})}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "senet",
-               "train", "--log-interval", "0", "--device", "cpu", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "senet",
+        "train",
+        "--log-interval",
+        "0",
+        "--device",
+        "cpu",
+        *args,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert (done.returncode == 0) == (expect == 0), done.stdout[-2000:] + done.stderr[-2000:]
     return done
@@ -63,11 +94,29 @@ def test_a_rank_whose_batch_is_all_unreadable_makes_every_rank_skip_it(tmp_path,
     for index in order[1::2][:2]:  # rank 1's first batch: nothing readable
         files[index].write_bytes(b"not a jpeg")
     run = tmp_path / "run"
-    _torchrun("--data", str(root), "--model", "se_resnet20_cifar", "--model-opt", "widths=(4,4,4)",
-              "--image-size", "32", "--batch-size", "4", "--epochs", "1", "--lr", "0.01", "--output", str(run))
+    _torchrun(
+        "--data",
+        str(root),
+        "--model",
+        "se_resnet20_cifar",
+        "--model-opt",
+        "widths=(4,4,4)",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.01",
+        "--output",
+        str(run),
+    )
     record = json.loads((run / "metrics.jsonl").read_text())
     assert record["train_skipped"] == 2
-    assert record["train_images"] == len(files) - 4  # rank 0's half of the skipped step is not trained on either
+    assert (
+        record["train_images"] == len(files) - 4
+    )  # rank 0's half of the skipped step is not trained on either
     assert record["val_images"] == 12
 
 
@@ -90,8 +139,13 @@ def test_torchrun_runs_the_cli(torchrun_run):
 
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, torchrun_run):
     run = tmp_path / "run"
-    done = _torchrun(*TORCHRUN_DEMO, "--output", str(run), env={"SENET_FAULT": "SIGTERM@step=3", "SENET_FAULT_RANK": "1"},
-                     expect=1)
+    done = _torchrun(
+        *TORCHRUN_DEMO,
+        "--output",
+        str(run),
+        env={"SENET_FAULT": "SIGTERM@step=3", "SENET_FAULT_RANK": "1"},
+        expect=1,
+    )
     assert "stopped by SIGTERM at epoch 1, batch 3" in done.stdout
     assert load_checkpoint(run).meta["world_size"] == 2 and len(load_checkpoint(run).meta["rng"]) == 2
     _torchrun("--resume", str(run))

@@ -11,9 +11,20 @@ TINY = {"widths": (4, 8, 8)}  # a CIFAR ResNet-20 a few thousand parameters wide
 
 
 def tiny_config(tmp_path, name="run", **overrides) -> TrainConfig:
-    values = dict(model="se_resnet20_cifar", model_options=TINY, data="digits", epochs=2, batch_size=64, lr=0.1,
-                  schedule="step", step_epochs=1, gamma=0.5, output=str(tmp_path / name), log_interval=0,
-                  device="cpu")  # exact equality of runs is a CPU guarantee; CUDA kernels may reorder sums
+    values = dict(
+        model="se_resnet20_cifar",
+        model_options=TINY,
+        data="digits",
+        epochs=2,
+        batch_size=64,
+        lr=0.1,
+        schedule="step",
+        step_epochs=1,
+        gamma=0.5,
+        output=str(tmp_path / name),
+        log_interval=0,
+        device="cpu",
+    )  # exact equality of runs is a CPU guarantee; CUDA kernels may reorder sums
     return TrainConfig(**{**values, **overrides})
 
 
@@ -37,7 +48,9 @@ def test_resume_gives_exactly_the_weights_of_a_straight_run(tmp_path):
     straight = train(tiny_config(tmp_path, "straight", epochs=2))
     train(tiny_config(tmp_path, "resumed", epochs=1))
     # A step schedule does not depend on the number of epochs: extending 1 -> 2 epochs is the 2-epoch run.
-    resumed = train(tiny_config(tmp_path, "resumed", epochs=2), resume=tmp_path / "resumed", extend_schedule=True)
+    resumed = train(
+        tiny_config(tmp_path, "resumed", epochs=2), resume=tmp_path / "resumed", extend_schedule=True
+    )
     assert _same_weights(straight.model, resumed.model)
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
 
@@ -59,13 +72,38 @@ def test_a_checkpoint_of_another_model_is_refused_with_what_differs(tmp_path):
 
 def test_cli_train_resume_eval_and_plot(tmp_path, capsys):
     run = tmp_path / "cli"
-    args = ["--model", "resnet20_cifar", "--model-opt", "widths=(4,8,8)", "--epochs", "1", "--output", str(run),
-            "--log-interval", "0", "--schedule", "step"]
+    args = [
+        "--model",
+        "resnet20_cifar",
+        "--model-opt",
+        "widths=(4,8,8)",
+        "--epochs",
+        "1",
+        "--output",
+        str(run),
+        "--log-interval",
+        "0",
+        "--schedule",
+        "step",
+    ]
     assert main(["train", "--preset", "demo", *args]) == 0
     assert main(["train", "--resume", str(run), "--epochs", "2", "--extend-schedule"]) == 0
     assert load_checkpoint(run).meta["epoch"] == 2
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(run), "--per-class", str(tmp_path / "classes.csv"), "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run),
+                "--per-class",
+                str(tmp_path / "classes.csv"),
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert result["images"] == 360 and result["top1_err"] == pytest.approx(last["val_top1_err"], abs=1e-6)
@@ -85,23 +123,64 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_imagenet_paper_preset_runs_on_a_small_image_folder(tmp_path, make_folder):
     root = make_folder(classes=("cat", "dog"), per_class=4)
     run = tmp_path / "imagenet"
-    code = main(["train", "--preset", "imagenet-paper", "--data", str(root), "--model", "se_resnet18",
-                 "--model-opt", "widths=(8,8,8,8)", "--image-size", "32", "--batch-size", "4", "--epochs", "1",
-                 "--workers", "0", "--output", str(run), "--log-interval", "0", "--balanced-sampling"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "imagenet-paper",
+            "--data",
+            str(root),
+            "--model",
+            "se_resnet18",
+            "--model-opt",
+            "widths=(8,8,8,8)",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--output",
+            str(run),
+            "--log-interval",
+            "0",
+            "--balanced-sampling",
+        ]
+    )
     assert code == 0
     config = json.loads((run / "config.json").read_text())
     assert config["schedule"] == "step" and config["lr_reference_batch"] == 1024
     assert load_checkpoint(run).meta["classes"] == ["cat", "dog"]
     # Multi-scale, ten-crop and a two-model ensemble all fuse on the same validation images.
-    assert main(["eval", "--checkpoint", str(run), "--checkpoint", str(run), "--ten-crop", "--scales", "32,40"]) == 0
+    assert (
+        main(["eval", "--checkpoint", str(run), "--checkpoint", str(run), "--ten-crop", "--scales", "32,40"])
+        == 0
+    )
 
 
 def test_unreadable_images_are_skipped_and_counted_or_fatal_with_strict_data(tmp_path, make_folder, capsys):
     root = make_folder(classes=("cat", "dog"), per_class=4)
     broken = root / "train" / "cat" / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    common = ["train", "--data", str(root), "--model", "resnet18", "--model-opt", "widths=(8,8,8,8)", "--image-size",
-              "32", "--batch-size", "3", "--epochs", "1", "--log-interval", "0"]
+    common = [
+        "train",
+        "--data",
+        str(root),
+        "--model",
+        "resnet18",
+        "--model-opt",
+        "widths=(8,8,8,8)",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "3",
+        "--epochs",
+        "1",
+        "--log-interval",
+        "0",
+    ]
     assert main([*common, "--output", str(tmp_path / "lenient")]) == 0
     record = json.loads((tmp_path / "lenient" / "metrics.jsonl").read_text())
     assert record["train_skipped"] >= 1
@@ -117,9 +196,29 @@ def test_a_training_split_with_no_readable_image_is_refused(tmp_path, make_folde
             (root / "train" / name / f"bad{k}.jpg").write_bytes(b"not a jpeg")
     for good in (root / "train").rglob("[0-9].jpg"):
         good.write_bytes(b"not a jpeg either")
-    code = main(["train", "--data", str(root), "--model", "resnet20_cifar", "--model-opt", "widths=(4,4,4)",
-                 "--image-size", "16", "--batch-size", "8", "--epochs", "1", "--log-interval", "0",
-                 "--output", str(tmp_path / "run"), "--device", "cpu"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(root),
+            "--model",
+            "resnet20_cifar",
+            "--model-opt",
+            "widths=(4,4,4)",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--log-interval",
+            "0",
+            "--output",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "no train image could be used in epoch 1 (80 unreadable, skipped)" in err

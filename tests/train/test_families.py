@@ -22,8 +22,18 @@ ONE_PER_FAMILY = [  # (model, options that keep it small, smallest convenient in
 @pytest.mark.parametrize("model, options, size", ONE_PER_FAMILY)
 def test_each_family_trains_with_the_engine(tmp_path, make_folder, model, options, size):
     root = make_folder(classes=("cat", "dog"), per_class=4)
-    config = TrainConfig(model=model, model_options=options, data=str(root), image_size=size, epochs=1,
-                         batch_size=4, lr=0.01, device="cpu", log_interval=0, output=str(tmp_path / model))
+    config = TrainConfig(
+        model=model,
+        model_options=options,
+        data=str(root),
+        image_size=size,
+        epochs=1,
+        batch_size=4,
+        lr=0.01,
+        device="cpu",
+        log_interval=0,
+        output=str(tmp_path / model),
+    )
     result = train(config)
     record = result.history[0]
     assert math.isfinite(record["train_loss"]) and record["train_images"] == 8 and record["val_images"] == 8

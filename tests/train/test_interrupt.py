@@ -19,12 +19,43 @@ from senet.train.checkpoint import list_checkpoints, load_checkpoint
 from senet.train.control import FAULT_ENV
 
 STEPS_PER_EPOCH = 1437 // 128  # digits' training split in full batches of 128
-SETTINGS = dict(model="se_resnet20_cifar", model_options={"widths": (4, 4, 4)}, data="digits", epochs=2,
-                batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=0.5, log_interval=0, device="cpu",
-                workers=0)
-CLI = ["--model", "se_resnet20_cifar", "--model-opt", "widths=(4,4,4)", "--data", "digits", "--epochs", "2",
-       "--batch-size", "128", "--lr", "0.1", "--schedule", "cosine", "--warmup-epochs", "0.5", "--log-interval", "0",
-       "--device", "cpu", "--workers", "0"]
+SETTINGS = dict(
+    model="se_resnet20_cifar",
+    model_options={"widths": (4, 4, 4)},
+    data="digits",
+    epochs=2,
+    batch_size=128,
+    lr=0.1,
+    schedule="cosine",
+    warmup_epochs=0.5,
+    log_interval=0,
+    device="cpu",
+    workers=0,
+)
+CLI = [
+    "--model",
+    "se_resnet20_cifar",
+    "--model-opt",
+    "widths=(4,4,4)",
+    "--data",
+    "digits",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "128",
+    "--lr",
+    "0.1",
+    "--schedule",
+    "cosine",
+    "--warmup-epochs",
+    "0.5",
+    "--log-interval",
+    "0",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+]
 
 
 def config(run, **overrides) -> TrainConfig:
@@ -64,7 +95,9 @@ def test_a_stop_signal_mid_epoch_saves_at_the_step_and_resumes_exactly(tmp_path,
 
 def test_a_signal_during_evaluation_saves_the_trained_epoch(tmp_path, monkeypatch, straight):
     run = tmp_path / "run"
-    monkeypatch.setenv(FAULT_ENV, f"SIGTERM@step={STEPS_PER_EPOCH}")  # the last step of epoch 1: noticed in eval
+    monkeypatch.setenv(
+        FAULT_ENV, f"SIGTERM@step={STEPS_PER_EPOCH}"
+    )  # the last step of epoch 1: noticed in eval
     with pytest.raises(TrainingInterrupted):
         train(config(run))
     assert load_checkpoint(run).position == (0, STEPS_PER_EPOCH)  # trained, not yet evaluated
@@ -85,8 +118,13 @@ def test_a_signal_while_the_epoch_checkpoint_is_written_keeps_it(tmp_path, monke
 
 def _killed_cli_run(run, fault, *extra):
     env = {**os.environ, FAULT_ENV: fault, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-m", "senet", "train", *CLI, "--output", str(run), *extra],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "senet", "train", *CLI, "--output", str(run), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
 
 

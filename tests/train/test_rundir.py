@@ -8,8 +8,24 @@ from senet.cli import main
 from senet.train import TrainConfig, train
 from senet.train.checkpoint import list_checkpoints, load_checkpoint
 
-ARGS = ["--model", "resnet20_cifar", "--model-opt", "widths=(4,4,4)", "--batch-size", "256", "--schedule", "step",
-        "--step-epochs", "1", "--gamma", "0.5", "--log-interval", "0", "--device", "cpu"]
+ARGS = [
+    "--model",
+    "resnet20_cifar",
+    "--model-opt",
+    "widths=(4,4,4)",
+    "--batch-size",
+    "256",
+    "--schedule",
+    "step",
+    "--step-epochs",
+    "1",
+    "--gamma",
+    "0.5",
+    "--log-interval",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 def snapshot(root):
@@ -38,7 +54,10 @@ def test_overwrite_replaces_a_run_but_never_other_files(tmp_path, finished, caps
     first = load_checkpoint(run).path.read_bytes()
     assert main(["train", *ARGS, "--epochs", "1", "--output", str(run), "--overwrite", "--lr", "0.05"]) == 0
     assert json.loads((run / "config.json").read_text())["lr"] == 0.05
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and load_checkpoint(run).path.read_bytes() != first
+    assert (
+        len((run / "metrics.jsonl").read_text().splitlines()) == 1
+        and load_checkpoint(run).path.read_bytes() != first
+    )
     (run / "notes.txt").write_text("mine")
     before = snapshot(run)
     assert main(["train", *ARGS, "--epochs", "1", "--output", str(run), "--overwrite"]) == 2
@@ -60,7 +79,9 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(finished, capsys):
     assert snapshot(finished) == before
 
 
-def test_a_changed_schedule_needs_extend_schedule_and_the_log_says_what_the_lr_does(tmp_path, finished, capsys):
+def test_a_changed_schedule_needs_extend_schedule_and_the_log_says_what_the_lr_does(
+    tmp_path, finished, capsys
+):
     before = snapshot(finished)
     for flags in (["--epochs", "3"], ["--lr", "0.3"], ["--batch-size", "128"]):
         assert main(["train", "--resume", str(finished), *flags]) == 2
@@ -83,8 +104,18 @@ def test_a_changed_schedule_needs_extend_schedule_and_the_log_says_what_the_lr_d
 def test_resume_auto_starts_then_continues_the_run(tmp_path):
     run = tmp_path / "job"
     command = ["train", *ARGS, "--epochs", "2", "--output", str(run), "--resume", "auto"]
-    config = TrainConfig(model="resnet20_cifar", model_options={"widths": (4, 4, 4)}, batch_size=256, epochs=1,
-                         schedule="step", step_epochs=1, gamma=0.5, log_interval=0, device="cpu", output=str(run))
+    config = TrainConfig(
+        model="resnet20_cifar",
+        model_options={"widths": (4, 4, 4)},
+        batch_size=256,
+        epochs=1,
+        schedule="step",
+        step_epochs=1,
+        gamma=0.5,
+        log_interval=0,
+        device="cpu",
+        output=str(run),
+    )
     train(config, resume="auto")  # the job's first attempt got through one epoch of two
     assert [load_checkpoint(p).position for p in list_checkpoints(run)] == [(1, 0)]
     assert main([*command, "--extend-schedule"]) == 0  # requeued: continues, does not start over

@@ -29,7 +29,9 @@ from senet.models.registry import create_model
 class BenchSettings:
     batch: int = 1
     size: int = 224
-    mode: str = "infer"  # "infer": forward in eval mode without autograd; "train": forward + backward + SGD step
+    mode: str = (
+        "infer"  # "infer": forward in eval mode without autograd; "train": forward + backward + SGD step
+    )
     device: str = "cpu"
     amp: bool = False
     channels_last: bool = False
@@ -87,7 +89,9 @@ def build_benchmark_model(spec: str, num_classes: int = 1000) -> nn.Module:
         from senet.train.config import parse_model_options
 
         name, _, opts = spec.partition("@")  # e.g. resnet50@stride_in_1x1=False,stem_pool=torchvision
-        return create_model(name, num_classes=num_classes, **parse_model_options(opts.split(",") if opts else []))
+        return create_model(
+            name, num_classes=num_classes, **parse_model_options(opts.split(",") if opts else [])
+        )
     if source == "timm":
         try:
             import timm
@@ -121,13 +125,19 @@ def check_input_size(spec: str, size: int) -> None:
 def _prepare(spec: str, settings: BenchSettings) -> Callable[[], None]:
     """A closure running one iteration of ``spec`` under ``settings``."""
     device = torch.device(settings.device)
-    optimize = settings.optimize or spec.endswith("+optimized")  # "NAME+optimized": optimize_for_inference(NAME)
+    optimize = settings.optimize or spec.endswith(
+        "+optimized"
+    )  # "NAME+optimized": optimize_for_inference(NAME)
     model = build_benchmark_model(spec.removesuffix("+optimized")).to(device)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    x = torch.randn(settings.batch, 3, settings.size, settings.size, device=device).contiguous(memory_format=memory_format)
+    x = torch.randn(settings.batch, 3, settings.size, settings.size, device=device).contiguous(
+        memory_format=memory_format
+    )
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if settings.amp else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=amp_dtype)) if settings.amp else contextlib.nullcontext
+    )
 
     if settings.mode == "infer":
         model.eval()
@@ -242,7 +252,9 @@ def benchmark(specs: Sequence[str], settings: BenchSettings) -> list[BenchResult
         median = statistics.median(samples)
         p90 = statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else median
         memory = peak_memory_mb(spec, settings) if settings.memory else None
-        results.append(BenchResult(spec, settings.batch, median * 1e3, p90 * 1e3, settings.batch / median, memory))
+        results.append(
+            BenchResult(spec, settings.batch, median * 1e3, p90 * 1e3, settings.batch / median, memory)
+        )
     first = results[0]
     for result in results:
         result.ratios = {
@@ -258,15 +270,22 @@ def benchmark(specs: Sequence[str], settings: BenchSettings) -> list[BenchResult
 def format_results(results: list[BenchResult], settings: BenchSettings) -> str:
     """A Markdown table (renders in docs, reads in a terminal)."""
     flags = [f for f in ("amp", "channels_last", "compile", "optimize") if getattr(settings, f)]
-    title = (f"{settings.mode}, batch {settings.batch}, {settings.size}x{settings.size}, {settings.device}"
-             f"{', ' + ', '.join(flags) if flags else ''}, {torch.get_num_threads() if settings.device == 'cpu' else ''}"
-             f"{' threads' if settings.device == 'cpu' else ''}, median of {settings.repeats}")
-    lines = [f"**{title.replace(', ,', ',')}**", "",
-             "| model | latency ms | p90 ms | images/s | peak MB | latency ratio | memory ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    title = (
+        f"{settings.mode}, batch {settings.batch}, {settings.size}x{settings.size}, {settings.device}"
+        f"{', ' + ', '.join(flags) if flags else ''}, {torch.get_num_threads() if settings.device == 'cpu' else ''}"
+        f"{' threads' if settings.device == 'cpu' else ''}, median of {settings.repeats}"
+    )
+    lines = [
+        f"**{title.replace(', ,', ',')}**",
+        "",
+        "| model | latency ms | p90 ms | images/s | peak MB | latency ratio | memory ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         memory = "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"
         memory_ratio = f"{r.ratios['memory']:.3f}" if "memory" in r.ratios else "-"
-        lines.append(f"| {r.model} | {r.latency_ms:.1f} | {r.p90_ms:.1f} | {r.images_per_s:.1f} | {memory} | "
-                     f"{r.ratios['latency']:.3f} | {memory_ratio} |")
+        lines.append(
+            f"| {r.model} | {r.latency_ms:.1f} | {r.p90_ms:.1f} | {r.images_per_s:.1f} | {memory} | "
+            f"{r.ratios['latency']:.3f} | {memory_ratio} |"
+        )
     return "\n".join(lines)

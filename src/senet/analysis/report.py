@@ -32,7 +32,9 @@ def _machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    lines = [f"- CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"]
+    lines = [
+        f"- CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    ]
     if torch.cuda.is_available():
         lines.append(f"- GPU: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
     lines.append(f"- Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
@@ -41,12 +43,16 @@ def _machine() -> str:
 
 def _table(specs: list[str], settings: BenchSettings) -> tuple[str, list]:
     results = benchmark(specs, settings)
-    flags = " ".join(f"--{k.replace('_', '-')}" for k in ("amp", "channels_last", "compile") if getattr(settings, k))
+    flags = " ".join(
+        f"--{k.replace('_', '-')}" for k in ("amp", "channels_last", "compile") if getattr(settings, k)
+    )
     models = ",".join(s for s in specs if ":" not in s)
     vs = ",".join(s for s in specs if ":" in s)
-    command = (f"senet bench --models \"{models}\"" + (f" --vs {vs}" if vs else "") + f" --batch {settings.batch} "
-               f"--size {settings.size} --mode {settings.mode} --device {settings.device} --repeats {settings.repeats}"
-               + (f" {flags}" if flags else ""))
+    command = (
+        f'senet bench --models "{models}"' + (f" --vs {vs}" if vs else "") + f" --batch {settings.batch} "
+        f"--size {settings.size} --mode {settings.mode} --device {settings.device} --repeats {settings.repeats}"
+        + (f" {flags}" if flags else "")
+    )
     return f"{format_results(results, settings)}\n\n`{command}`", results
 
 
@@ -83,7 +89,9 @@ def loader_throughput(workers: int, images: int = 192, batch: int = 32) -> float
         return count / (time.perf_counter() - start)
 
 
-def ddp_throughput(world_size: int, model: str = "se_resnet50", batch: int = 16, steps: int = 4, size: int = 224) -> float:
+def ddp_throughput(
+    world_size: int, model: str = "se_resnet50", batch: int = 16, steps: int = 4, size: int = 224
+) -> float:
     """Training images/s of ``world_size`` CPU processes (gloo) sharing this machine's cores fairly."""
     threads = max(1, (os.cpu_count() or 1) // world_size)
     code = f"""
@@ -123,7 +131,9 @@ if ddp:
         os.unlink(handle.name)
     if done.returncode != 0:
         raise RuntimeError(f"DDP benchmark failed: {done.stderr[-500:]}")
-    return float(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("IMAGES_PER_S")))
+    return float(
+        next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("IMAGES_PER_S"))
+    )
 
 
 def saved_for_backward_mb(spec: str, batch: int = 4, size: int = 224) -> float:
@@ -147,14 +157,18 @@ def saved_for_backward_mb(spec: str, batch: int = 4, size: int = 224) -> float:
     return total / 2**20
 
 
-def write_report(path: str | Path, *, device: str = "cpu", quick: bool = False, log: Callable[[str], None] = print) -> Path:
+def write_report(
+    path: str | Path, *, device: str = "cpu", quick: bool = False, log: Callable[[str], None] = print
+) -> Path:
     """Run the benchmarks of ``device`` (cpu: overhead, peers, optimized inference, loader, DDP; cuda: the
     paper's GPU training step) and write the Markdown report to ``path``."""
     repeats = 3 if quick else 10
-    sections = [f"# Benchmarks\n\nWritten by `make bench` (`senet bench --report {path}`). Machine:\n\n{_machine()}\n",
-                "Ratios are to the first row of each table; every table's models were timed interleaved in one "
-                "process (median over repetitions after warm-up). Peak memory: growth of the peak RSS of a fresh "
-                "process building and running the model (CPU) or CUDA's max allocated bytes.\n"]
+    sections = [
+        f"# Benchmarks\n\nWritten by `make bench` (`senet bench --report {path}`). Machine:\n\n{_machine()}\n",
+        "Ratios are to the first row of each table; every table's models were timed interleaved in one "
+        "process (median over repetitions after warm-up). Peak memory: growth of the peak RSS of a fresh "
+        "process building and running the model (CPU) or CUDA's max allocated bytes.\n",
+    ]
 
     def add(title: str, body: str) -> None:
         log(f"== {title}")
@@ -164,47 +178,83 @@ def write_report(path: str | Path, *, device: str = "cpu", quick: bool = False, 
     pairs = ["resnet50", "se_resnet50"]
     if device.startswith("cuda"):
         gpu = BenchSettings(device=device, mode="train", batch=256, repeats=repeats, warmup=5)
-        tables = [_table(pairs, gpu)[0], _table(pairs, replace(gpu, amp=True, channels_last=True))[0],
-                  _table(pairs, replace(gpu, mode="infer", batch=1, repeats=5 * repeats, memory=False))[0],
-                  _table(pairs, replace(gpu, mode="infer", amp=True, channels_last=True, memory=False))[0]]
-        add(f"GPU ({torch.cuda.get_device_name()})", "The paper: forward+backward at batch 256 took 190 vs "
-            "209 ms on 8 Titan X (ratio 1.10).\n\n" + "\n\n".join(tables))
+        tables = [
+            _table(pairs, gpu)[0],
+            _table(pairs, replace(gpu, amp=True, channels_last=True))[0],
+            _table(pairs, replace(gpu, mode="infer", batch=1, repeats=5 * repeats, memory=False))[0],
+            _table(pairs, replace(gpu, mode="infer", amp=True, channels_last=True, memory=False))[0],
+        ]
+        add(
+            f"GPU ({torch.cuda.get_device_name()})",
+            "The paper: forward+backward at batch 256 took 190 vs "
+            "209 ms on 8 Titan X (ratio 1.10).\n\n" + "\n\n".join(tables),
+        )
         return _write(path, sections)
 
     cpu = BenchSettings(device="cpu", repeats=repeats)
-    overhead = [_table(pairs, replace(cpu, batch=b, repeats=repeats if b == 1 else max(3, repeats // 2)))[0] for b in (1, 32)]
+    overhead = [
+        _table(pairs, replace(cpu, batch=b, repeats=repeats if b == 1 else max(3, repeats // 2)))[0]
+        for b in (1, 32)
+    ]
     overhead.append(_table(pairs, replace(cpu, mode="train", batch=32, repeats=max(3, repeats // 2)))[0])
     plain_saved, se_saved = (saved_for_backward_mb(spec) for spec in pairs)
-    overhead.append(f"Tensors saved for the backward of one training forward, batch 4 at 224 "
-                    f"(`senet.analysis.report.saved_for_backward_mb`): resnet50 {plain_saved:.0f} MiB, se_resnet50 "
-                    f"{se_saved:.0f} MiB, ratio {se_saved / plain_saved:.3f}.")
-    add("SE overhead on CPU (fp32)", "The paper (Sec. 4): 164 vs 167 ms per image on CPU (ratio 1.018); targets: "
-        "inference <= 1.02, training step <= 1.06, peak training memory <= 1.05.\n\n" + "\n\n".join(overhead))
+    overhead.append(
+        f"Tensors saved for the backward of one training forward, batch 4 at 224 "
+        f"(`senet.analysis.report.saved_for_backward_mb`): resnet50 {plain_saved:.0f} MiB, se_resnet50 "
+        f"{se_saved:.0f} MiB, ratio {se_saved / plain_saved:.3f}."
+    )
+    add(
+        "SE overhead on CPU (fp32)",
+        "The paper (Sec. 4): 164 vs 167 ms per image on CPU (ratio 1.018); targets: "
+        "inference <= 1.02, training step <= 1.06, peak training memory <= 1.05.\n\n" + "\n\n".join(overhead),
+    )
 
-    peers = [_table(["resnet50" + TV_LAYOUT, "torchvision:resnet50"], replace(cpu, batch=b, memory=False))[0] for b in (1, 32)]
+    peers = [
+        _table(["resnet50" + TV_LAYOUT, "torchvision:resnet50"], replace(cpu, batch=b, memory=False))[0]
+        for b in (1, 32)
+    ]
     if _have("timm"):
-        peers += [_table(["se_resnet50" + TV_LAYOUT, "timm:seresnet50"], replace(cpu, batch=b, memory=False))[0] for b in (1, 32)]
+        peers += [
+            _table(["se_resnet50" + TV_LAYOUT, "timm:seresnet50"], replace(cpu, batch=b, memory=False))[0]
+            for b in (1, 32)
+        ]
     else:
-        peers.append("timm is not installed here (`pip install timm`), so the SE-ResNet-50 comparison was skipped.")
+        peers.append(
+            "timm is not installed here (`pip install timm`), so the SE-ResNet-50 comparison was skipped."
+        )
     add("Against torchvision and timm (eager fp32, same stride layout)", "\n\n".join(peers))
 
-    optimized = [_table(["se_resnet50", "se_resnet50+optimized"], replace(cpu, batch=b, memory=False,
-                        repeats=repeats if b == 1 else max(3, repeats // 2)))[0] for b in (1, 32)]
-    add("optimize_for_inference (BN folded, channels_last, compiled with freezing)",
-        "Target: >= 1.5x faster than eager for se_resnet50 (latency ratio <= 0.67).\n\n" + "\n\n".join(optimized))
+    optimized = [
+        _table(
+            ["se_resnet50", "se_resnet50+optimized"],
+            replace(cpu, batch=b, memory=False, repeats=repeats if b == 1 else max(3, repeats // 2)),
+        )[0]
+        for b in (1, 32)
+    ]
+    add(
+        "optimize_for_inference (BN folded, channels_last, compiled with freezing)",
+        "Target: >= 1.5x faster than eager for se_resnet50 (latency ratio <= 0.67).\n\n"
+        + "\n\n".join(optimized),
+    )
 
     rows = ["| loader workers | images/s | images/s per worker |", "|---:|---:|---:|"]
     for workers in (1, 2):
         rate = loader_throughput(workers)
         rows.append(f"| {workers} | {rate:.0f} | {rate / workers:.0f} |")
-    add("ImageNet-style input pipeline", "JPEG decode (500x375), random-size crop 224, flip, normalise; "
+    add(
+        "ImageNet-style input pipeline",
+        "JPEG decode (500x375), random-size crop 224, flip, normalise; "
         "`senet.analysis.report.loader_throughput(workers)`. Compare with the training throughput of "
-        "se_resnet50 above (images/s of the train table).\n\n" + "\n".join(rows))
+        "se_resnet50 above (images/s of the train table).\n\n" + "\n".join(rows),
+    )
 
     one, two = ddp_throughput(1), ddp_throughput(2)
-    add("DDP scaling on CPU (gloo)", f"se_resnet50 training, batch 16 per process, threads split evenly "
+    add(
+        "DDP scaling on CPU (gloo)",
+        f"se_resnet50 training, batch 16 per process, threads split evenly "
         f"(`senet.analysis.report.ddp_throughput(N)`):\n\n| processes | images/s | speed-up |\n|---:|---:|---:|\n"
-        f"| 1 | {one:.1f} | 1.00 |\n| 2 | {two:.1f} | {two / one:.2f} |")
+        f"| 1 | {one:.1f} | 1.00 |\n| 2 | {two:.1f} | {two / one:.2f} |",
+    )
 
     return _write(path, sections)
 

@@ -110,7 +110,9 @@ def _build_source(
         return _build_digits(image_size or _SMALL_SIZE, eval_crop, cutout)
     if source in _CIFAR:
         _no_ten_crop(source, ten_crop)
-        return _build_cifar(source, _cifar_root(source, root), image_size or _SMALL_SIZE, eval_crop, download, cutout)
+        return _build_cifar(
+            source, _cifar_root(source, root), image_size or _SMALL_SIZE, eval_crop, download, cutout
+        )
     path = Path(source).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
@@ -142,7 +144,9 @@ def _check_classes(source: str, spec: DataSpec) -> None:
 def _no_ten_crop(name: str, ten_crop: bool) -> None:
     # Ten crops of a 32 x 32 image at 32 x 32 would be ten copies of it (and its mirror).
     if ten_crop:
-        raise ValueError(f"ten_crop needs images larger than the crop; {name} is 32 x 32: evaluate without it")
+        raise ValueError(
+            f"ten_crop needs images larger than the crop; {name} is 32 x 32: evaluate without it"
+        )
 
 
 def _names(items: list[str], limit: int = 5) -> str:
@@ -154,7 +158,9 @@ def _names(items: list[str], limit: int = 5) -> str:
 class _TensorImages(Dataset[tuple[torch.Tensor, int]]):
     """Images held in memory as one (N, C, H, W) tensor, transformed per item."""
 
-    def __init__(self, images: torch.Tensor, targets: list[int], transform: Callable[[Any], torch.Tensor]) -> None:
+    def __init__(
+        self, images: torch.Tensor, targets: list[int], transform: Callable[[Any], torch.Tensor]
+    ) -> None:
         self.images = images
         self.targets = targets
         self.transform = transform
@@ -191,7 +197,9 @@ def _build_digits(image_size: int, eval_crop: int | None, cutout: int) -> DataSp
         T.small_train_transform(mean, std, padding=2, flip=False, size=image_size, cutout=cutout),
     )
     val = _TensorImages(
-        images[val_idx], [labels[i] for i in val_idx], T.small_eval_transform(mean, std, size=eval_crop or image_size)
+        images[val_idx],
+        [labels[i] for i in val_idx],
+        T.small_eval_transform(mean, std, size=eval_crop or image_size),
     )
     classes = [str(name) for name in digits.target_names]
     return DataSpec(train, val, len(classes), classes, 1, image_size, "digits", train_targets)
@@ -207,7 +215,9 @@ class _RefusedPickle(ValueError):
 def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     # Protocol-2 pickles spell bytes as _codecs.encode(text, "latin1"); no other codec is needed, so none runs.
     if not isinstance(text, str) or encoding != "latin1":
-        raise TypeError(f"bytes stored as encode({type(text).__name__}, {encoding!r}), not encode(str, 'latin1')")
+        raise TypeError(
+            f"bytes stored as encode({type(text).__name__}, {encoding!r}), not encode(str, 'latin1')"
+        )
     return text.encode("latin1")
 
 
@@ -217,12 +227,17 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
     # b"", bytearray and complex numbers are calls to their types; protocols < 3 name builtins __builtin__.
-    **{(module, t.__name__): t for t in (bytes, bytearray, complex) for module in ("builtins", "__builtin__")},
+    **{
+        (module, t.__name__): t for t in (bytes, bytearray, complex) for module in ("builtins", "__builtin__")
+    },
     # numpy 1 wrote numpy.core, numpy 2 writes numpy._core
     **{
         (f"{core}.{module}", function.__name__): function
         for function, module in (
-            (np.zeros(0).__reduce__()[0], "multiarray"),  # _reconstruct(ndarray, shape, dtype), then raw bytes
+            (
+                np.zeros(0).__reduce__()[0],
+                "multiarray",
+            ),  # _reconstruct(ndarray, shape, dtype), then raw bytes
             (np.float64(0).__reduce__()[0], "multiarray"),  # scalar(dtype, raw bytes): numpy scalars
             (np.zeros(1).__reduce_ex__(5)[0], "numeric"),  # _frombuffer: protocol 5
         )
@@ -256,7 +271,9 @@ def _read_cifar_pickle(path: Path) -> Any:
     with open(path, "rb") as file:
         entry = _CifarUnpickler(file, path).load()
     if isinstance(entry, dict):  # files re-pickled from an encoding="bytes" load have b"data" keys
-        entry = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()}
+        entry = {
+            key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()
+        }
     return entry
 
 
@@ -290,7 +307,9 @@ class _CIFARFiles(CIFAR10):
             data, labels = self._read_batch(folder / name)
             arrays.append(data)
             self.targets.extend(labels)
-        self.data = np.vstack(arrays).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # rows of RGB planes -> HWC
+        self.data = (
+            np.vstack(arrays).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        )  # rows of RGB planes -> HWC
         wrong = sorted({label for label in self.targets if not 0 <= label < len(self.classes)})
         if wrong:
             raise ValueError(
@@ -303,9 +322,13 @@ class _CIFARFiles(CIFAR10):
         entry = _read_cifar_pickle(path)
         data, labels = entry["data"], entry["labels"] if "labels" in entry else entry["fine_labels"]
         labels = [int(label) for label in labels]
-        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape == (len(labels), 3072)):
+        if not (
+            isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape == (len(labels), 3072)
+        ):
             found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-            raise ValueError(f"{path.name}: data is {found} for {len(labels)} labels, expected uint8 (N, 3072)")
+            raise ValueError(
+                f"{path.name}: data is {found} for {len(labels)} labels, expected uint8 (N, 3072)"
+            )
         return data, labels
 
 
@@ -411,7 +434,15 @@ def _load_cifar(cifar: _Cifar, root: Path, *, train: bool, transform: Callable[[
         return cifar.dataset(root, train=train, transform=transform)
     except _RefusedPickle:
         raise  # not damage: a file that could run code; its message says so
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError, AttributeError) as error:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        ValueError,
+        TypeError,
+        IndexError,
+        AttributeError,
+    ) as error:
         raise ValueError(
             f"{cifar.title} files in {root / cifar.folder} are damaged or not in CIFAR's python format "
             f"({type(error).__name__}: {error}); replace them with the originals (or delete them and pass --download)"
@@ -450,7 +481,9 @@ class _ImageFolder(ImageFolder):
             ) from error
         if path not in self._warned:
             self._warned.add(path)
-            _LOG.warning("skipping unreadable image %s (%s); pass --strict-data to make this an error", path, reason)
+            _LOG.warning(
+                "skipping unreadable image %s (%s); pass --strict-data to make this an error", path, reason
+            )
 
     def check_decodable(self) -> None:
         """Refuse a small split (``_PROBE_LIMIT``) in which no image decodes; stops at the first good one."""
@@ -471,7 +504,9 @@ class _ImageFolder(ImageFolder):
     def empty_class_folders(self) -> list[str]:
         """Class folders without a single image file."""
         present = set(self.targets)
-        return [os.path.join(self.root, name) for name, index in self.class_to_idx.items() if index not in present]
+        return [
+            os.path.join(self.root, name) for name, index in self.class_to_idx.items() if index not in present
+        ]
 
 
 def _class_folders(split: Path) -> list[str]:
@@ -507,7 +542,9 @@ def _build_folder(
     """ImageNet-layout folders with the paper's augmentation (Sec. 5.1) and resize-then-crop evaluation."""
     _check_folder_layout(root)
     train = _ImageFolder(root / "train", T.folder_train_transform(image_size, cutout), strict=strict)
-    val = _ImageFolder(root / "val", T.make_eval_transform(eval_crop or image_size, ten_crop=ten_crop), strict=strict)
+    val = _ImageFolder(
+        root / "val", T.make_eval_transform(eval_crop or image_size, ten_crop=ten_crop), strict=strict
+    )
     empty = train.empty_class_folders() + val.empty_class_folders()
     if empty:
         raise FileNotFoundError(
@@ -516,4 +553,6 @@ def _build_folder(
         )
     train.check_decodable()
     val.check_decodable()
-    return DataSpec(train, val, len(train.classes), list(train.classes), 3, image_size, "folder", list(train.targets))
+    return DataSpec(
+        train, val, len(train.classes), list(train.classes), 3, image_size, "folder", list(train.targets)
+    )

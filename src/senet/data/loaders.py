@@ -156,7 +156,9 @@ def _make_sampler(
     num_replicas, rank = world or (1, 0)
     if balanced_targets is not None:
         if not train:
-            raise ValueError("balanced_targets is for training loaders; evaluate on the data as it is (train=False)")
+            raise ValueError(
+                "balanced_targets is for training loaders; evaluate on the data as it is (train=False)"
+            )
         if len(balanced_targets) != length:
             raise ValueError(
                 f"balanced_targets has {len(balanced_targets)} labels but the dataset has {length} items; "
@@ -165,7 +167,9 @@ def _make_sampler(
         return _ClassBalancedSampler(balanced_targets, seed=seed, num_replicas=num_replicas, rank=rank)
     if world is not None:
         # Eval shards are padded by DistributedSampler to equal length: a few items count twice.
-        return _DistributedEpochSampler(range(length), num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed)
+        return _DistributedEpochSampler(
+            range(length), num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed
+        )
     return _EpochSampler(length, shuffle=train, seed=seed)
 
 

@@ -101,7 +101,9 @@ def make_eval_transform(crop: int, resize: int | None = None, ten_crop: bool = F
         raise ValueError(f"eval crop must be >= 1 pixel, got {crop}")
     resize = round(crop / EVAL_CROP_FRACTION) if resize is None else resize
     if resize < crop:
-        raise ValueError(f"eval resize {resize} is smaller than the crop {crop}; use resize >= crop (or leave it out)")
+        raise ValueError(
+            f"eval resize {resize} is smaller than the crop {crop}; use resize >= crop (or leave it out)"
+        )
     crops: list[nn.Module] = [v2.TenCrop(crop), _StackCrops()] if ten_crop else [v2.CenterCrop(crop)]
     return v2.Compose(
         [

@@ -66,8 +66,10 @@ class SqueezeExcite(nn.Module):
             raise ValueError(f"SqueezeExcite got channels={channels!r}; use an integer >= 1")
         # A 0-wide bottleneck would build and gate every channel at the constant gate(fc2.bias).
         if hidden_channels is not None and not (_is_int(hidden_channels) and hidden_channels >= 1):
-            raise ValueError(f"SqueezeExcite got hidden_channels={hidden_channels!r}; use an integer >= 1, "
-                             "or None for channels // reduction")
+            raise ValueError(
+                f"SqueezeExcite got hidden_channels={hidden_channels!r}; use an integer >= 1, "
+                "or None for channels // reduction"
+            )
         hidden = hidden_channels if hidden_channels is not None else max(1, channels // reduction)
         self.channels = channels
         self.squeeze = squeeze
@@ -102,17 +104,34 @@ class SqueezeExcite(nn.Module):
     # saves the same memory (1.27x -> 1.00x) but the step goes from 1.15x to 1.26x (docs/performance.md).
     recompute_norm: bool | None = None
 
-    def norm_scale_and_add(self, c: torch.Tensor, norm: nn.BatchNorm2d, residual: torch.Tensor) -> torch.Tensor:
+    def norm_scale_and_add(
+        self, c: torch.Tensor, norm: nn.BatchNorm2d, residual: torch.Tensor
+    ) -> torch.Tensor:
         """``residual + y * gates(y)`` with ``y = norm(c)``: in training, without keeping y for the backward."""
         # An empty batch (N = 0) steps aside: native_batch_norm refuses it, nn.BatchNorm2d passes it through.
-        if not (self._fused_backward(c) and c.numel() > 0
-                and norm.training and norm.affine and norm.track_running_stats
-                and norm.momentum is not None
-                and (self.recompute_norm if self.recompute_norm is not None else c.device.type == "cpu")):
+        if not (
+            self._fused_backward(c)
+            and c.numel() > 0
+            and norm.training
+            and norm.affine
+            and norm.track_running_stats
+            and norm.momentum is not None
+            and (self.recompute_norm if self.recompute_norm is not None else c.device.type == "cpu")
+        ):
             return self.scale_and_add(norm(c), residual)
         norm.num_batches_tracked.add_(1)
-        return _NormSqueezeExciteFunction.apply(c, residual, norm.weight, norm.bias, norm.running_mean, norm.running_var,
-                                                norm.momentum, norm.eps, *self._fc_weights(), self.gate)
+        return _NormSqueezeExciteFunction.apply(
+            c,
+            residual,
+            norm.weight,
+            norm.bias,
+            norm.running_mean,
+            norm.running_var,
+            norm.momentum,
+            norm.eps,
+            *self._fc_weights(),
+            self.gate,
+        )
 
     def _fc_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         return self.fc1.weight.flatten(1), self.fc1.bias, self.fc2.weight.flatten(1), self.fc2.bias
@@ -159,8 +178,13 @@ def _excite_backward(grad, y, z, hidden, gates, w1, w2, gate: str, has_bias: tup
     d1 = (d2 @ w2) * (hidden > 0)
     dz = (d1 @ w1) / (y.shape[2] * y.shape[3])
     grad_y = torch.addcmul(dz[:, :, None, None].expand_as(y), grad, gates[:, :, None, None])
-    return (grad_y, d1.t() @ z, d1.sum(0) if has_bias[0] else None, d2.t() @ hidden,
-            d2.sum(0) if has_bias[1] else None)
+    return (
+        grad_y,
+        d1.t() @ z,
+        d1.sum(0) if has_bias[0] else None,
+        d2.t() @ hidden,
+        d2.sum(0) if has_bias[1] else None,
+    )
 
 
 class _SqueezeExciteFunction(torch.autograd.Function):
@@ -177,14 +201,25 @@ class _SqueezeExciteFunction(torch.autograd.Function):
         scale = gates[:, :, None, None]
         out = x * scale if residual is None else torch.addcmul(residual, x, scale)
         ctx.save_for_backward(x, z, hidden, gates, w1, w2)
-        ctx.gate, ctx.has_residual, ctx.has_bias = gate, residual is not None, (b1 is not None, b2 is not None)
+        ctx.gate, ctx.has_residual, ctx.has_bias = (
+            gate,
+            residual is not None,
+            (b1 is not None, b2 is not None),
+        )
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, z, hidden, gates, w1, w2 = ctx.saved_tensors
-        grad_x, gw1, gb1, gw2, gb2 = _excite_backward(grad, x, z, hidden, gates, w1, w2, ctx.gate, ctx.has_bias)
+        grad_x, gw1, gb1, gw2, gb2 = _excite_backward(
+            grad, x, z, hidden, gates, w1, w2, ctx.gate, ctx.has_bias
+        )
         return grad_x, grad if ctx.has_residual else None, gw1, gb1, gw2, gb2, None
+
+
+def _per_channel(values: torch.Tensor) -> torch.Tensor:
+    """(C,) -> (1, C, 1, 1), to broadcast over a batch of feature maps."""
+    return values[None, :, None, None]
 
 
 class _NormSqueezeExciteFunction(torch.autograd.Function):
@@ -197,8 +232,22 @@ class _NormSqueezeExciteFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, c, residual, bn_weight, bn_bias, running_mean, running_var, momentum, eps,  # type: ignore[override]
-                w1, b1, w2, b2, gate):
+    def forward(
+        ctx,
+        c,
+        residual,
+        bn_weight,
+        bn_bias,
+        running_mean,
+        running_var,
+        momentum,
+        eps,  # type: ignore[override]
+        w1,
+        b1,
+        w2,
+        b2,
+        gate,
+    ):
         y, mean, invstd = torch.ops.aten.native_batch_norm(c, bn_weight, bn_bias, None, None, True, 0.0, eps)
         with torch.no_grad():
             count = c.numel() // c.shape[1]
@@ -214,12 +263,14 @@ class _NormSqueezeExciteFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         c, mean, invstd, bn_weight, bn_bias, z, hidden, gates, w1, w2 = ctx.saved_tensors
-        per_channel = (lambda t: t[None, :, None, None])
-        y = torch.addcmul(per_channel(bn_bias), c - per_channel(mean), per_channel(invstd * bn_weight))
-        grad_y, gw1, gb1, gw2, gb2 = _excite_backward(grad, y, z, hidden, gates, w1, w2, ctx.gate, ctx.has_bias)
+        y = torch.addcmul(_per_channel(bn_bias), c - _per_channel(mean), _per_channel(invstd * bn_weight))
+        grad_y, gw1, gb1, gw2, gb2 = _excite_backward(
+            grad, y, z, hidden, gates, w1, w2, ctx.gate, ctx.has_bias
+        )
         del y
         grad_c, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y, c, bn_weight, None, None, mean, invstd, True, ctx.eps, [True, True, True])
+            grad_y, c, bn_weight, None, None, mean, invstd, True, ctx.eps, [True, True, True]
+        )
         return grad_c, grad, grad_bn_weight, grad_bn_bias, None, None, None, None, gw1, gb1, gw2, gb2, None
 
 
@@ -257,7 +308,9 @@ class SEConfig:
     def require_position(self, family: str, allowed: tuple[str, ...] = ("standard",)) -> None:
         """Refuse positions a family does not define (Fig. 5's variants are defined for residual units)."""
         if self.position not in allowed:
-            raise ValueError(f"{family} supports se_position {', '.join(map(repr, allowed))}, got {self.position!r}")
+            raise ValueError(
+                f"{family} supports se_position {', '.join(map(repr, allowed))}, got {self.position!r}"
+            )
 
     def in_stage(self, stage: int) -> bool:
         return self.stages is None or stage in self.stages

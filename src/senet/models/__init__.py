@@ -6,6 +6,13 @@ from senet.models import inception  # noqa: F401  (BN-Inception, Inception-ResNe
 from senet.models import vgg  # noqa: F401
 from senet.models import mobile  # noqa: F401  (MobileNet, ShuffleNet)
 from senet.models import shake  # noqa: F401  (Shake-Shake, Shake-Even)
-from senet.models.registry import ModelInfo, PaperFigures, create_model, list_models, model_info, register_model
+from senet.models.registry import (
+    ModelInfo,
+    PaperFigures,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
 
 __all__ = ["ModelInfo", "PaperFigures", "create_model", "list_models", "model_info", "register_model"]

@@ -28,18 +28,33 @@ def check_positive(family: str, option: str, values: int | Iterable[int]) -> Non
 
 
 def check_num_classes(family: str, num_classes: int) -> None:
-    check_option(_is_int(num_classes) and num_classes >= 0, family, "num_classes", num_classes,
-                 "use num_classes >= 1, or 0 for no classifier")
+    check_option(
+        _is_int(num_classes) and num_classes >= 0,
+        family,
+        "num_classes",
+        num_classes,
+        "use num_classes >= 1, or 0 for no classifier",
+    )
 
 
 def check_common_options(family: str, num_classes: int, in_chans: int, drop_rate: float) -> None:
     """The options every family takes: classifier size, input channels, dropout before the classifier."""
     check_num_classes(family, num_classes)
-    check_option(_is_int(in_chans) and in_chans >= 1, family, "in_chans", in_chans,
-                 "use in_chans >= 1 (3 for RGB, 1 for grey images)")
+    check_option(
+        _is_int(in_chans) and in_chans >= 1,
+        family,
+        "in_chans",
+        in_chans,
+        "use in_chans >= 1 (3 for RGB, 1 for grey images)",
+    )
     # nn.Dropout accepts p = 1 and zeroes every feature: a classifier that sees nothing.
-    check_option(isinstance(drop_rate, numbers.Real) and 0 <= drop_rate < 1, family, "drop_rate", drop_rate,
-                 "use a probability in [0, 1)")
+    check_option(
+        isinstance(drop_rate, numbers.Real) and 0 <= drop_rate < 1,
+        family,
+        "drop_rate",
+        drop_rate,
+        "use a probability in [0, 1)",
+    )
 
 
 def init_weights(model: nn.Module, linear_std: float | None = None) -> None:

@@ -30,9 +30,9 @@ scale 0.17), mixed_6a (reduction-A), 20 x block17 (B, scale 0.10), mixed_7a (red
 9 x block8 (C, scale 0.20) + a last block8 without ReLU (scale 1.0, as TF-slim), a 1x1 conv to 1536,
 pooling, classifier. Every branch layout is a line of data (:data:`IRV2_BLOCK35` ...); the
 concatenating modules are one class (:class:`MixedBlock`) and the residual blocks another
-(:class:`InceptionResNetBlock`). State-dict keys follow timm's module names (``conv2d_1a.conv``, ``repeat.0.branch1.0.conv``,
-``repeat_1.3.conv2d``, ``block8``, ``conv2d_7b``, ``classif``), read from timm's source, so its checkpoints should load into the
-plain network; SE adds ``<block>.se.fc1`` / ``.se.fc2``.
+(:class:`InceptionResNetBlock`). State-dict keys follow timm's module names (``conv2d_1a.conv``,
+``repeat.0.branch1.0.conv``, ``repeat_1.3.conv2d``, ``block8``, ``conv2d_7b``, ``classif``), read from timm's
+source, so its checkpoints should load into the plain network; SE adds ``<block>.se.fc1`` / ``.se.fc2``.
 
 SE-Inception-ResNet-v2 puts the SE block on the residual branch before the sum with the identity
 (paper Sec. 3, "SE-Inception-ResNet"): on the output of the branch's final 1x1 conv and *before* the
@@ -132,7 +132,9 @@ class InceptionModule(nn.Module):
     module puts its stride on the last conv of each conv branch and max-pools 3x3/2 (Caffe rounding).
     """
 
-    def __init__(self, in_channels: int, spec: InceptionSpec, *, se: SEConfig | None = None, conv_bias: bool = False):
+    def __init__(
+        self, in_channels: int, spec: InceptionSpec, *, se: SEConfig | None = None, conv_bias: bool = False
+    ):
         super().__init__()
         s = spec.stride
 
@@ -140,7 +142,9 @@ class InceptionModule(nn.Module):
             return ConvBN(cin, cout, kernel, stride, kernel // 2, bias=conv_bias)
 
         self.branch1x1 = conv(in_channels, spec.ch1x1, 1) if spec.ch1x1 else None
-        self.branch3x3 = nn.Sequential(conv(in_channels, spec.ch3x3_reduce, 1), conv(spec.ch3x3_reduce, spec.ch3x3, 3, s))
+        self.branch3x3 = nn.Sequential(
+            conv(in_channels, spec.ch3x3_reduce, 1), conv(spec.ch3x3_reduce, spec.ch3x3, 3, s)
+        )
         self.branch3x3dbl = nn.Sequential(
             conv(in_channels, spec.ch3x3dbl_reduce, 1),
             conv(spec.ch3x3dbl_reduce, spec.ch3x3dbl, 3),
@@ -151,7 +155,9 @@ class InceptionModule(nn.Module):
             pool: nn.Module = nn.AvgPool2d(3, s, 1, ceil_mode=True, count_include_pad=True)
         else:
             pool = nn.MaxPool2d(3, s, 1 if s == 1 else 0, ceil_mode=True)
-        self.branch_pool = nn.Sequential(pool, conv(in_channels, spec.pool_proj, 1)) if spec.pool_proj else pool
+        self.branch_pool = (
+            nn.Sequential(pool, conv(in_channels, spec.pool_proj, 1)) if spec.pool_proj else pool
+        )
         self.out_channels = spec.out_channels(in_channels)
         self.se = se.block(self.out_channels) if se is not None else None
 
@@ -229,7 +235,9 @@ def _bn_inception(se: bool, options: dict) -> BNInception:
     return BNInception(se=se_config, **options)
 
 
-@register_model(paper=PaperFigures(None, 2.03, 25.38, 7.89, source="Table 2 re-impl."), aliases=("bninception",))
+@register_model(
+    paper=PaperFigures(None, 2.03, 25.38, 7.89, source="Table 2 re-impl."), aliases=("bninception",)
+)
 def bn_inception(**options) -> BNInception:
     """BN-Inception (Ioffe & Szegedy 2015), the paper's Table 2 baseline."""
     return _bn_inception(False, options)
@@ -315,7 +323,11 @@ class _BranchesModule(nn.Module):
                 elif layer == MAX_POOL:
                     built.append(nn.MaxPool2d(3, 2))
                 elif isinstance(layer, Conv):
-                    built.append(ConvBN(channels, layer.out, layer.kernel, layer.stride, layer.padding, eps=IRV2_BN_EPS))
+                    built.append(
+                        ConvBN(
+                            channels, layer.out, layer.kernel, layer.stride, layer.padding, eps=IRV2_BN_EPS
+                        )
+                    )
                     channels = layer.out
                 else:
                     raise ValueError(f"unknown branch layer {layer!r}")
@@ -347,7 +359,13 @@ class InceptionResNetBlock(_BranchesModule):
     """
 
     def __init__(
-        self, channels: int, branches: Branches, scale: float, *, activate: bool = True, se: SEConfig | None = None
+        self,
+        channels: int,
+        branches: Branches,
+        scale: float,
+        *,
+        activate: bool = True,
+        se: SEConfig | None = None,
     ) -> None:
         super().__init__()
         self.scale = scale
@@ -397,10 +415,17 @@ class InceptionResNetV2(PooledClassifier):
         if se is not None:
             se.require_position(type(self).__name__)
         if len(depths) != 3 or len(scales) != 3 or depths[2] < 1:
-            raise ValueError(f"depths {tuple(depths)} and scales {tuple(scales)} need 3 entries each, depths[2] >= 1")
+            raise ValueError(
+                f"depths {tuple(depths)} and scales {tuple(scales)} need 3 entries each, depths[2] >= 1"
+            )
         # range() of a negative depth is empty: a block type would silently vanish.
-        check_option(all(isinstance(d, int) and d >= 0 for d in depths), "InceptionResNetV2", "depths",
-                     tuple(depths), "use integers >= 0 (>= 1 for the last)")
+        check_option(
+            all(isinstance(d, int) and d >= 0 for d in depths),
+            "InceptionResNetV2",
+            "depths",
+            tuple(depths),
+            "use integers >= 0 (>= 1 for the last)",
+        )
         self.se_config = se
 
         def stage_se(stage: int) -> SEConfig | None:
@@ -419,10 +444,14 @@ class InceptionResNetV2(PooledClassifier):
 
         self.mixed_5b = MixedBlock(192, IRV2_MIXED_5B)
         c = self.mixed_5b.out_channels
-        self.repeat = nn.Sequential(*[InceptionResNetBlock(c, IRV2_BLOCK35, scales[0], se=stage_se(1)) for _ in range(depths[0])])
+        self.repeat = nn.Sequential(
+            *[InceptionResNetBlock(c, IRV2_BLOCK35, scales[0], se=stage_se(1)) for _ in range(depths[0])]
+        )
         self.mixed_6a = MixedBlock(c, IRV2_MIXED_6A)
         c = self.mixed_6a.out_channels
-        self.repeat_1 = nn.Sequential(*[InceptionResNetBlock(c, IRV2_BLOCK17, scales[1], se=stage_se(2)) for _ in range(depths[1])])
+        self.repeat_1 = nn.Sequential(
+            *[InceptionResNetBlock(c, IRV2_BLOCK17, scales[1], se=stage_se(2)) for _ in range(depths[1])]
+        )
         self.mixed_7a = MixedBlock(c, IRV2_MIXED_7A)
         c = self.mixed_7a.out_channels
         self.repeat_2 = nn.Sequential(

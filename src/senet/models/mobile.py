@@ -26,8 +26,13 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
-from senet.models.base import (PooledClassifier, check_common_options, check_option, check_positive,
-                               init_weights)
+from senet.models.base import (
+    PooledClassifier,
+    check_common_options,
+    check_option,
+    check_positive,
+    init_weights,
+)
 from senet.models.registry import PaperFigures, register_model
 
 
@@ -54,7 +59,9 @@ class ChannelShuffle(nn.Module):
         return f"groups={self.groups}"
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1
+) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -105,8 +112,13 @@ class MobileNet(PooledClassifier):
         super().__init__()
         check_common_options("MobileNet", num_classes, in_chans, drop_rate)
         check_positive("MobileNet", "stem_width", stem_width)
-        check_option(all(len(u) == 2 and min(u) >= 1 for u in units), "MobileNet", "units", tuple(units),
-                     "give (out_channels, stride) pairs of integers >= 1")
+        check_option(
+            all(len(u) == 2 and min(u) >= 1 for u in units),
+            "MobileNet",
+            "units",
+            tuple(units),
+            "give (out_channels, stride) pairs of integers >= 1",
+        )
         if se is not None:
             se.require_position("MobileNet")
         self.se_config = se
@@ -131,9 +143,15 @@ class MobileNet(PooledClassifier):
 # Howard et al. Table 1. Its last depthwise row reads "s2" at 7x7 input, a known typo: the output stays 7x7
 # (and 569M multiply-adds only come out with stride 1), so the last unit has stride 1, as in every port.
 MOBILENET_V1_UNITS: tuple[tuple[int, int], ...] = (
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
     *((512, 1),) * 5,
-    (1024, 2), (1024, 1),
+    (1024, 2),
+    (1024, 1),
 )
 
 
@@ -184,7 +202,9 @@ class ShuffleUnit(nn.Module):
         self.stride = stride
         branch_channels = out_channels - in_channels if stride > 1 else out_channels
         mid = out_channels // 4
-        self.conv1 = nn.Conv2d(in_channels, mid, 1, groups=groups if first_groups is None else first_groups, bias=False)
+        self.conv1 = nn.Conv2d(
+            in_channels, mid, 1, groups=groups if first_groups is None else first_groups, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(mid)
         self.relu = nn.ReLU(inplace=True)
         self.shuffle = ChannelShuffle(groups)
@@ -244,7 +264,9 @@ class ShuffleNet(PooledClassifier):
         if len(depths) != len(widths):
             raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} differ in length")
         # A stage of depth 0 would leave its width unbuilt.
-        for option, values in dict(depths=depths, widths=widths, groups=groups, stem_width=stem_width).items():
+        for option, values in dict(
+            depths=depths, widths=widths, groups=groups, stem_width=stem_width
+        ).items():
             check_positive("ShuffleNet", option, values)
         if se is not None:
             se.require_position("ShuffleNet", ("standard", "post"))

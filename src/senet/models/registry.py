@@ -105,7 +105,9 @@ def create_model(name: str, num_classes: int | None = None, **options) -> nn.Mod
         message = str(error)
         if "unexpected keyword argument" in message:
             bad = message.split("argument", 1)[1].strip()
-            raise ValueError(f"{info.name} has no option {bad}; see senet.model_info({info.name!r})") from None
+            raise ValueError(
+                f"{info.name} has no option {bad}; see senet.model_info({info.name!r})"
+            ) from None
         if "got multiple values for" in message:  # e.g. depths=: the builder fixes it
             bad = message.split("argument", 1)[1].strip()
             raise ValueError(f"{info.name} fixes {bad} itself; build the family class to change it") from None

@@ -22,8 +22,13 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
-from senet.models.base import (PooledClassifier, check_common_options, check_option, check_positive,
-                               init_weights)
+from senet.models.base import (
+    PooledClassifier,
+    check_common_options,
+    check_option,
+    check_positive,
+    init_weights,
+)
 from senet.models.registry import PaperFigures, register_model
 
 StemType = Literal["7x7", "deep", "cifar"]
@@ -174,7 +179,9 @@ class PreActBasicBlock(BasicBlock):
 
     preact = True
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, **options) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, **options
+    ) -> None:
         super().__init__(inplanes, planes, stride, downsample, **options)
         self.bn1 = nn.BatchNorm2d(inplanes)  # normalises the unit's input, not conv1's output
         self.bn2 = nn.BatchNorm2d(planes)
@@ -189,7 +196,9 @@ class PreActBottleneck(Bottleneck):
 
     preact = True
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, **options) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, **options
+    ) -> None:
         super().__init__(inplanes, planes, stride, downsample, **options)
         self.bn1 = nn.BatchNorm2d(inplanes)
         self.bn2 = nn.BatchNorm2d(self.conv1.out_channels)
@@ -249,10 +258,20 @@ class ResNet(PooledClassifier):
     ) -> None:
         super().__init__()
         check_common_options("ResNet", num_classes, in_chans, drop_rate)
-        _check_options(block, depths, widths, groups=groups, base_width=base_width,
-                       first_conv_ratio=first_conv_ratio, stem=stem, stem_width=stem_width,
-                       stem_pool=stem_pool, stride_in_1x1=stride_in_1x1, down_kernel_size=down_kernel_size,
-                       zero_init_residual=zero_init_residual)
+        _check_options(
+            block,
+            depths,
+            widths,
+            groups=groups,
+            base_width=base_width,
+            first_conv_ratio=first_conv_ratio,
+            stem=stem,
+            stem_width=stem_width,
+            stem_pool=stem_pool,
+            stride_in_1x1=stride_in_1x1,
+            down_kernel_size=down_kernel_size,
+            zero_init_residual=zero_init_residual,
+        )
         self.se_config = se
 
         self.conv1, stem_out = _make_stem(stem, in_chans, stem_width)
@@ -263,7 +282,10 @@ class ResNet(PooledClassifier):
 
         self._block = block
         self._unit_options = dict(
-            groups=groups, base_width=base_width, stride_in_1x1=stride_in_1x1, first_conv_ratio=first_conv_ratio
+            groups=groups,
+            base_width=base_width,
+            stride_in_1x1=stride_in_1x1,
+            first_conv_ratio=first_conv_ratio,
         )
         inplanes = stem_out
         for index, (depth, planes) in enumerate(zip(depths, widths)):
@@ -273,7 +295,9 @@ class ResNet(PooledClassifier):
             layer, inplanes = self._make_stage(inplanes, planes, depth, stride, stage_se, down_kernel_size)
             self.add_module(f"layer{stage}", layer)
         self.num_stages = len(depths)
-        self.final_act = nn.Sequential(nn.BatchNorm2d(inplanes), nn.ReLU(inplace=True)) if block.preact else nn.Identity()
+        self.final_act = (
+            nn.Sequential(nn.BatchNorm2d(inplanes), nn.ReLU(inplace=True)) if block.preact else nn.Identity()
+        )
         self._make_head(inplanes, num_classes, drop_rate)
         init_weights(self)
         if zero_init_residual:
@@ -317,8 +341,9 @@ def _check_options(block: type[_ResidualUnit], depths: Sequence[int], widths: Se
     """Refuse what the block or stem would silently ignore, or could not build."""
     basic = issubclass(block, BasicBlock)
     family = ("pre-activation " if block.preact else "") + ("ResNet with basic blocks" if basic else "ResNet")
-    check_option(len(depths) == len(widths), family, "depths", tuple(depths),
-                 f"give one per width {tuple(widths)}")
+    check_option(
+        len(depths) == len(widths), family, "depths", tuple(depths), f"give one per width {tuple(widths)}"
+    )
     check_positive(family, "depths", depths)  # a 0 would still build the stage's first unit
     check_positive(family, "widths", widths)
     check_positive(family, "stem_width", o["stem_width"])
@@ -327,27 +352,43 @@ def _check_options(block: type[_ResidualUnit], depths: Sequence[int], widths: Se
     if o["stem"] == "cifar":
         check_option(pool is None, family, "stem_pool", pool, "the cifar stem has no pooling; leave it out")
     else:
-        check_option(pool in (None, *STEM_POOLS), family, "stem_pool", pool,
-                     f"choose {' or '.join(STEM_POOLS)}")
+        check_option(
+            pool in (None, *STEM_POOLS), family, "stem_pool", pool, f"choose {' or '.join(STEM_POOLS)}"
+        )
     # An even kernel with padding k // 2 shifts the shortcut against the branch; one stage has no projection.
     kernel = o["down_kernel_size"]
     odd = isinstance(kernel, int) and kernel >= 1 and kernel % 2 == 1
     check_option(odd, family, "down_kernel_size", kernel, "use an odd kernel size: 1, or 3 as SENet-154")
-    check_option(kernel == 1 or len(depths) > 1, family, "down_kernel_size", kernel,
-                 "a single stage has no stride-2 shortcut; leave it at 1")
+    check_option(
+        kernel == 1 or len(depths) > 1,
+        family,
+        "down_kernel_size",
+        kernel,
+        "a single stage has no stride-2 shortcut; leave it at 1",
+    )
     if basic:
         neutral = {"stride_in_1x1": False, "groups": 1, "base_width": 64, "first_conv_ratio": 1.0}
         for option, value in neutral.items():
-            check_option(o[option] == value, family, option, o[option],
-                         f"basic blocks have no 1x1 conv, no groups; leave it at {value!r} or use a bottleneck")
+            check_option(
+                o[option] == value,
+                family,
+                option,
+                o[option],
+                f"basic blocks have no 1x1 conv, no groups; leave it at {value!r} or use a bottleneck",
+            )
     else:
         check_positive(family, "groups", o["groups"])
         check_positive(family, "base_width", o["base_width"])
         ratio = o["first_conv_ratio"]
         check_option(ratio > 0, family, "first_conv_ratio", ratio, "use a ratio > 0")
     if block.preact:
-        check_option(not o["zero_init_residual"], family, "zero_init_residual", o["zero_init_residual"],
-                     "pre-activation branches end in a conv, not a BN; leave it False")
+        check_option(
+            not o["zero_init_residual"],
+            family,
+            "zero_init_residual",
+            o["zero_init_residual"],
+            "pre-activation branches end in a conv, not a BN; leave it False",
+        )
 
 
 def _make_stem(stem: StemType, in_chans: int, width: int) -> tuple[nn.Module, int]:
@@ -386,7 +427,9 @@ _PAPER_RESNET_BASIC = dict(stem_pool="caffe")  # basic blocks have no 1x1 conv t
 _RESNEXT_32X4D = dict(groups=32, base_width=4, stem_pool="caffe")
 
 
-def _resnet(block: type[_ResidualUnit], depths: Sequence[int], se: bool, layout: dict, options: dict) -> ResNet:
+def _resnet(
+    block: type[_ResidualUnit], depths: Sequence[int], se: bool, layout: dict, options: dict
+) -> ResNet:
     options = {**layout, **options}
     se_config = SEConfig.pop_from(options, enabled=se)
     return ResNet(block, depths, se=se_config, **options)
@@ -416,7 +459,9 @@ def se_resnet34(**options) -> ResNet:
     return _resnet(BasicBlock, (3, 4, 6, 3), True, _PAPER_RESNET_BASIC, options)
 
 
-@register_model(paper=PaperFigures(25.6, 3.86, 24.80, 7.48, source="Table 2 re-impl.; params Tables 10/13/16"))
+@register_model(
+    paper=PaperFigures(25.6, 3.86, 24.80, 7.48, source="Table 2 re-impl.; params Tables 10/13/16")
+)
 def resnet50(**options) -> ResNet:
     """ResNet-50, stride in the first 1x1 conv as the paper's baseline (Table 1, left column)."""
     return _resnet(Bottleneck, (3, 4, 6, 3), False, _PAPER_RESNET, options)
@@ -434,19 +479,28 @@ def resnet152(**options) -> ResNet:
     return _resnet(Bottleneck, (3, 8, 36, 3), False, _PAPER_RESNET, options)
 
 
-@register_model(paper=PaperFigures(28.09, 3.87, 23.29, 6.62, source="Table 2; params released prototxt (paper: 28.1)"), aliases=("seresnet50", "legacy_seresnet50"))
+@register_model(
+    paper=PaperFigures(28.09, 3.87, 23.29, 6.62, source="Table 2; params released prototxt (paper: 28.1)"),
+    aliases=("seresnet50", "legacy_seresnet50"),
+)
 def se_resnet50(**options) -> ResNet:
     """SE-ResNet-50 (paper Table 1, middle column)."""
     return _resnet(Bottleneck, (3, 4, 6, 3), True, _PAPER_RESNET, options)
 
 
-@register_model(paper=PaperFigures(49.33, 7.60, 22.38, 6.07, source="Table 2; params released prototxt"), aliases=("seresnet101", "legacy_seresnet101"))
+@register_model(
+    paper=PaperFigures(49.33, 7.60, 22.38, 6.07, source="Table 2; params released prototxt"),
+    aliases=("seresnet101", "legacy_seresnet101"),
+)
 def se_resnet101(**options) -> ResNet:
     """SE-ResNet-101 (paper Table 2)."""
     return _resnet(Bottleneck, (3, 4, 23, 3), True, _PAPER_RESNET, options)
 
 
-@register_model(paper=PaperFigures(66.82, 11.32, 21.57, 5.73, source="Table 2; params released prototxt"), aliases=("seresnet152", "legacy_seresnet152"))
+@register_model(
+    paper=PaperFigures(66.82, 11.32, 21.57, 5.73, source="Table 2; params released prototxt"),
+    aliases=("seresnet152", "legacy_seresnet152"),
+)
 def se_resnet152(**options) -> ResNet:
     """SE-ResNet-152 (paper Table 2)."""
     return _resnet(Bottleneck, (3, 8, 36, 3), True, _PAPER_RESNET, options)
@@ -464,23 +518,39 @@ def resnext101_32x4d(**options) -> ResNet:
     return _resnet(Bottleneck, (3, 4, 23, 3), False, _RESNEXT_32X4D, options)
 
 
-@register_model(paper=PaperFigures(27.56, 4.25, 21.10, 5.49, source="Table 2; params released prototxt"), aliases=("seresnext50_32x4d", "legacy_seresnext50_32x4d"))
+@register_model(
+    paper=PaperFigures(27.56, 4.25, 21.10, 5.49, source="Table 2; params released prototxt"),
+    aliases=("seresnext50_32x4d", "legacy_seresnext50_32x4d"),
+)
 def se_resnext50_32x4d(**options) -> ResNet:
     """SE-ResNeXt-50 (32x4d) (paper Table 1, right column)."""
     return _resnet(Bottleneck, (3, 4, 6, 3), True, _RESNEXT_32X4D, options)
 
 
-@register_model(paper=PaperFigures(48.96, 8.00, 20.70, 5.01, source="Table 2; params released prototxt"), aliases=("seresnext101_32x4d", "legacy_seresnext101_32x4d"))
+@register_model(
+    paper=PaperFigures(48.96, 8.00, 20.70, 5.01, source="Table 2; params released prototxt"),
+    aliases=("seresnext101_32x4d", "legacy_seresnext101_32x4d"),
+)
 def se_resnext101_32x4d(**options) -> ResNet:
     """SE-ResNeXt-101 (32x4d) (paper Table 2)."""
     return _resnet(Bottleneck, (3, 4, 23, 3), True, _RESNEXT_32X4D, options)
 
 
-@register_model(paper=PaperFigures(115.09, None, 18.68, 4.47, source="Table 8; params released prototxt"), aliases=("legacy_senet154",))
+@register_model(
+    paper=PaperFigures(115.09, None, 18.68, 4.47, source="Table 8; params released prototxt"),
+    aliases=("legacy_senet154",),
+)
 def senet154(**options) -> ResNet:
-    """SENet-154: SE-ResNeXt-152 (64x4d) with halved first 1x1 convs, a 3x3 stem, 3x3 stride-2 shortcuts, dropout 0.2 (appendix)."""
+    """SENet-154: SE-ResNeXt-152 (64x4d) with halved first 1x1 convs, a 3x3 stem, 3x3 stride-2 shortcuts and
+    dropout 0.2 (appendix)."""
     layout = dict(
-        groups=64, base_width=4, first_conv_ratio=0.5, stem="deep", stem_pool="caffe", down_kernel_size=3, drop_rate=0.2
+        groups=64,
+        base_width=4,
+        first_conv_ratio=0.5,
+        stem="deep",
+        stem_pool="caffe",
+        down_kernel_size=3,
+        drop_rate=0.2,
     )
     return _resnet(Bottleneck, (3, 8, 36, 3), True, layout, options)
 
@@ -489,7 +559,9 @@ def senet154(**options) -> ResNet:
 _CIFAR_RESNET = dict(widths=(16, 32, 64), stem="cifar", stem_width=16)
 
 
-@register_model(paper=PaperFigures(0.27, input_size=32, source="He et al. 2016a (ResNet-20: 0.27M)"), num_classes=10)
+@register_model(
+    paper=PaperFigures(0.27, input_size=32, source="He et al. 2016a (ResNet-20: 0.27M)"), num_classes=10
+)
 def resnet20_cifar(**options) -> ResNet:
     """ResNet-20 for 32x32 inputs: 3 stages of 3 pre-activation basic units."""
     return _resnet(PreActBasicBlock, (3, 3, 3), False, _CIFAR_RESNET, options)
@@ -501,7 +573,9 @@ def se_resnet20_cifar(**options) -> ResNet:
     return _resnet(PreActBasicBlock, (3, 3, 3), True, _CIFAR_RESNET, options)
 
 
-@register_model(paper=PaperFigures(0.85, input_size=32, source="He et al. 2016a (ResNet-56: 0.85M)"), num_classes=10)
+@register_model(
+    paper=PaperFigures(0.85, input_size=32, source="He et al. 2016a (ResNet-56: 0.85M)"), num_classes=10
+)
 def resnet56_cifar(**options) -> ResNet:
     """ResNet-56 for 32x32 inputs: 3 stages of 9 pre-activation basic units."""
     return _resnet(PreActBasicBlock, (9, 9, 9), False, _CIFAR_RESNET, options)
@@ -513,25 +587,43 @@ def se_resnet56_cifar(**options) -> ResNet:
     return _resnet(PreActBasicBlock, (9, 9, 9), True, _CIFAR_RESNET, options)
 
 
-@register_model(paper=PaperFigures(1.73, None, 6.37, input_size=32, source="Table 4 (CIFAR-10 error); params He et al. 2016a (1.7M; 1.73M unrounded)"), num_classes=10)
+@register_model(
+    paper=PaperFigures(
+        1.73,
+        None,
+        6.37,
+        input_size=32,
+        source="Table 4 (CIFAR-10 error); params He et al. 2016a (1.7M; 1.73M unrounded)",
+    ),
+    num_classes=10,
+)
 def resnet110_cifar(**options) -> ResNet:
     """ResNet-110 for CIFAR: 3 stages of 18 pre-activation basic units (paper Table 4)."""
     return _resnet(PreActBasicBlock, (18, 18, 18), False, _CIFAR_RESNET, options)
 
 
-@register_model(paper=PaperFigures(None, None, 5.21, input_size=32, source="Table 4 (CIFAR-10 error)"), num_classes=10)
+@register_model(
+    paper=PaperFigures(None, None, 5.21, input_size=32, source="Table 4 (CIFAR-10 error)"), num_classes=10
+)
 def se_resnet110_cifar(**options) -> ResNet:
     """SE-ResNet-110 for CIFAR (paper Table 4)."""
     return _resnet(PreActBasicBlock, (18, 18, 18), True, _CIFAR_RESNET, options)
 
 
-@register_model(paper=PaperFigures(1.7, None, 5.46, input_size=32, source="Table 4 (CIFAR-10 error); params He et al. 2016b"), num_classes=10)
+@register_model(
+    paper=PaperFigures(
+        1.7, None, 5.46, input_size=32, source="Table 4 (CIFAR-10 error); params He et al. 2016b"
+    ),
+    num_classes=10,
+)
 def resnet164_cifar(**options) -> ResNet:
     """ResNet-164 for CIFAR: 3 stages of 18 pre-activation bottlenecks (paper Table 4)."""
     return _resnet(PreActBottleneck, (18, 18, 18), False, _CIFAR_RESNET, options)
 
 
-@register_model(paper=PaperFigures(None, None, 4.39, input_size=32, source="Table 4 (CIFAR-10 error)"), num_classes=10)
+@register_model(
+    paper=PaperFigures(None, None, 4.39, input_size=32, source="Table 4 (CIFAR-10 error)"), num_classes=10
+)
 def se_resnet164_cifar(**options) -> ResNet:
     """SE-ResNet-164 for CIFAR (paper Table 4)."""
     return _resnet(PreActBottleneck, (18, 18, 18), True, _CIFAR_RESNET, options)
@@ -541,13 +633,20 @@ def se_resnet164_cifar(**options) -> ResNet:
 _WRN_16_8 = dict(widths=(16 * 8, 32 * 8, 64 * 8), stem="cifar", stem_width=16)
 
 
-@register_model(paper=PaperFigures(11.0, None, 4.27, input_size=32, source="Table 4 (CIFAR-10 error); params Zagoruyko & Komodakis 2016"), num_classes=10)
+@register_model(
+    paper=PaperFigures(
+        11.0, None, 4.27, input_size=32, source="Table 4 (CIFAR-10 error); params Zagoruyko & Komodakis 2016"
+    ),
+    num_classes=10,
+)
 def wrn16_8(**options) -> ResNet:
     """WRN-16-8: depth 16 (2 pre-activation basic units per stage), widening factor 8 (paper Table 4)."""
     return _resnet(PreActBasicBlock, (2, 2, 2), False, _WRN_16_8, options)
 
 
-@register_model(paper=PaperFigures(None, None, 3.88, input_size=32, source="Table 4 (CIFAR-10 error)"), num_classes=10)
+@register_model(
+    paper=PaperFigures(None, None, 3.88, input_size=32, source="Table 4 (CIFAR-10 error)"), num_classes=10
+)
 def se_wrn16_8(**options) -> ResNet:
     """SE-WRN-16-8 (paper Table 4)."""
     return _resnet(PreActBasicBlock, (2, 2, 2), True, _WRN_16_8, options)

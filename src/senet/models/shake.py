@@ -62,7 +62,9 @@ class ShakeShake(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x1: torch.Tensor, x2: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, x1: torch.Tensor, x2: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor
+    ) -> torch.Tensor:
         ctx.save_for_backward(beta)
         return alpha * x1 + (1 - alpha) * x2
 
@@ -129,28 +131,34 @@ class ShakeShortcut(nn.Module):
 
 def _basic_branch(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     """ReLU-conv3x3-BN-ReLU-conv3x3-BN (Gastaldi Sec. 2.2, CIFAR-10)."""
-    return nn.Sequential(OrderedDict(
-        relu0=nn.ReLU(),  # not in place: the shortcut and the other branch read the block input
-        conv1=nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
-        bn1=nn.BatchNorm2d(out_channels),
-        relu1=nn.ReLU(inplace=True),
-        conv2=nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
-        bn2=nn.BatchNorm2d(out_channels),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            relu0=nn.ReLU(),  # not in place: the shortcut and the other branch read the block input
+            conv1=nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
+            bn1=nn.BatchNorm2d(out_channels),
+            relu1=nn.ReLU(inplace=True),
+            conv2=nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+            bn2=nn.BatchNorm2d(out_channels),
+        )
+    )
 
 
-def _bottleneck_branch(in_channels: int, out_channels: int, stride: int, width: int, groups: int) -> nn.Sequential:
+def _bottleneck_branch(
+    in_channels: int, out_channels: int, stride: int, width: int, groups: int
+) -> nn.Sequential:
     """ResNeXt bottleneck, form (c): conv1x1-BN-ReLU-grouped conv3x3-BN-ReLU-conv1x1-BN (Gastaldi Sec. 3, CIFAR-100)."""
-    return nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(in_channels, width, 1, bias=False),
-        bn1=nn.BatchNorm2d(width),
-        relu1=nn.ReLU(inplace=True),
-        conv2=nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False),
-        bn2=nn.BatchNorm2d(width),
-        relu2=nn.ReLU(inplace=True),
-        conv3=nn.Conv2d(width, out_channels, 1, bias=False),
-        bn3=nn.BatchNorm2d(out_channels),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(in_channels, width, 1, bias=False),
+            bn1=nn.BatchNorm2d(width),
+            relu1=nn.ReLU(inplace=True),
+            conv2=nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False),
+            bn2=nn.BatchNorm2d(width),
+            relu2=nn.ReLU(inplace=True),
+            conv3=nn.Conv2d(width, out_channels, 1, bias=False),
+            bn3=nn.BatchNorm2d(out_channels),
+        )
+    )
 
 
 class ShakeBlock(nn.Module):
@@ -188,7 +196,9 @@ class ShakeBlock(nn.Module):
         self.preact = branch == "basic"
         needs_projection = stride != 1 or in_channels != out_channels
         self.shortcut = (
-            ShakeShortcut(in_channels, out_channels, stride, shifted=self.preact) if needs_projection else None
+            ShakeShortcut(in_channels, out_channels, stride, shifted=self.preact)
+            if needs_projection
+            else None
         )
         self.se = se.block(out_channels) if se is not None else None
         self.relu = nn.Identity() if self.preact else nn.ReLU(inplace=True)
@@ -199,7 +209,12 @@ class ShakeBlock(nn.Module):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """The combined residual: the shake combination of both branches, then SE (the SE-ResNet rule)."""
         out = shake_shake(
-            self.branch1(x), self.branch2(x), self.training, self.shake_forward, self.shake_backward, self.shake_level
+            self.branch1(x),
+            self.branch2(x),
+            self.training,
+            self.shake_forward,
+            self.shake_backward,
+            self.shake_level,
         )
         return self.se(out) if self.se is not None else out
 
@@ -259,9 +274,13 @@ class ShakeResNet(PooledClassifier):
         if branch == "basic" and (inner_widths is not None or groups != 1):
             raise ValueError("basic branches take no inner_widths or groups; use branch='bottleneck'")
         if shake_forward not in FORWARD_MODES:
-            raise ValueError(f"unknown shake_forward {shake_forward!r}; choose one of {', '.join(FORWARD_MODES)}")
+            raise ValueError(
+                f"unknown shake_forward {shake_forward!r}; choose one of {', '.join(FORWARD_MODES)}"
+            )
         if shake_backward not in BACKWARD_MODES:
-            raise ValueError(f"unknown shake_backward {shake_backward!r}; choose one of {', '.join(BACKWARD_MODES)}")
+            raise ValueError(
+                f"unknown shake_backward {shake_backward!r}; choose one of {', '.join(BACKWARD_MODES)}"
+            )
         if shake_level not in LEVELS:
             raise ValueError(f"unknown shake_level {shake_level!r}; choose one of {', '.join(LEVELS)}")
         if se is not None:
@@ -333,25 +352,49 @@ _SHAKE_26_2X96D = dict(base_width=96, stem_width=16, shake_forward="shake", shak
 _SHAKE_29_2X4X64D = dict(base_width=64, groups=4, shake_forward="shake", shake_backward="even")
 
 
-@register_model(paper=PaperFigures(26.2, None, 2.56, input_size=32, source="Table 4 (CIFAR-10 error, with Cutout); params Gastaldi 2017 (26.2M)"), num_classes=10)
+@register_model(
+    paper=PaperFigures(
+        26.2,
+        None,
+        2.56,
+        input_size=32,
+        source="Table 4 (CIFAR-10 error, with Cutout); params Gastaldi 2017 (26.2M)",
+    ),
+    num_classes=10,
+)
 def shake_shake26_2x96d(**options) -> ShakeResNet:
     """Shake-Shake-Image 26 2x96d for CIFAR-10 (Gastaldi 2017; paper Table 4 with Cutout)."""
     return _shake("basic", (4, 4, 4), False, _SHAKE_26_2X96D, options)
 
 
-@register_model(paper=PaperFigures(None, None, 2.12, input_size=32, source="Table 4 (CIFAR-10 error, with Cutout)"), num_classes=10)
+@register_model(
+    paper=PaperFigures(None, None, 2.12, input_size=32, source="Table 4 (CIFAR-10 error, with Cutout)"),
+    num_classes=10,
+)
 def se_shake_shake26_2x96d(**options) -> ShakeResNet:
     """SE-Shake-Shake-Image 26 2x96d: SE on each block's combined residual (paper Table 4, with Cutout)."""
     return _shake("basic", (4, 4, 4), True, _SHAKE_26_2X96D, options)
 
 
-@register_model(paper=PaperFigures(34.4, None, 15.85, input_size=32, source="Table 5 (CIFAR-100 error, with Cutout); params Gastaldi 2017 (34.4M)"), num_classes=100)
+@register_model(
+    paper=PaperFigures(
+        34.4,
+        None,
+        15.85,
+        input_size=32,
+        source="Table 5 (CIFAR-100 error, with Cutout); params Gastaldi 2017 (34.4M)",
+    ),
+    num_classes=100,
+)
 def shake_even29_2x4x64d(**options) -> ShakeResNet:
     """Shake-Even-Image 29 2x4x64d ResNeXt for CIFAR-100 (Gastaldi 2017; paper Table 5 with Cutout)."""
     return _shake("bottleneck", (3, 3, 3), False, _SHAKE_29_2X4X64D, options)
 
 
-@register_model(paper=PaperFigures(None, None, 15.41, input_size=32, source="Table 5 (CIFAR-100 error, with Cutout)"), num_classes=100)
+@register_model(
+    paper=PaperFigures(None, None, 15.41, input_size=32, source="Table 5 (CIFAR-100 error, with Cutout)"),
+    num_classes=100,
+)
 def se_shake_even29_2x4x64d(**options) -> ShakeResNet:
     """SE-Shake-Even-Image 29 2x4x64d: SE on each block's combined residual (paper Table 5, with Cutout)."""
     return _shake("bottleneck", (3, 3, 3), True, _SHAKE_29_2X4X64D, options)

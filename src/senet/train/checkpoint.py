@@ -42,9 +42,22 @@ before_commit: Callable[[], None] | None = None
 
 # What a checkpoint's JSON must hold, and of what type: a file that differs is refused in one line.
 _SCHEMA: dict[str, type] = {
-    "format": str, "tensors": str, "tensor_bytes": int, "config": dict, "model": str, "num_classes": int,
-    "classes": list, "epoch": int, "batches_done": int, "step": int, "world_size": int, "history": list,
-    "best": dict, "epoch_state": dict, "optimizer": dict, "rng": list,
+    "format": str,
+    "tensors": str,
+    "tensor_bytes": int,
+    "config": dict,
+    "model": str,
+    "num_classes": int,
+    "classes": list,
+    "epoch": int,
+    "batches_done": int,
+    "step": int,
+    "world_size": int,
+    "history": list,
+    "best": dict,
+    "epoch_state": dict,
+    "optimizer": dict,
+    "rng": list,
 }
 
 
@@ -133,15 +146,17 @@ class Checkpoint:
         return self.meta["epoch"], self.meta["batches_done"]
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        return {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
+        return {k[len("model.") :]: v for k, v in self.tensors.items() if k.startswith("model.")}
 
     def restore_rng(self, rank: int = 0) -> None:
         """Put every RNG back as process ``rank`` of the saved run left it."""
         prefix = f"rng.{rank}."
-        tensors = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        tensors = {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
         if "torch" not in tensors or rank >= len(self.meta["rng"]):
-            raise ValueError(f"{self.path} holds no RNG state of process {rank}; it was saved by "
-                             f"{len(self.meta['rng'])} process(es)")
+            raise ValueError(
+                f"{self.path} holds no RNG state of process {rank}; it was saved by "
+                f"{len(self.meta['rng'])} process(es)"
+            )
         torch.set_rng_state(tensors["torch"])
         if "cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["cuda"])
@@ -151,7 +166,9 @@ class Checkpoint:
         random.setstate((version, tuple(state), gauss))
 
     def optimizer_state(self) -> dict[str, Any]:
-        state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in self.meta["optimizer"]["scalars"].items()}
+        state: dict[int, dict[str, Any]] = {
+            int(i): dict(v) for i, v in self.meta["optimizer"]["scalars"].items()
+        }
         for key, value in self.tensors.items():
             if key.startswith("optimizer."):
                 _, index, name = key.split(".", 2)
@@ -211,8 +228,11 @@ def save_checkpoint(
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """The committed checkpoint JSON files of a run, oldest first."""
-    found = [(tuple(map(int, m.groups())), p) for p in Path(run_dir).glob("checkpoint-*.json")
-             if (m := _NAME.fullmatch(p.name))]
+    found = [
+        (tuple(map(int, m.groups())), p)
+        for p in Path(run_dir).glob("checkpoint-*.json")
+        if (m := _NAME.fullmatch(p.name))
+    ]
     return [path for _, path in sorted(found)]
 
 
@@ -239,8 +259,10 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise FileNotFoundError(f"weights file {path} is missing") from None
     except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{path} is corrupt or not a safetensors file ({_first_line(error)}); "
-                         "restore it, or use another checkpoint") from None
+        raise ValueError(
+            f"{path} is corrupt or not a safetensors file ({_first_line(error)}); "
+            "restore it, or use another checkpoint"
+        ) from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -260,12 +282,18 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{meta_path} is not a senet checkpoint (format {found!r}, expected {FORMAT!r})")
-    wrong = [f"{key} (expected {kind.__name__})" for key, kind in _SCHEMA.items() if not _is(meta.get(key), kind)]
+    wrong = [
+        f"{key} (expected {kind.__name__})" for key, kind in _SCHEMA.items() if not _is(meta.get(key), kind)
+    ]
     if wrong:
-        raise ValueError(f"{meta_path} is damaged: missing or wrong fields {', '.join(wrong[:4])}"
-                         f"{' and more' if len(wrong) > 4 else ''}")
+        raise ValueError(
+            f"{meta_path} is damaged: missing or wrong fields {', '.join(wrong[:4])}"
+            f"{' and more' if len(wrong) > 4 else ''}"
+        )
     if Path(meta["tensors"]).name != meta["tensors"]:
-        raise ValueError(f"{meta_path} is damaged: its tensor file {meta['tensors']!r} is not a plain file name")
+        raise ValueError(
+            f"{meta_path} is damaged: its tensor file {meta['tensors']!r} is not a plain file name"
+        )
     return meta
 
 
@@ -276,12 +304,16 @@ def read_checkpoint(meta_path: Path) -> Checkpoint:
     if not tensor_path.is_file():
         raise FileNotFoundError(f"checkpoint {meta_path} names {tensor_path.name}, which is missing")
     if tensor_path.stat().st_size != meta["tensor_bytes"]:
-        raise ValueError(f"{tensor_path} is truncated or was replaced ({tensor_path.stat().st_size} bytes, "
-                         f"{meta['tensor_bytes']} written)")
+        raise ValueError(
+            f"{tensor_path} is truncated or was replaced ({tensor_path.stat().st_size} bytes, "
+            f"{meta['tensor_bytes']} written)"
+        )
     try:
         tensors = load_safetensors_bytes(tensor_path.read_bytes())
     except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{tensor_path} is corrupt or not a safetensors file: {_first_line(error)}") from None
+        raise ValueError(
+            f"{tensor_path} is corrupt or not a safetensors file: {_first_line(error)}"
+        ) from None
     if "rng.0.torch" not in tensors:
         raise ValueError(f"{tensor_path} is damaged: it holds no RNG state")
     return Checkpoint(meta_path, meta, tensors)
@@ -300,8 +332,10 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         return read_checkpoint(path)
     candidates = list_checkpoints(path) if path.is_dir() else []
     if not candidates:
-        raise FileNotFoundError(f"no checkpoint in {path}: expected checkpoint-e*-b*.json files "
-                                "(a run directory of `senet train`)")
+        raise FileNotFoundError(
+            f"no checkpoint in {path}: expected checkpoint-e*-b*.json files "
+            "(a run directory of `senet train`)"
+        )
     first_error: Exception | None = None
     for meta_path in reversed(candidates):
         try:
@@ -320,8 +354,11 @@ def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str |
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     parts = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes)):
         if items:

@@ -42,7 +42,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: Schedule = "cosine"
     step_epochs: int = 30  # "step": divide by 1/gamma every step_epochs
-    milestones: tuple[float, ...] = ()  # "multistep": epochs (fractions allowed) where lr is multiplied by gamma
+    milestones: tuple[
+        float, ...
+    ] = ()  # "multistep": epochs (fractions allowed) where lr is multiplied by gamma
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
@@ -58,7 +60,9 @@ class TrainConfig:
     log_interval: int = 20
     # Run control: how often and how many checkpoints; not part of what is trained, so a resume may change them.
     save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
-    save_every_minutes: float = 0.0  # also checkpoint when this many minutes passed since the last save (0: off)
+    save_every_minutes: float = (
+        0.0  # also checkpoint when this many minutes passed since the last save (0: off)
+    )
     keep: int = 2  # checkpoints kept in the run directory (the newest K; at least 1)
 
     def __post_init__(self) -> None:
@@ -69,15 +73,19 @@ class TrainConfig:
         from senet.models.registry import model_info
 
         model_info(self.model)  # an unknown name fails here, with the closest known names
-        if not isinstance(self.model_options, dict) or not all(isinstance(k, str) for k in self.model_options):
+        if not isinstance(self.model_options, dict) or not all(
+            isinstance(k, str) for k in self.model_options
+        ):
             raise ValueError(f"model_options must map option names to values, got {self.model_options!r}")
         reserved = sorted({"num_classes", "in_chans"} & set(self.model_options))
         if reserved:
-            raise ValueError(f"model option {', '.join(reserved)} is set by the dataset; "
-                             "leave it out of model_options")
+            raise ValueError(
+                f"model option {', '.join(reserved)} is set by the dataset; leave it out of model_options"
+            )
         if not isinstance(self.milestones, (tuple, list)):
-            raise ValueError(f"milestones must be a sequence of epochs, e.g. (82, 123), "
-                             f"got {self.milestones!r}")
+            raise ValueError(
+                f"milestones must be a sequence of epochs, e.g. (82, 123), got {self.milestones!r}"
+            )
         for m in self.milestones:
             _check_number("milestones", m, float)
         self.milestones = tuple(float(m) for m in self.milestones)
@@ -122,7 +130,9 @@ def _check_number(name: str, value: Any, kind: type) -> None:
     """``value`` must be a finite number of ``kind`` (an int is a float too; a bool is neither)."""
     allowed = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value):
-        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a finite number'}, got {value!r}")
+        raise ValueError(
+            f"{name} must be {'an integer' if kind is int else 'a finite number'}, got {value!r}"
+        )
 
 
 def _epochs_text(epochs: tuple[float, ...]) -> str:
@@ -162,13 +172,25 @@ def _imagenet_paper(model: str) -> dict[str, Any]:
     """Sec. 5.1 / reference Sec. 8: SGD momentum 0.9, lr 0.6 at batch 1024 divided by 10 every 30 epochs,
     100 epochs. Weight decay is not stated in the paper; 1e-4 is the ResNet standard."""
     recipe = dict(
-        model=model, data="", epochs=100, batch_size=1024, lr=0.6, lr_reference_batch=1024, momentum=0.9,
-        weight_decay=1e-4, schedule="step", step_epochs=30, gamma=0.1, workers=8,
+        model=model,
+        data="",
+        epochs=100,
+        batch_size=1024,
+        lr=0.6,
+        lr_reference_batch=1024,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="step",
+        step_epochs=30,
+        gamma=0.1,
+        workers=8,
     )
     if model == "senet154":
         # Appendix (e)-(g): label smoothing, BN frozen for the last epochs (how many is not stated), lr 1.0 at
         # batch 2048; dropout 0.2 is senet154's own default.
-        recipe.update(label_smoothing=0.1, freeze_bn_epochs=5, lr=1.0, lr_reference_batch=2048, batch_size=2048)
+        recipe.update(
+            label_smoothing=0.1, freeze_bn_epochs=5, lr=1.0, lr_reference_batch=2048, batch_size=2048
+        )
     return recipe
 
 
@@ -177,26 +199,57 @@ def _cifar_paper(model: str) -> dict[str, Any]:
     common = dict(model=model, data="cifar10", batch_size=128, momentum=0.9, workers=4)
     if model.startswith(("wrn", "se_wrn")):
         # Zagoruyko & Komodakis 2016: Nesterov, lr 0.1 divided by 5 at 60/120/160, 200 epochs, wd 5e-4.
-        return {**common, "epochs": 200, "lr": 0.1, "nesterov": True, "weight_decay": 5e-4,
-                "schedule": "multistep", "milestones": (60, 120, 160), "gamma": 0.2}
+        return {
+            **common,
+            "epochs": 200,
+            "lr": 0.1,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "schedule": "multistep",
+            "milestones": (60, 120, 160),
+            "gamma": 0.2,
+        }
     if "shake_even" in model:
         # Gastaldi 2017 on CIFAR-100 (29 2x4x64d): cosine from 0.025, batch 32, wd 5e-4, 1800 epochs; the paper
         # adds Cutout, 8 px on CIFAR-100 (DeVries & Taylor 2017).
-        return {**common, "data": "cifar100", "epochs": 1800, "batch_size": 32, "lr": 0.025, "weight_decay": 5e-4,
-                "schedule": "cosine", "cutout": 8}
+        return {
+            **common,
+            "data": "cifar100",
+            "epochs": 1800,
+            "batch_size": 32,
+            "lr": 0.025,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "cutout": 8,
+        }
     if "shake" in model:
         # Gastaldi 2017 on CIFAR-10 (26 2x96d): cosine from 0.2, batch 128, wd 1e-4, 1800 epochs; Cutout 16 px.
         return {**common, "epochs": 1800, "lr": 0.2, "weight_decay": 1e-4, "schedule": "cosine", "cutout": 16}
     # He et al. 2016: lr 0.1, divided by 10 at 32k and 48k iterations, 64k in all, at batch 128 on 50k images
     # (391 iterations per epoch): 164 epochs, milestones at epochs 82 and 123.
-    return {**common, "epochs": 164, "lr": 0.1, "weight_decay": 1e-4, "schedule": "multistep",
-            "milestones": (82, 123), "gamma": 0.1}
+    return {
+        **common,
+        "epochs": 164,
+        "lr": 0.1,
+        "weight_decay": 1e-4,
+        "schedule": "multistep",
+        "milestones": (82, 123),
+        "gamma": 0.1,
+    }
 
 
 def _demo(model: str) -> dict[str, Any]:
     """A couple of minutes on 2 CPU cores: a CIFAR ResNet-20 on the embedded digits."""
-    return dict(model=model, data="digits", epochs=8, batch_size=64, lr=0.1, weight_decay=5e-4,
-                schedule="cosine", warmup_epochs=0.5)
+    return dict(
+        model=model,
+        data="digits",
+        epochs=8,
+        batch_size=64,
+        lr=0.1,
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup_epochs=0.5,
+    )
 
 
 PRESETS: dict[str, Callable[[str], dict[str, Any]]] = {
@@ -204,7 +257,11 @@ PRESETS: dict[str, Callable[[str], dict[str, Any]]] = {
     "imagenet-paper": _imagenet_paper,
     "cifar-paper": _cifar_paper,
 }
-DEFAULT_MODEL = {"demo": "se_resnet20_cifar", "imagenet-paper": "se_resnet50", "cifar-paper": "se_resnet110_cifar"}
+DEFAULT_MODEL = {
+    "demo": "se_resnet20_cifar",
+    "imagenet-paper": "se_resnet50",
+    "cifar-paper": "se_resnet110_cifar",
+}
 
 
 def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
@@ -217,7 +274,9 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
         values.update(PRESETS[preset](model))
     values.update({k: v for k, v in overrides.items() if v is not None})
     if not values.get("data", "digits"):
-        raise ValueError(f"preset {preset!r} needs --data: an image folder (ROOT/train, ROOT/val) or a dataset name")
+        raise ValueError(
+            f"preset {preset!r} needs --data: an image folder (ROOT/train, ROOT/val) or a dataset name"
+        )
     config = TrainConfig.from_dict(values)
     check_model_options(config)
     return config
@@ -251,16 +310,19 @@ def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, text = pair.partition("=")
         key, text = key.strip(), text.strip()
         if not sep or not key.isidentifier() or not text:
-            raise ValueError(f"--model-opt expects KEY=VALUE with KEY an option name, e.g. se_reduction=8; "
-                             f"got {pair!r}")
+            raise ValueError(
+                f"--model-opt expects KEY=VALUE with KEY an option name, e.g. se_reduction=8; got {pair!r}"
+            )
         if key in options:
             raise ValueError(f"--model-opt {key} is given twice ({options[key]!r} and {text!r})")
         try:
             options[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             if not _BARE_WORD.fullmatch(text):
-                raise ValueError(f"--model-opt {pair!r}: {text!r} is neither a Python literal "
-                                 "(8, 0.5, (1, 2), 'avg') nor a bare word (tanh)") from None
+                raise ValueError(
+                    f"--model-opt {pair!r}: {text!r} is neither a Python literal "
+                    "(8, 0.5, (1, 2), 'avg') nor a bare word (tanh)"
+                ) from None
             options[key] = text  # a bare word such as se_gate=tanh
     return options
 

@@ -62,7 +62,9 @@ class Decision:
 class RunControl:
     """Signal handlers (while in a ``with`` block), periodic-save timers and the per-step agreement."""
 
-    def __init__(self, world_size: int = 1, save_every_steps: int = 0, save_every_minutes: float = 0.0) -> None:
+    def __init__(
+        self, world_size: int = 1, save_every_steps: int = 0, save_every_minutes: float = 0.0
+    ) -> None:
         self._group = dist.new_group(backend="gloo") if world_size > 1 else None
         self.save_every_steps = save_every_steps
         self.save_every_s = 60 * save_every_minutes
@@ -91,8 +93,10 @@ class RunControl:
         if self.signum:
             raise KeyboardInterrupt  # the user insists: stop now, the last checkpoint stays as it is
         self.signum = signum
-        log.info(f"{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
-                 "(send it again to stop at once without saving)")
+        log.info(
+            f"{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
+            "(send it again to stop at once without saving)"
+        )
 
     def poll(self, *, step: int, empty: bool = False) -> Decision:
         """What every rank does at this step boundary (``step``: optimizer steps taken so far)."""
@@ -157,8 +161,9 @@ class _Fault:
                 raise ValueError(at)
             return cls(int(signal.Signals[name]), at, int(count))
         except (KeyError, ValueError):
-            raise ValueError(f"{FAULT_ENV}={text!r}: expected SIGNAL@step=N or SIGNAL@save=N, "
-                             "e.g. SIGTERM@step=3") from None
+            raise ValueError(
+                f"{FAULT_ENV}={text!r}: expected SIGNAL@step=N or SIGNAL@save=N, e.g. SIGTERM@step=3"
+            ) from None
 
     def _fire(self) -> None:
         os.kill(os.getpid(), self.signum)

@@ -42,9 +42,10 @@ from senet.train.checkpoint import (
 )
 from senet.train.config import TrainConfig
 from senet.train.control import RunControl, StopRequested, TrainingInterrupted
-from senet.train.rundir import METRICS_NAME, SCHEDULE_FIELDS, open_run_dir, prepare_run_dir, reconcile
+from senet.train.rundir import METRICS_NAME, Changes, open_run_dir, prepare_run_dir, reconcile
 
 log = logging.getLogger("senet.train")
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -76,6 +77,7 @@ class _Dist:
 
 # -- set-up -------------------------------------------------------------------------------------------
 
+
 def _init_distributed(device_type: str) -> _Dist:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -93,8 +95,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
         if name == "cuda" and local_rank >= torch.cuda.device_count():
-            raise ValueError(f"process with LOCAL_RANK {local_rank} needs a GPU of its own, but {torch.cuda.device_count()} "
-                             "are visible; start at most one process per GPU")
+            raise ValueError(
+                f"process with LOCAL_RANK {local_rank} needs a GPU of its own, but {torch.cuda.device_count()} "
+                "are visible; start at most one process per GPU"
+            )
         return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
     if name != "cpu":
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
@@ -109,7 +113,10 @@ def seed_everything(seed: int) -> None:
 
 def _setup_logging(run_dir: Path) -> list[logging.Handler]:
     """Rank 0 logs to stdout and to ``train.log`` in the run directory; other ranks stay quiet."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "train.log")]
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(sys.stdout),
+        logging.FileHandler(run_dir / "train.log"),
+    ]
     for handler in handlers:
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
@@ -145,7 +152,12 @@ def _bn_frozen(config: TrainConfig, epoch: int) -> bool:
 
 
 def _split_bn_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    bn_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    bn_ids = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters()
+    }
     params = list(model.parameters())
     return [p for p in params if id(p) not in bn_ids], [p for p in params if id(p) in bn_ids]
 
@@ -159,8 +171,13 @@ def build_model(config: TrainConfig, spec: DataSpec) -> nn.Module:
 
 def _build_data(config: TrainConfig) -> DataSpec:
     return build_data(
-        config.data, root=config.data_root, image_size=config.image_size, eval_crop=config.eval_crop,
-        strict_data=config.strict_data, download=config.download, cutout=config.cutout,
+        config.data,
+        root=config.data_root,
+        image_size=config.image_size,
+        eval_crop=config.eval_crop,
+        strict_data=config.strict_data,
+        download=config.download,
+        cutout=config.cutout,
     )
 
 
@@ -170,6 +187,7 @@ def val_shard(dataset: Any, ctx: _Dist) -> Any:
 
 
 # -- metrics ------------------------------------------------------------------------------------------
+
 
 def _forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """Logits, or for multi-crop batches (N, K, C, H, W) the mean softmax over the K crops."""
@@ -202,8 +220,11 @@ class _Meter:
 
     def totals(self, ctx: _Dist) -> dict[str, Any]:
         """The sums over all ranks, as saved in a checkpoint (every rank must call this)."""
-        sums = ctx.sum(torch.cat([self.sums, torch.tensor([float(self.skipped)], dtype=torch.float64,
-                                                          device=self.sums.device)]))
+        sums = ctx.sum(
+            torch.cat(
+                [self.sums, torch.tensor([float(self.skipped)], dtype=torch.float64, device=self.sums.device)]
+            )
+        )
         *totals, skipped = sums.tolist()
         return {"sums": totals, "skipped": int(skipped)}
 
@@ -211,12 +232,18 @@ class _Meter:
         totals = self.totals(ctx)
         loss, top1, top5, n = totals["sums"]
         seen = max(n, 1.0)
-        return {f"{prefix}_loss": loss / seen, f"{prefix}_top1_err": 100 * (1 - top1 / seen),
-                f"{prefix}_top5_err": 100 * (1 - top5 / seen), f"{prefix}_images": int(n),
-                f"{prefix}_skipped": totals["skipped"]}
+        return {
+            f"{prefix}_loss": loss / seen,
+            f"{prefix}_top1_err": 100 * (1 - top1 / seen),
+            f"{prefix}_top5_err": 100 * (1 - top5 / seen),
+            f"{prefix}_images": int(n),
+            f"{prefix}_skipped": totals["skipped"],
+        }
 
 
-def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_device(
+    images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     images = images.to(device, non_blocking=True)
     if channels_last and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -231,8 +258,16 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False, channels_last: bool = False,
-    ctx: _Dist = _Dist(), prefix: str = "val", log_interval: int = 0, control: RunControl | None = None,
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+    ctx: _Dist = _Dist(),
+    prefix: str = "val",
+    log_interval: int = 0,
+    control: RunControl | None = None,
 ) -> dict[str, float]:
     """Loss and top-1/top-5 error (in %) over ``loader``, summed over all processes of a distributed run.
 
@@ -242,7 +277,9 @@ def evaluate(
     meter = _Meter(device)
     # Ranks' shards may differ by a batch: they agree on stopping only over the batches all of them have.
     polls = control.min_over_ranks(len(loader)) if control is not None else 0
-    for index, (images, targets, skipped) in enumerate(_progress(loader, f"{prefix}", log_interval, ctx.is_main)):
+    for index, (images, targets, skipped) in enumerate(
+        _progress(loader, f"{prefix}", log_interval, ctx.is_main)
+    ):
         if index < polls:
             control.check_stop()  # type: ignore[union-attr]
         meter.skipped += skipped
@@ -261,7 +298,12 @@ def evaluate(
 
 @torch.no_grad()
 def predict_proba(
-    model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False, channels_last: bool = False,
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax outputs (averaged over crops for multi-crop batches) and targets of a whole loader, on CPU."""
     model.eval()
@@ -278,6 +320,7 @@ def predict_proba(
 
 
 # -- progress -----------------------------------------------------------------------------------------
+
 
 def _progress(iterable: Iterable, desc: str, log_interval: int, enabled: bool) -> Iterator:
     """A tqdm bar on a terminal; plain lines every ``log_interval`` batches otherwise (CI logs, files)."""
@@ -297,6 +340,7 @@ def _progress(iterable: Iterable, desc: str, log_interval: int, enabled: bool) -
 
 
 # -- training -----------------------------------------------------------------------------------------
+
 
 def train(
     config: TrainConfig,
@@ -325,19 +369,28 @@ def train(
     if device.type == "cuda":
         torch.cuda.set_device(device)  # this process's GPU is "the current one" (NCCL, RNG state)
     run_dir, checkpoint = prepare_run_dir(config, resume, overwrite)
-    changes: list[str] = []
+    changes = Changes({})
     if checkpoint is not None:
-        changes = reconcile(checkpoint.meta["config"], config, extend_schedule=extend_schedule,
-                            mid_epoch=checkpoint.meta["batches_done"] > 0)
+        changes = reconcile(
+            checkpoint.meta["config"],
+            config,
+            extend_schedule=extend_schedule,
+            mid_epoch=checkpoint.meta["batches_done"] > 0,
+        )
     seed_everything(config.seed)  # same initial weights on every rank
     spec = _build_data(config)
+    _check_batches(config, spec, ctx)
     net = build_model(config, spec).to(device)
     if checkpoint is not None:
         if checkpoint.meta["num_classes"] != spec.num_classes:
-            raise ValueError(f"checkpoint has {checkpoint.meta['num_classes']} classes, the data {spec.num_classes}")
+            raise ValueError(
+                f"checkpoint has {checkpoint.meta['num_classes']} classes, the data {spec.num_classes}"
+            )
         load_weights_into(net, checkpoint.model_state(), str(checkpoint.path))
         if checkpoint.position >= (config.epochs, 0):
             return _finished(config, run_dir, checkpoint, net, ctx)
+    if ctx.world_size > 1:
+        dist.barrier()  # every rank has read the run directory before rank 0 changes it
     if ctx.is_main:
         open_run_dir(run_dir, config, checkpoint)
     handlers = _setup_logging(run_dir) if ctx.is_main else []
@@ -353,24 +406,45 @@ def train(
             handler.close()
 
 
-def _finished(config: TrainConfig, run_dir: Path, checkpoint: Checkpoint, net: nn.Module, ctx: _Dist) -> RunResult:
+def _check_batches(config: TrainConfig, spec: DataSpec, ctx: _Dist) -> None:
+    """The global batch splits over the processes and the training split fills at least one batch."""
+    if config.batch_size % ctx.world_size:
+        raise ValueError(f"batch size {config.batch_size} does not split over {ctx.world_size} processes")
+    per_rank = config.batch_size // ctx.world_size
+    if math.ceil(len(spec.train) / ctx.world_size) < per_rank:  # each rank's shard, as the samplers cut it
+        raise ValueError(
+            f"{len(spec.train)} training images give no full batch of {config.batch_size}; lower --batch-size"
+        )
+
+
+def _finished(
+    config: TrainConfig, run_dir: Path, checkpoint: Checkpoint, net: nn.Module, ctx: _Dist
+) -> RunResult:
     """A resumed run that has nothing left to do says so and leaves its files as they are."""
     epoch, batches = checkpoint.position
     if (epoch, batches) > (config.epochs, 0):
-        raise ValueError(f"{run_dir} has trained {epoch} epochs, more than --epochs {config.epochs}; "
-                         "give at least that many")
+        raise ValueError(
+            f"{run_dir} has trained {epoch} epochs, more than --epochs {config.epochs}; "
+            "give at least that many"
+        )
     if ctx.is_main:
-        print(f"{run_dir} has finished all {config.epochs} epochs; nothing to do (to train longer, resume with "
-              "a larger --epochs and --extend-schedule)")
+        print(
+            f"{run_dir} has finished all {config.epochs} epochs; nothing to do (to train longer, resume with "
+            "a larger --epochs and --extend-schedule)"
+        )
     meta = checkpoint.meta
     return RunResult(run_dir, net, meta["history"], meta["best"])
 
 
-def _schedule_plan(config: TrainConfig, steps_per_epoch: int, epoch: int, factor: Callable[[int], float]) -> str:
-    """'lr 0.05 now; at epoch 5: 0.04, ...': what the learning rate does over the next epochs."""
+def _schedule_plan(
+    config: TrainConfig, steps_per_epoch: int, epoch: int, batch: int, factor: Callable[[int], float]
+) -> str:
+    """'lr 0.05 now; at the start of epoch 5: 0.04, ...': what the learning rate does from here."""
     lr = config.scaled_lr()
-    now = lr * factor(epoch * steps_per_epoch)
-    upcoming = [f"epoch {e + 1}: {lr * factor(e * steps_per_epoch):.4g}" for e in range(epoch + 1, config.epochs)]
+    now = lr * factor(epoch * steps_per_epoch + batch)
+    upcoming = [
+        f"epoch {e + 1}: {lr * factor(e * steps_per_epoch):.4g}" for e in range(epoch + 1, config.epochs)
+    ]
     more = f", ... until epoch {config.epochs}" if len(upcoming) > 5 else ""
     return f"lr {now:.4g} now" + (f"; at the start of {', '.join(upcoming[:5])}{more}" if upcoming else "")
 
@@ -378,10 +452,17 @@ def _schedule_plan(config: TrainConfig, steps_per_epoch: int, epoch: int, factor
 class _Run:
     """One run's model, optimizer, data and position (epoch, batches done, optimizer steps), and its loop."""
 
-    def __init__(self, config: TrainConfig, ctx: _Dist, device: torch.device, run_dir: Path, spec: DataSpec,
-                 net: nn.Module, control: RunControl, on_step: Callable[[int, int], None] | None) -> None:
-        if config.batch_size % ctx.world_size:
-            raise ValueError(f"batch size {config.batch_size} does not split over {ctx.world_size} processes")
+    def __init__(
+        self,
+        config: TrainConfig,
+        ctx: _Dist,
+        device: torch.device,
+        run_dir: Path,
+        spec: DataSpec,
+        net: nn.Module,
+        control: RunControl,
+        on_step: Callable[[int, int], None] | None,
+    ) -> None:
         self.config, self.ctx, self.device, self.run_dir, self.spec = config, ctx, device, run_dir, spec
         self.control, self.on_step = control, on_step
         if config.channels_last:
@@ -391,26 +472,39 @@ class _Run:
         self.per_rank_batch = config.batch_size // ctx.world_size
         cuda = device.type == "cuda"
         self.train_loader = build_loader(
-            spec.train, batch_size=self.per_rank_batch, train=True, workers=config.workers, seed=config.seed,
-            distributed=ctx.world_size > 1, balanced_targets=spec.train_targets if config.balanced_sampling else None,
+            spec.train,
+            batch_size=self.per_rank_batch,
+            train=True,
+            workers=config.workers,
+            seed=config.seed,
+            distributed=ctx.world_size > 1,
+            balanced_targets=spec.train_targets if config.balanced_sampling else None,
             pin_memory=cuda,
         )
-        self.val_loader = build_loader(val_shard(spec.val, ctx), batch_size=self.per_rank_batch, train=False,
-                                       workers=config.workers, pin_memory=cuda)
-        self.steps_per_epoch = len(self.train_loader)
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(spec.train)} training images give no full batch of {self.per_rank_batch}; "
-                             "lower --batch-size")
+        self.val_loader = build_loader(
+            val_shard(spec.val, ctx),
+            batch_size=self.per_rank_batch,
+            train=False,
+            workers=config.workers,
+            pin_memory=cuda,
+        )
+        self.steps_per_epoch = len(self.train_loader)  # > 0: see _check_batches
         model: nn.Module = torch.compile(net) if config.compile else net
         if ctx.world_size > 1:
             model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
         self.model = model
         other, bn = _split_bn_params(net)
         self.optimizer = torch.optim.SGD(
-            [{"params": other}, {"params": bn}], lr=config.scaled_lr(), momentum=config.momentum,
-            nesterov=config.nesterov, weight_decay=config.weight_decay,
+            [{"params": other}, {"params": bn}],
+            lr=config.scaled_lr(),
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
         )
-        self.lr_factors = [_lr_factor(config, self.steps_per_epoch), _bn_lr_factor(config, self.steps_per_epoch)]
+        self.lr_factors = [
+            _lr_factor(config, self.steps_per_epoch),
+            _bn_lr_factor(config, self.steps_per_epoch),
+        ]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factors)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and cuda)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -423,12 +517,14 @@ class _Run:
 
     # -- resume and save ---------------------------------------------------------------------------------
 
-    def restore(self, checkpoint: Checkpoint, changes: list[str]) -> None:
+    def restore(self, checkpoint: Checkpoint, changes: Changes) -> None:
         meta = checkpoint.meta
         self.epoch, self.batch = checkpoint.position
         if self.batch and meta["world_size"] != self.ctx.world_size:
-            raise ValueError(f"{checkpoint.path} was saved mid-epoch by {meta['world_size']} process(es); resume it "
-                             f"with as many, or from an epoch-end checkpoint (this run has {self.ctx.world_size})")
+            raise ValueError(
+                f"{checkpoint.path} was saved mid-epoch by {meta['world_size']} process(es); resume it "
+                f"with as many, or from an epoch-end checkpoint (this run has {self.ctx.world_size})"
+            )
         self.optimizer.load_state_dict(checkpoint.optimizer_state())
         # The schedule is a pure function of the position in the run: recomputed, not loaded, so that a
         # schedule extended on resume (extend_schedule) takes effect from here.
@@ -442,18 +538,26 @@ class _Run:
         self.saved_at = checkpoint.position
         self.control.saved(self.step)
         if self.ctx.is_main:
-            log.info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step}) "
-                     f"from {checkpoint.path.name}")
-            if changes:
-                log.info(f"changed on resume: {'; '.join(changes)}")
-            if any(change.split()[0] in SCHEDULE_FIELDS for change in changes):
-                log.info(f"schedule recomputed for {self.config.epochs} epochs: "
-                         + _schedule_plan(self.config, self.steps_per_epoch, self.epoch, self.lr_factors[0]))
+            log.info(
+                f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step}) "
+                f"from {checkpoint.path.name}"
+            )
+            if changes.fields:
+                log.info(f"changed on resume: {changes}")
+            if changes.schedule:
+                log.info(
+                    f"schedule recomputed for {self.config.epochs} epochs: "
+                    + _schedule_plan(
+                        self.config, self.steps_per_epoch, self.epoch, self.batch, self.lr_factors[0]
+                    )
+                )
 
     def _move_schedule_to(self, position: int) -> None:
         """Set the learning rates for ``position`` batches into the run, as ``position`` scheduler steps would."""
         self.scheduler.last_epoch = position
-        for group, base_lr, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.lr_factors):
+        for group, base_lr, factor in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, self.lr_factors
+        ):
             group["lr"] = base_lr * factor(position)
 
     def _restore_rng(self) -> None:
@@ -465,7 +569,9 @@ class _Run:
         else:  # more processes than the saved run (at an epoch boundary): a fresh stream for this rank
             seed_everything(self.config.seed + self.ctx.rank + 1_000_003 * self.epoch)
 
-    def save(self, meter: _Meter | None = None, rng: RngState | None = None, elapsed: float = 0.0) -> Path | None:
+    def save(
+        self, meter: _Meter | None = None, rng: RngState | None = None, elapsed: float = 0.0
+    ) -> Path | None:
         """Checkpoint the current position on rank 0; every rank calls this (it gathers every rank's state).
 
         ``rng``: the RNG state at this step boundary (taken before the next batch was drawn).
@@ -476,28 +582,45 @@ class _Run:
         path, error = None, ""
         if self.ctx.is_main and position != self.saved_at:  # a boundary already saved holds the same state
             try:
-                path = save_checkpoint(self.run_dir, model=self.net, optimizer=self.optimizer, rng=rngs,
-                                       keep=self.config.keep, meta=self._meta(epoch_state))
+                path = save_checkpoint(
+                    self.run_dir,
+                    model=self.net,
+                    optimizer=self.optimizer,
+                    rng=rngs,
+                    keep=self.config.keep,
+                    meta=self._meta(epoch_state),
+                )
             except Exception as failure:  # noqa: BLE001 -- every rank must learn of it, or the others would hang
                 error = f"{type(failure).__name__}: {failure}"
         if not self.control.min_over_ranks(int(not error)):
-            raise ValueError(f"could not write a checkpoint into {self.run_dir} ({error or 'failed on rank 0'}); "
-                             "free some space or fix the permissions, then resume from the last checkpoint")
+            raise ValueError(
+                f"could not write a checkpoint into {self.run_dir} ({error or 'failed on rank 0'}); "
+                "free some space or fix the permissions, then resume from the last checkpoint"
+            )
         self.saved_at = position
         self.control.saved(self.step)
         return path
 
     def _meta(self, epoch_state: dict[str, Any]) -> dict[str, Any]:
         return {
-            "config": self.config.to_dict(), "model": self.config.model, "num_classes": self.spec.num_classes,
-            "classes": self.spec.classes, "in_chans": self.spec.in_chans, "epoch": self.epoch,
-            "batches_done": self.batch, "step": self.step, "world_size": self.ctx.world_size,
+            "config": self.config.to_dict(),
+            "model": self.config.model,
+            "num_classes": self.spec.num_classes,
+            "classes": self.spec.classes,
+            "in_chans": self.spec.in_chans,
+            "epoch": self.epoch,
+            "batches_done": self.batch,
+            "step": self.step,
+            "world_size": self.ctx.world_size,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "history": self.history, "best": self.best, "epoch_state": epoch_state,
+            "history": self.history,
+            "best": self.best,
+            "epoch_state": epoch_state,
         }
 
-    def stop(self, signum: int, meter: _Meter | None = None, rng: RngState | None = None,
-             elapsed: float = 0.0) -> None:
+    def stop(
+        self, signum: int, meter: _Meter | None = None, rng: RngState | None = None, elapsed: float = 0.0
+    ) -> None:
         """Save at this step boundary and raise :class:`TrainingInterrupted` (on every rank)."""
         name = signal.Signals(signum).name
         where = f"epoch {self.epoch + 1}, batch {self.batch} (step {self.step})"
@@ -505,8 +628,10 @@ class _Run:
             self.save(meter, rng, elapsed)
         except ValueError as error:
             raise TrainingInterrupted(signum, False, f"stopped by {name} at {where}, but {error}") from None
-        message = (f"stopped by {name} at {where}; saved in {self.run_dir}: continue with "
-                   f"`senet train --resume {self.run_dir}`")
+        message = (
+            f"stopped by {name} at {where}; saved in {self.run_dir}: continue with "
+            f"`senet train --resume {self.run_dir}`"
+        )
         if self.ctx.is_main:
             log.info(message)
         raise TrainingInterrupted(signum, True, message)
@@ -516,14 +641,23 @@ class _Run:
     def run(self) -> RunResult:
         config, ctx, spec = self.config, self.ctx, self.spec
         if ctx.is_main:
-            log.info(f"run {self.run_dir}: {config.model} on {spec.name} ({len(spec.train)} train / {len(spec.val)} "
-                     f"val images, {spec.num_classes} classes), {ctx.world_size} process(es) on {self.device}, "
-                     f"lr {config.scaled_lr():g}, batch {config.batch_size}, {config.epochs} epochs")
+            log.info(
+                f"run {self.run_dir}: {config.model} on {spec.name} ({len(spec.train)} train / {len(spec.val)} "
+                f"val images, {spec.num_classes} classes), {ctx.world_size} process(es) on {self.device}, "
+                f"lr {config.scaled_lr():g}, batch {config.batch_size}, {config.epochs} epochs"
+            )
         while self.epoch < config.epochs:
             meter, elapsed = self._train_epoch()
             try:
-                val_metrics = evaluate(self.model, self.val_loader, self.device, amp=config.amp,
-                                       channels_last=config.channels_last, ctx=ctx, control=self.control)
+                val_metrics = evaluate(
+                    self.model,
+                    self.val_loader,
+                    self.device,
+                    amp=config.amp,
+                    channels_last=config.channels_last,
+                    ctx=ctx,
+                    control=self.control,
+                )
             except StopRequested as request:  # the epoch is trained: resume will evaluate it
                 self.stop(request.signum, meter, None, elapsed)
             self._end_epoch(meter, val_metrics, elapsed)
@@ -540,8 +674,9 @@ class _Run:
         meter = _Meter(device, self.epoch_state or None)
         started = time.perf_counter() - self.epoch_state.get("elapsed_s", 0.0)
         self.epoch_state = {}
-        batches = _progress(self.train_loader, f"epoch {self.epoch + 1}/{config.epochs}", config.log_interval,
-                            ctx.is_main)
+        batches = _progress(
+            self.train_loader, f"epoch {self.epoch + 1}/{config.epochs}", config.log_interval, ctx.is_main
+        )
         self._restore_rng()
         while True:
             rng = rng_state()  # what the next batch draws from: saved if we stop before training on it
@@ -558,9 +693,13 @@ class _Run:
             meter.skipped += skipped
             if decision.skip:  # no readable image in this batch on some rank: every rank steps over it
                 if ctx.is_main:
-                    log.info(f"  epoch {self.epoch + 1} batch {self.batch}: no readable image on some process; "
-                             "batch skipped on all")
-                self._move_schedule_to(self.scheduler.last_epoch + 1)  # the lr follows the position in the run
+                    log.info(
+                        f"  epoch {self.epoch + 1} batch {self.batch}: no readable image on some process; "
+                        "batch skipped on all"
+                    )
+                self._move_schedule_to(
+                    self.scheduler.last_epoch + 1
+                )  # the lr follows the position in the run
                 continue
             self._step(images, targets, meter)
         return meter, time.perf_counter() - started
@@ -574,8 +713,10 @@ class _Run:
         if not self.control.min_over_ranks(int(bool(torch.isfinite(loss)))):
             checkpoints = list_checkpoints(self.run_dir)
             last = checkpoints[-1] if checkpoints else "none yet"
-            raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {self.batch}; "
-                                   f"training stopped, last good checkpoint: {last}. Lower --lr or check the data.")
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {self.batch}; "
+                f"training stopped, last good checkpoint: {last}. Lower --lr or check the data."
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -592,17 +733,28 @@ class _Run:
         train_metrics = meter.result(self.ctx, "train")
         for split, metrics in (("train", train_metrics), ("val", val_metrics)):
             if metrics[f"{split}_images"] == 0:
-                raise ValueError(f"no {split} image could be used in epoch {epoch + 1} "
-                                 f"({metrics[f'{split}_skipped']} unreadable, skipped): fix or replace the "
-                                 f"{split} data of {self.spec.name}")
-        record = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-                  **train_metrics, **val_metrics, "images_per_s": train_metrics["train_images"] / max(elapsed, 1e-9),
-                  "epoch_time_s": elapsed}
+                raise ValueError(
+                    f"no {split} image could be used in epoch {epoch + 1} "
+                    f"({metrics[f'{split}_skipped']} unreadable, skipped): fix or replace the "
+                    f"{split} data of {self.spec.name}"
+                )
+        record = {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **train_metrics,
+            **val_metrics,
+            "images_per_s": train_metrics["train_images"] / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+        }
         self.history.append(record)
         improved = not self.best or record["val_top1_err"] < self.best["val_top1_err"]
         if improved:
-            self.best = {"epoch": epoch + 1, "val_top1_err": record["val_top1_err"],
-                         "val_top5_err": record["val_top5_err"]}
+            self.best = {
+                "epoch": epoch + 1,
+                "val_top1_err": record["val_top1_err"],
+                "val_top5_err": record["val_top5_err"],
+            }
             if self.ctx.is_main:
                 save_weights(self.run_dir / BEST_NAME, self.net)
         self.epoch, self.batch = epoch + 1, 0
@@ -611,7 +763,10 @@ class _Run:
             with open(self.run_dir / METRICS_NAME, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             skipped = record["train_skipped"] + record["val_skipped"]
-            log.info(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-                     f"train top-1 err {record['train_top1_err']:.2f}%  val top-1 err {record['val_top1_err']:.2f}%  "
-                     f"top-5 err {record['val_top5_err']:.2f}%  lr {record['lr']:.4g}  "
-                     f"{record['images_per_s']:.0f} img/s" + (f"  skipped {skipped} unreadable images" if skipped else ""))
+            log.info(
+                f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+                f"train top-1 err {record['train_top1_err']:.2f}%  val top-1 err {record['val_top1_err']:.2f}%  "
+                f"top-5 err {record['val_top5_err']:.2f}%  lr {record['lr']:.4g}  "
+                f"{record['images_per_s']:.0f} img/s"
+                + (f"  skipped {skipped} unreadable images" if skipped else "")
+            )

@@ -64,15 +64,28 @@ def evaluate_runs(
         if weights == "best":
             state = load_weights_file(checkpoint.run_dir / BEST_NAME)
         for scale in scales or [None]:
-            spec = build_data(source, root=root, image_size=config.image_size, eval_crop=scale, ten_crop=ten_crop,
-                              strict_data=config.strict_data)
+            spec = build_data(
+                source,
+                root=root,
+                image_size=config.image_size,
+                eval_crop=scale,
+                ten_crop=ten_crop,
+                strict_data=config.strict_data,
+            )
             if spec.num_classes != checkpoint.meta["num_classes"]:
-                raise ValueError(f"{path} was trained on {checkpoint.meta['num_classes']} classes; "
-                                 f"{source} has {spec.num_classes}")
+                raise ValueError(
+                    f"{path} was trained on {checkpoint.meta['num_classes']} classes; "
+                    f"{source} has {spec.num_classes}"
+                )
             model = build_model(config, spec)
             load_weights_into(model, state, str(path))
-            loader = build_loader(spec.val, batch_size=batch_size, train=False, workers=workers,
-                                  pin_memory=target_device.type == "cuda")
+            loader = build_loader(
+                spec.val,
+                batch_size=batch_size,
+                train=False,
+                workers=workers,
+                pin_memory=target_device.type == "cuda",
+            )
             probs, labels = predict_proba(model.to(target_device), loader, target_device)
             if targets is not None and not torch.equal(labels, targets):
                 raise ValueError(f"{path} at scale {scale} saw other validation images; cannot fuse")

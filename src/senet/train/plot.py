@@ -31,7 +31,13 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str = "to
         label = json.loads(config_path.read_text())["model"] if config_path.is_file() else Path(run_dir).name
         epochs = [r["epoch"] for r in history]
         (line,) = axes.plot(epochs, [r[f"val_{metric}"] for r in history], label=f"{label} val")
-        axes.plot(epochs, [r[f"train_{metric}"] for r in history], "--", color=line.get_color(), label=f"{label} train")
+        axes.plot(
+            epochs,
+            [r[f"train_{metric}"] for r in history],
+            "--",
+            color=line.get_color(),
+            label=f"{label} train",
+        )
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric.replace("_", " ").replace("err", "error (%)"))
     axes.grid(alpha=0.3)

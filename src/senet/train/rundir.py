@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,29 @@ _RUN_FILE_PATTERNS = (CONFIG_NAME, METRICS_NAME, LOG_NAME, BEST_NAME, "checkpoin
 # A checkpoint whose values of these differ trains another network on other data: never resumed.
 IDENTITY_FIELDS = ("model", "model_options", "data")
 # These define the learning-rate schedule: changing them on resume needs extend_schedule=True.
-SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "lr_reference_batch", "schedule", "step_epochs", "milestones",
-                   "gamma", "warmup_epochs", "freeze_bn_epochs")
+SCHEDULE_FIELDS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_reference_batch",
+    "schedule",
+    "step_epochs",
+    "milestones",
+    "gamma",
+    "warmup_epochs",
+    "freeze_bn_epochs",
+)
 # Run control: may change freely on resume.
-_CONTROL_FIELDS = ("device", "workers", "output", "log_interval", "save_every_steps", "save_every_minutes", "keep",
-                   "compile")
+_CONTROL_FIELDS = (
+    "device",
+    "workers",
+    "output",
+    "log_interval",
+    "save_every_steps",
+    "save_every_minutes",
+    "keep",
+    "compile",
+)
 
 
 def _run_files(run_dir: Path) -> list[Path]:
@@ -51,7 +69,9 @@ def new_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{stamp}-{config.model}"
 
 
-def prepare_run_dir(config: TrainConfig, resume: str | Path | None, overwrite: bool) -> tuple[Path, Checkpoint | None]:
+def prepare_run_dir(
+    config: TrainConfig, resume: str | Path | None, overwrite: bool
+) -> tuple[Path, Checkpoint | None]:
     """The run directory and the checkpoint to continue from, checked but not yet touched.
 
     ``resume``: a run directory (or a checkpoint's JSON file) to continue; ``"auto"``: continue the run in
@@ -67,48 +87,79 @@ def prepare_run_dir(config: TrainConfig, resume: str | Path | None, overwrite: b
             return run_dir, load_checkpoint(run_dir)
         others = [p for p in run_dir.iterdir() if p not in _run_files(run_dir)] if run_dir.is_dir() else []
         if others:
-            raise ValueError(f"{run_dir} holds files that are not a senet run's ({others[0].name}, ...); "
-                             "choose another --output")
+            raise ValueError(
+                f"{run_dir} holds files that are not a senet run's ({others[0].name}, ...); "
+                "choose another --output"
+            )
         return run_dir, None  # nothing saved yet: start (again) from scratch
     if resume is not None:
         checkpoint = load_checkpoint(resume)
         if config.output and Path(config.output).resolve() != checkpoint.run_dir.resolve():
-            raise ValueError(f"--output {config.output} differs from the resumed run {checkpoint.run_dir}; "
-                             "a resumed run continues in its own directory: drop --output")
+            raise ValueError(
+                f"--output {config.output} differs from the resumed run {checkpoint.run_dir}; "
+                "a resumed run continues in its own directory: drop --output"
+            )
         return checkpoint.run_dir, checkpoint
     run_dir = new_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--output {run_dir} is a file; give a directory")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
-            raise ValueError(f"{run_dir} already holds files; continue that run with --resume {run_dir}, replace "
-                             "it with --overwrite, or choose another --output")
+            raise ValueError(
+                f"{run_dir} already holds files; continue that run with --resume {run_dir}, replace "
+                "it with --overwrite, or choose another --output"
+            )
         others = [p for p in run_dir.iterdir() if p not in _run_files(run_dir)]
         if others:
-            raise ValueError(f"--overwrite only replaces a senet run, but {run_dir} also holds {others[0].name}; "
-                             "choose another --output")
+            raise ValueError(
+                f"--overwrite only replaces a senet run, but {run_dir} also holds {others[0].name}; "
+                "choose another --output"
+            )
     return run_dir, None
 
 
-def reconcile(saved: dict[str, Any], config: TrainConfig, *, extend_schedule: bool, mid_epoch: bool) -> list[str]:
-    """Check that ``config`` may continue a run saved with ``saved``; return its changes, as log lines.
+@dataclass(frozen=True)
+class Changes:
+    """What a resumed run changes in its saved config (run-control fields such as ``workers`` left out)."""
+
+    fields: dict[str, tuple[Any, Any]]  # name -> (saved, now)
+
+    @property
+    def schedule(self) -> bool:
+        return any(name in SCHEDULE_FIELDS for name in self.fields)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in self.fields.items())
+
+
+def reconcile(
+    saved: dict[str, Any], config: TrainConfig, *, extend_schedule: bool, mid_epoch: bool
+) -> Changes:
+    """Check that ``config`` may continue a run saved with ``saved``, and say what it changes.
 
     Refuses another model, options or data, and a changed schedule unless ``extend_schedule``.
     """
     ours = json.loads(json.dumps(config.to_dict()))  # as the checkpoint stored it (tuples become lists)
     changed = [f.name for f in fields(TrainConfig) if f.name in saved and saved[f.name] != ours[f.name]]
-    differs = [f"{name}: checkpoint {saved.get(name)!r} vs {ours[name]!r}" for name in IDENTITY_FIELDS
-               if saved.get(name) != ours[name]]
+    differs = [
+        f"{name}: checkpoint {saved.get(name)!r} vs {ours[name]!r}"
+        for name in IDENTITY_FIELDS
+        if saved.get(name) != ours[name]
+    ]
     if differs:
         raise ValueError(f"checkpoint belongs to another run ({'; '.join(differs)})")
     schedule = [f"{name} {saved[name]!r} -> {ours[name]!r}" for name in changed if name in SCHEDULE_FIELDS]
     if schedule and not extend_schedule:
-        raise ValueError(f"resuming with a changed schedule ({', '.join(schedule)}); pass --extend-schedule to "
-                         "recompute the learning-rate schedule for the new values, or drop the changes")
+        raise ValueError(
+            f"resuming with a changed schedule ({', '.join(schedule)}); pass --extend-schedule to "
+            "recompute the learning-rate schedule for the new values, or drop the changes"
+        )
     if "batch_size" in changed and mid_epoch:
-        raise ValueError("the batch size can only change at an epoch boundary; resume from an epoch-end "
-                         "checkpoint, or keep --batch-size")
-    return [f"{name} {saved[name]!r} -> {ours[name]!r}" for name in changed if name not in _CONTROL_FIELDS]
+        raise ValueError(
+            "the batch size can only change at an epoch boundary; resume from an epoch-end "
+            "checkpoint, or keep --batch-size"
+        )
+    return Changes({name: (saved[name], ours[name]) for name in changed if name not in _CONTROL_FIELDS})
 
 
 def open_run_dir(run_dir: Path, config: TrainConfig, checkpoint: Checkpoint | None) -> None:

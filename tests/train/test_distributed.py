@@ -114,9 +114,8 @@ def test_a_rank_whose_batch_is_all_unreadable_makes_every_rank_skip_it(tmp_path,
     )
     record = json.loads((run / "metrics.jsonl").read_text())
     assert record["train_skipped"] == 2
-    assert (
-        record["train_images"] == len(files) - 4
-    )  # rank 0's half of the skipped step is not trained on either
+    # Rank 0's half of the skipped step is not trained on either.
+    assert record["train_images"] == len(files) - 4
     assert record["val_images"] == 12
 
 

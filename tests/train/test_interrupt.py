@@ -95,9 +95,8 @@ def test_a_stop_signal_mid_epoch_saves_at_the_step_and_resumes_exactly(tmp_path,
 
 def test_a_signal_during_evaluation_saves_the_trained_epoch(tmp_path, monkeypatch, straight):
     run = tmp_path / "run"
-    monkeypatch.setenv(
-        FAULT_ENV, f"SIGTERM@step={STEPS_PER_EPOCH}"
-    )  # the last step of epoch 1: noticed in eval
+    # At the last step of epoch 1: the signal is noticed during evaluation.
+    monkeypatch.setenv(FAULT_ENV, f"SIGTERM@step={STEPS_PER_EPOCH}")
     with pytest.raises(TrainingInterrupted):
         train(config(run))
     assert load_checkpoint(run).position == (0, STEPS_PER_EPOCH)  # trained, not yet evaluated

@@ -233,13 +233,12 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     # numpy 1 wrote numpy.core, numpy 2 writes numpy._core
     **{
         (f"{core}.{module}", function.__name__): function
+        # _reconstruct(ndarray, shape, dtype) then raw bytes; scalar(dtype, raw bytes) for numpy scalars;
+        # _frombuffer for protocol 5.
         for function, module in (
-            (
-                np.zeros(0).__reduce__()[0],
-                "multiarray",
-            ),  # _reconstruct(ndarray, shape, dtype), then raw bytes
-            (np.float64(0).__reduce__()[0], "multiarray"),  # scalar(dtype, raw bytes): numpy scalars
-            (np.zeros(1).__reduce_ex__(5)[0], "numeric"),  # _frombuffer: protocol 5
+            (np.zeros(0).__reduce__()[0], "multiarray"),
+            (np.float64(0).__reduce__()[0], "multiarray"),
+            (np.zeros(1).__reduce_ex__(5)[0], "numeric"),
         )
         for core in ("numpy.core", "numpy._core")
     },
@@ -307,9 +306,8 @@ class _CIFARFiles(CIFAR10):
             data, labels = self._read_batch(folder / name)
             arrays.append(data)
             self.targets.extend(labels)
-        self.data = (
-            np.vstack(arrays).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
-        )  # rows of RGB planes -> HWC
+        # Each row holds the R, G and B planes: to (N, H, W, C), as torchvision keeps them.
+        self.data = np.vstack(arrays).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
         wrong = sorted({label for label in self.targets if not 0 <= label < len(self.classes)})
         if wrong:
             raise ValueError(

@@ -697,9 +697,8 @@ class _Run:
                         f"  epoch {self.epoch + 1} batch {self.batch}: no readable image on some process; "
                         "batch skipped on all"
                     )
-                self._move_schedule_to(
-                    self.scheduler.last_epoch + 1
-                )  # the lr follows the position in the run
+                # The learning rate follows the position in the run, trained on or not.
+                self._move_schedule_to(self.scheduler.last_epoch + 1)
                 continue
             self._step(images, targets, meter)
         return meter, time.perf_counter() - started

@@ -108,9 +108,16 @@ def _earlier_plain_demo_run(folder: Path) -> None:
 CASES = [
     # runs: never clobbered, never resumed into something else, damaged files named
     Case(
-        "train-existing-run", _train("--output", "done"), setup=_with_run(), expect=("already holds files",)
+        "train-existing-run", _train("--output", "done"), setup=_with_run(), expect=("already holds a run",)
     ),
-    Case("train-overwrite-foreign-folder", _train("--overwrite"), expect=("also holds notes.txt",)),
+    Case("train-output-is-a-file", _train("--output", "keep.txt", "--resume", "auto"), expect=("is a file",)),
+    Case(
+        "train-resume-a-run-that-saved-nothing",
+        ["train", "--resume", "done"],
+        setup=_with_run(lambda run: [p.unlink() for p in run.glob("checkpoint-*")]),
+        expect=("saved none before it stopped", "--overwrite"),
+    ),
+    Case("train-overwrite-foreign-folder", _train("--overwrite"), expect=("not a senet run's (notes.txt",)),
     Case(
         "train-resume-and-overwrite",
         ["train", "--resume", "done", "--overwrite"],
@@ -334,7 +341,7 @@ CASES = [
         "demo-existing-runs",
         ["demo", "--output", "run", "--epochs", "1", "--device", "cpu"],
         setup=_earlier_plain_demo_run,
-        expect=("already holds files",),
+        expect=("already holds a run",),
     ),
 ]
 

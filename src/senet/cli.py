@@ -103,25 +103,24 @@ def _config_overrides(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from senet.train.checkpoint import list_checkpoints, load_checkpoint
+    from senet.train.checkpoint import list_checkpoints
     from senet.train.config import TrainConfig, resolve_config
     from senet.train.engine import train
+    from senet.train.rundir import checkpoint_to_resume
 
     overrides = _config_overrides(args)
-    resume_from = args.resume
-    if resume_from == "auto":  # the run in --output if it saved anything, else a new one there
+    resume = args.resume
+    if resume == "auto":  # the run in --output if it saved anything, else a new one there
         output = overrides.get("output")
-        resume_from = output if output and list_checkpoints(output) else None
-    if resume_from:
-        # A resumed run keeps its saved config; flags given now override it (and are checked by train()).
-        checkpoint = load_checkpoint(resume_from)
-        # A run directory may have been moved since it was saved: it continues where it is now.
-        config = TrainConfig.from_dict(
-            {**checkpoint.meta["config"], "output": str(checkpoint.run_dir), **overrides}
-        )
+        resume = output if output and list_checkpoints(output) else "auto"
+    if resume is not None and resume != "auto":
+        resume = checkpoint_to_resume(resume)  # loaded once: train() continues from this very checkpoint
+        # A resumed run keeps its saved config; flags given now override it (and are checked by train()). A
+        # run directory may have been moved since it was saved: it continues where it is now.
+        config = TrainConfig.from_dict({**resume.meta["config"], "output": str(resume.run_dir), **overrides})
     else:
         config = resolve_config(args.preset, **overrides)
-    result = train(config, resume=args.resume, overwrite=args.overwrite, extend_schedule=args.extend_schedule)
+    result = train(config, resume=resume, overwrite=args.overwrite, extend_schedule=args.extend_schedule)
     if result.best:
         print(
             f"best val top-1 error {result.best['val_top1_err']:.2f}% (epoch {result.best['epoch']}); "

@@ -44,7 +44,7 @@ def test_an_existing_run_is_refused_without_resume_or_overwrite(finished, capsys
     before = snapshot(finished)
     assert main(["train", *ARGS, "--epochs", "1", "--output", str(finished)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "already holds files" in err and "--overwrite" in err
+    assert err.count("\n") == 1 and "already holds a run" in err and "--overwrite" in err
     assert snapshot(finished) == before
 
 
@@ -61,7 +61,7 @@ def test_overwrite_replaces_a_run_but_never_other_files(tmp_path, finished, caps
     (run / "notes.txt").write_text("mine")
     before = snapshot(run)
     assert main(["train", *ARGS, "--epochs", "1", "--output", str(run), "--overwrite"]) == 2
-    assert "also holds notes.txt" in capsys.readouterr().err and snapshot(run) == before
+    assert "not a senet run's (notes.txt" in capsys.readouterr().err and snapshot(run) == before
 
 
 def test_a_failing_start_creates_nothing(tmp_path, monkeypatch, make_folder):

@@ -344,7 +344,7 @@ def _progress(iterable: Iterable, desc: str, log_interval: int, enabled: bool) -
 
 def train(
     config: TrainConfig,
-    resume: str | Path | None = None,
+    resume: str | Path | Checkpoint | None = None,
     *,
     overwrite: bool = False,
     extend_schedule: bool = False,
@@ -353,8 +353,9 @@ def train(
     """Train ``config.model`` on ``config.data``; ``resume`` continues a run exactly where it stopped.
 
     Args:
-        resume: a run directory (continued from its newest complete checkpoint), or ``"auto"``: the run in
-            ``config.output`` if it has a checkpoint, else a new run there (a requeued job reruns one command).
+        resume: a run directory (continued from its newest complete checkpoint) or a loaded checkpoint, or
+            ``"auto"``: the run in ``config.output`` if it has a checkpoint, else a new run there (a requeued
+            job reruns one command).
         overwrite: replace the run already in ``config.output`` (without it, an existing run is refused).
         extend_schedule: let a resumed run change its schedule (epochs, lr, batch size, ...); the learning rate
             follows the new schedule from where the run stands.

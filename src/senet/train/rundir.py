@@ -70,52 +70,66 @@ def new_run_dir(config: TrainConfig) -> Path:
 
 
 def prepare_run_dir(
-    config: TrainConfig, resume: str | Path | None, overwrite: bool
+    config: TrainConfig, resume: str | Path | Checkpoint | None, overwrite: bool
 ) -> tuple[Path, Checkpoint | None]:
     """The run directory and the checkpoint to continue from, checked but not yet touched.
 
-    ``resume``: a run directory (or a checkpoint's JSON file) to continue; ``"auto"``: continue the run in
-    ``config.output`` if it has a checkpoint, else start it there (a requeued cluster job reruns one command).
+    ``resume``: a run directory (or a checkpoint's JSON file, or a loaded checkpoint) to continue; ``"auto"``:
+    continue the run in ``config.output`` if it has a checkpoint, else start it there (a requeued cluster job
+    reruns one command).
     """
     if resume is not None and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the run, or replace it")
-    if str(resume) == "auto":
-        if not config.output:
-            raise ValueError("--resume auto needs --output RUN_DIR: the run to continue, or to start there")
-        run_dir = Path(config.output)
-        if list_checkpoints(run_dir):
-            return run_dir, load_checkpoint(run_dir)
-        others = [p for p in run_dir.iterdir() if p not in _run_files(run_dir)] if run_dir.is_dir() else []
-        if others:
-            raise ValueError(
-                f"{run_dir} holds files that are not a senet run's ({others[0].name}, ...); "
-                "choose another --output"
-            )
-        return run_dir, None  # nothing saved yet: start (again) from scratch
-    if resume is not None:
-        checkpoint = load_checkpoint(resume)
-        if config.output and Path(config.output).resolve() != checkpoint.run_dir.resolve():
-            raise ValueError(
-                f"--output {config.output} differs from the resumed run {checkpoint.run_dir}; "
-                "a resumed run continues in its own directory: drop --output"
-            )
-        return checkpoint.run_dir, checkpoint
+    if resume is not None and str(resume) != "auto":
+        return _resumed_run_dir(
+            config, resume if isinstance(resume, Checkpoint) else checkpoint_to_resume(resume)
+        )
+    if str(resume) == "auto" and not config.output:
+        raise ValueError("--resume auto needs --output RUN_DIR: the run to continue, or to start there")
     run_dir = new_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--output {run_dir} is a file; give a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ValueError(
-                f"{run_dir} already holds files; continue that run with --resume {run_dir}, replace "
-                "it with --overwrite, or choose another --output"
-            )
-        others = [p for p in run_dir.iterdir() if p not in _run_files(run_dir)]
-        if others:
-            raise ValueError(
-                f"--overwrite only replaces a senet run, but {run_dir} also holds {others[0].name}; "
-                "choose another --output"
-            )
-    return run_dir, None
+    if str(resume) == "auto" and list_checkpoints(run_dir):
+        return run_dir, load_checkpoint(run_dir)
+    foreign = _foreign_files(run_dir)
+    if foreign:
+        raise ValueError(
+            f"{run_dir} holds files that are not a senet run's ({foreign[0].name}, ...); choose another --output"
+        )
+    if _run_files(run_dir) and not overwrite and str(resume) != "auto":
+        raise ValueError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, replace it with --overwrite, "
+            "or choose another --output"
+        )
+    return run_dir, None  # a new run, or one that saved nothing yet and starts again
+
+
+def checkpoint_to_resume(resume: str | Path) -> Checkpoint:
+    """The newest complete checkpoint of run directory ``resume``; one line saying why there is none."""
+    resume = Path(resume)
+    try:
+        return load_checkpoint(resume)
+    except FileNotFoundError as error:
+        if (resume / CONFIG_NAME).is_file():  # the run stopped before its first checkpoint
+            raise FileNotFoundError(
+                f"{error}; {resume} saved none before it stopped: start it again with --overwrite "
+                f"(or --resume auto --output {resume})"
+            ) from None
+        raise
+
+
+def _resumed_run_dir(config: TrainConfig, checkpoint: Checkpoint) -> tuple[Path, Checkpoint]:
+    if config.output and Path(config.output).resolve() != checkpoint.run_dir.resolve():
+        raise ValueError(
+            f"--output {config.output} differs from the resumed run {checkpoint.run_dir}; "
+            "a resumed run continues in its own directory: drop --output"
+        )
+    return checkpoint.run_dir, checkpoint
+
+
+def _foreign_files(run_dir: Path) -> list[Path]:
+    """What a run directory holds besides a run's own files (which --overwrite would delete)."""
+    return [p for p in run_dir.iterdir() if p not in _run_files(run_dir)] if run_dir.is_dir() else []
 
 
 @dataclass(frozen=True)

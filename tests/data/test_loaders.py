@@ -170,3 +170,10 @@ def test_resuming_mid_epoch_continues_the_order_without_loading_what_was_done(tw
     assert dataset.loaded == len(full) - 8  # the skipped batches were never loaded
     loader.sampler.set_epoch(4)  # the next epoch starts from its beginning again
     assert len(_order(loader)) == len(full)
+
+
+def test_with_workers_a_resumed_epoch_keeps_the_sample_order():
+    full = _order(build_loader(_Indices(23), batch_size=4, train=True, seed=5), 3)
+    loader = build_loader(_Indices(23), batch_size=4, train=True, seed=5, workers=2)
+    loader.sampler.set_epoch(3, start=8)
+    assert _order(loader) == full[8:]

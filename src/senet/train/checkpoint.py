@@ -119,13 +119,18 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["cuda"] = torch.cuda.get_rng_state()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, state, gauss = random.getstate()
-    meta = {"numpy": [name, keys.tolist(), pos, has_gauss, cached], "python": [version, list(state), gauss]}
-    return tensors, meta
+    # Taken before every batch (the engine may save at that boundary): kept as the libraries return them,
+    # turned into JSON only when saved (see _rng_json), which is what costs.
+    return tensors, {"numpy": np.random.get_state(), "python": random.getstate()}
 
 
 RngState = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def _rng_json(meta: dict[str, Any]) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    version, state, gauss = meta["python"]
+    return {"numpy": [name, keys.tolist(), pos, has_gauss, cached], "python": [version, list(state), gauss]}
 
 
 @dataclass
@@ -216,7 +221,7 @@ def save_checkpoint(
         "tensor_bytes": len(data),
         **meta,
         "optimizer": {"param_groups": optim["param_groups"], "scalars": scalars},
-        "rng": [rng_meta for _, rng_meta in rng],
+        "rng": [_rng_json(rng_meta) for _, rng_meta in rng],
     }
     meta_path = run_dir / f"{stem}.json"
     atomic_write(meta_path, json.dumps(full_meta, indent=1).encode())

@@ -185,3 +185,9 @@ def test_weights_of_another_model_name_what_differs():
     assert mismatch == "shape differs: weight (5, 4) vs (3, 4), bias (5,) vs (3,)"
     with pytest.raises(ValueError, match="missing: 0.weight"):
         ckpt.load_weights_into(nn.Sequential(nn.Linear(4, 3)), nn.Linear(4, 3).state_dict(), "x")
+
+
+def test_a_run_of_the_first_checkpoint_format_is_named_as_such(tmp_path):
+    (tmp_path / "checkpoint.json").write_text('{"format": "senet-checkpoint/1"}')
+    with pytest.raises(ValueError, match="first format"):
+        ckpt.load_checkpoint(tmp_path)

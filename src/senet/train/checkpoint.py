@@ -336,6 +336,11 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
             raise FileNotFoundError(f"no checkpoint {path}")
         return read_checkpoint(path)
     candidates = list_checkpoints(path) if path.is_dir() else []
+    if not candidates and (path / "checkpoint.json").is_file():
+        raise ValueError(
+            f"{path} holds a checkpoint in the first format (checkpoint.json, senet-checkpoint/1), which this "
+            "version does not resume; its checkpoint-*.safetensors file holds the weights as model.* tensors"
+        )
     if not candidates:
         raise FileNotFoundError(
             f"no checkpoint in {path}: expected checkpoint-e*-b*.json files "

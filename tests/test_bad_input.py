@@ -55,28 +55,11 @@ def _checkpoint_json(content: str) -> Callable[[Path], None]:
 def _finished_run() -> Path:
     """One finished tiny run (trained once per test session), copied into the cases that need a real run."""
     run = Path(tempfile.mkdtemp(prefix="senet-bad-input-")) / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--device",
-                "cpu",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "256",
-                "--log-interval",
-                "0",
-                "--model",
-                "resnet20_cifar",
-                "--model-opt",
-                "widths=(4,4,4)",
-                "--output",
-                str(run),
-            ]
-        )
-        == 0
-    )
+    argv = (
+        "train --device cpu --epochs 1 --batch-size 256 --log-interval 0 --model resnet20_cifar "
+        "--model-opt widths=(4,4,4)"
+    ).split()
+    assert main([*argv, "--output", str(run)]) == 0
     return run
 
 

@@ -66,21 +66,8 @@ def test_two_ddp_processes_stay_identical_and_learn(tmp_path):
 
 def _torchrun(*args, env=None, expect=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", **(env or {})}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "senet",
-        "train",
-        "--log-interval",
-        "0",
-        "--device",
-        "cpu",
-        *args,
-    ]
+    launcher = "-m torch.distributed.run --standalone --nproc_per_node=2 -m senet".split()
+    command = [sys.executable, *launcher, *"train --log-interval 0 --device cpu".split(), *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert (done.returncode == 0) == (expect == 0), done.stdout[-2000:] + done.stderr[-2000:]
     return done
@@ -94,24 +81,11 @@ def test_a_rank_whose_batch_is_all_unreadable_makes_every_rank_skip_it(tmp_path,
     for index in order[1::2][:2]:  # rank 1's first batch: nothing readable
         files[index].write_bytes(b"not a jpeg")
     run = tmp_path / "run"
-    _torchrun(
-        "--data",
-        str(root),
-        "--model",
-        "se_resnet20_cifar",
-        "--model-opt",
-        "widths=(4,4,4)",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--lr",
-        "0.01",
-        "--output",
-        str(run),
-    )
+    tiny = (
+        "--model se_resnet20_cifar --model-opt widths=(4,4,4) --image-size 32 --batch-size 4 --epochs 1 "
+        "--lr 0.01"
+    ).split()
+    _torchrun("--data", str(root), *tiny, "--output", str(run))
     record = json.loads((run / "metrics.jsonl").read_text())
     assert record["train_skipped"] == 2
     # Rank 0's half of the skipped step is not trained on either.
@@ -138,13 +112,8 @@ def test_torchrun_runs_the_cli(torchrun_run):
 
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, torchrun_run):
     run = tmp_path / "run"
-    done = _torchrun(
-        *TORCHRUN_DEMO,
-        "--output",
-        str(run),
-        env={"SENET_FAULT": "SIGTERM@step=3", "SENET_FAULT_RANK": "1"},
-        expect=1,
-    )
+    fault = {"SENET_FAULT": "SIGTERM@step=3", "SENET_FAULT_RANK": "1"}
+    done = _torchrun(*TORCHRUN_DEMO, "--output", str(run), env=fault, expect=1)
     assert "stopped by SIGTERM at epoch 1, batch 3" in done.stdout
     assert load_checkpoint(run).meta["world_size"] == 2 and len(load_checkpoint(run).meta["rng"]) == 2
     _torchrun("--resume", str(run))

@@ -73,37 +73,17 @@ def test_a_checkpoint_of_another_model_is_refused_with_what_differs(tmp_path):
 def test_cli_train_resume_eval_and_plot(tmp_path, capsys):
     run = tmp_path / "cli"
     args = [
-        "--model",
-        "resnet20_cifar",
-        "--model-opt",
-        "widths=(4,8,8)",
-        "--epochs",
-        "1",
+        *"--model resnet20_cifar --model-opt widths=(4,8,8) --epochs 1".split(),
         "--output",
         str(run),
-        "--log-interval",
-        "0",
-        "--schedule",
-        "step",
+        *"--log-interval 0 --schedule step".split(),
     ]
     assert main(["train", "--preset", "demo", *args]) == 0
     assert main(["train", "--resume", str(run), "--epochs", "2", "--extend-schedule"]) == 0
     assert load_checkpoint(run).meta["epoch"] == 2
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(run),
-                "--per-class",
-                str(tmp_path / "classes.csv"),
-                "--format",
-                "json",
-            ]
-        )
-        == 0
-    )
+    per_class = tmp_path / "classes.csv"
+    assert main(["eval", "--checkpoint", str(run), "--per-class", str(per_class), "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out)
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert result["images"] == 360 and result["top1_err"] == pytest.approx(last["val_top1_err"], abs=1e-6)
@@ -123,32 +103,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_imagenet_paper_preset_runs_on_a_small_image_folder(tmp_path, make_folder):
     root = make_folder(classes=("cat", "dog"), per_class=4)
     run = tmp_path / "imagenet"
-    code = main(
-        [
-            "train",
-            "--preset",
-            "imagenet-paper",
-            "--data",
-            str(root),
-            "--model",
-            "se_resnet18",
-            "--model-opt",
-            "widths=(8,8,8,8)",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "4",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--output",
-            str(run),
-            "--log-interval",
-            "0",
-            "--balanced-sampling",
-        ]
-    )
+    tiny = (
+        "--model se_resnet18 --model-opt widths=(8,8,8,8) --image-size 32 --batch-size 4 --epochs 1 "
+        "--workers 0"
+    ).split()
+    argv = ["train", "--preset", "imagenet-paper", "--data", str(root), *tiny, "--output", str(run)]
+    code = main([*argv, "--log-interval", "0", "--balanced-sampling"])
     assert code == 0
     config = json.loads((run / "config.json").read_text())
     assert config["schedule"] == "step" and config["lr_reference_batch"] == 1024
@@ -164,23 +124,11 @@ def test_unreadable_images_are_skipped_and_counted_or_fatal_with_strict_data(tmp
     root = make_folder(classes=("cat", "dog"), per_class=4)
     broken = root / "train" / "cat" / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    common = [
-        "train",
-        "--data",
-        str(root),
-        "--model",
-        "resnet18",
-        "--model-opt",
-        "widths=(8,8,8,8)",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "3",
-        "--epochs",
-        "1",
-        "--log-interval",
-        "0",
-    ]
+    tiny = (
+        "--model resnet18 --model-opt widths=(8,8,8,8) --image-size 32 --batch-size 3 --epochs 1 "
+        "--log-interval 0"
+    ).split()
+    common = ["train", "--data", str(root), *tiny]
     assert main([*common, "--output", str(tmp_path / "lenient")]) == 0
     record = json.loads((tmp_path / "lenient" / "metrics.jsonl").read_text())
     assert record["train_skipped"] >= 1
@@ -196,29 +144,11 @@ def test_a_training_split_with_no_readable_image_is_refused(tmp_path, make_folde
             (root / "train" / name / f"bad{k}.jpg").write_bytes(b"not a jpeg")
     for good in (root / "train").rglob("[0-9].jpg"):
         good.write_bytes(b"not a jpeg either")
-    code = main(
-        [
-            "train",
-            "--data",
-            str(root),
-            "--model",
-            "resnet20_cifar",
-            "--model-opt",
-            "widths=(4,4,4)",
-            "--image-size",
-            "16",
-            "--batch-size",
-            "8",
-            "--epochs",
-            "1",
-            "--log-interval",
-            "0",
-            "--output",
-            str(tmp_path / "run"),
-            "--device",
-            "cpu",
-        ]
-    )
+    tiny = (
+        "--model resnet20_cifar --model-opt widths=(4,4,4) --image-size 16 --batch-size 8 --epochs 1 "
+        "--log-interval 0"
+    ).split()
+    code = main(["train", "--data", str(root), *tiny, "--output", str(tmp_path / "run"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "no train image could be used in epoch 1 (80 unreadable, skipped)" in err

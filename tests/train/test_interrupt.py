@@ -32,30 +32,10 @@ SETTINGS = dict(
     device="cpu",
     workers=0,
 )
-CLI = [
-    "--model",
-    "se_resnet20_cifar",
-    "--model-opt",
-    "widths=(4,4,4)",
-    "--data",
-    "digits",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "128",
-    "--lr",
-    "0.1",
-    "--schedule",
-    "cosine",
-    "--warmup-epochs",
-    "0.5",
-    "--log-interval",
-    "0",
-    "--device",
-    "cpu",
-    "--workers",
-    "0",
-]
+CLI = (
+    "--model se_resnet20_cifar --model-opt widths=(4,4,4) --data digits --epochs 2 --batch-size 128 --lr 0.1 "
+    "--schedule cosine --warmup-epochs 0.5 --log-interval 0 --device cpu --workers 0"
+).split()
 
 
 def config(run, **overrides) -> TrainConfig:

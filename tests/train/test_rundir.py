@@ -8,24 +8,10 @@ from senet.cli import main
 from senet.train import TrainConfig, train
 from senet.train.checkpoint import list_checkpoints, load_checkpoint
 
-ARGS = [
-    "--model",
-    "resnet20_cifar",
-    "--model-opt",
-    "widths=(4,4,4)",
-    "--batch-size",
-    "256",
-    "--schedule",
-    "step",
-    "--step-epochs",
-    "1",
-    "--gamma",
-    "0.5",
-    "--log-interval",
-    "0",
-    "--device",
-    "cpu",
-]
+ARGS = (
+    "--model resnet20_cifar --model-opt widths=(4,4,4) --batch-size 256 --schedule step --step-epochs 1 "
+    "--gamma 0.5 --log-interval 0 --device cpu"
+).split()
 
 
 def snapshot(root):

@@ -51,9 +51,16 @@ def _shapes(model: nn.Module) -> dict:
 
 
 def test_aliases_build_the_same_network():
-    assert senet.model_info("seresnet50").name == "se_resnet50"
-    model = _meta("seresnet50", num_classes=7)
+    assert senet.model_info("legacy_seresnet50").name == "se_resnet50"
+    model = _meta("legacy_seresnet50", num_classes=7)
     assert model.num_classes == 7 and _shapes(model) == _shapes(_meta("se_resnet50", num_classes=7))
+
+
+@pytest.mark.parametrize("name", ["seresnet18", "seresnet34"])
+def test_timm_names_we_do_not_build_exactly_do_not_exist(name):
+    # timm rounds the SE width of basic blocks up to a multiple of 8 (64/16 = 4 -> 8): not our se_resnet18/34.
+    with pytest.raises(ValueError, match="unknown model"):
+        senet.create_model(name)
 
 
 MODELS = senet.list_models()

@@ -441,7 +441,7 @@ def resnet18(**options) -> ResNet:
     return _resnet(BasicBlock, (2, 2, 2, 2), False, _PAPER_RESNET_BASIC, options)
 
 
-@register_model(aliases=("seresnet18",))
+@register_model()
 def se_resnet18(**options) -> ResNet:
     """SE-ResNet-18: ResNet-18 with SE on each residual branch; not in the SE paper."""
     return _resnet(BasicBlock, (2, 2, 2, 2), True, _PAPER_RESNET_BASIC, options)
@@ -453,7 +453,7 @@ def resnet34(**options) -> ResNet:
     return _resnet(BasicBlock, (3, 4, 6, 3), False, _PAPER_RESNET_BASIC, options)
 
 
-@register_model(aliases=("seresnet34",))
+@register_model()
 def se_resnet34(**options) -> ResNet:
     """SE-ResNet-34: ResNet-34 with SE on each residual branch; not in the SE paper."""
     return _resnet(BasicBlock, (3, 4, 6, 3), True, _PAPER_RESNET_BASIC, options)
@@ -481,7 +481,7 @@ def resnet152(**options) -> ResNet:
 
 @register_model(
     paper=PaperFigures(28.09, 3.87, 23.29, 6.62, source="Table 2; params released prototxt (paper: 28.1)"),
-    aliases=("seresnet50", "legacy_seresnet50"),
+    aliases=("legacy_seresnet50",),
 )
 def se_resnet50(**options) -> ResNet:
     """SE-ResNet-50 (paper Table 1, middle column)."""
@@ -490,7 +490,7 @@ def se_resnet50(**options) -> ResNet:
 
 @register_model(
     paper=PaperFigures(49.33, 7.60, 22.38, 6.07, source="Table 2; params released prototxt"),
-    aliases=("seresnet101", "legacy_seresnet101"),
+    aliases=("legacy_seresnet101",),
 )
 def se_resnet101(**options) -> ResNet:
     """SE-ResNet-101 (paper Table 2)."""
@@ -499,7 +499,7 @@ def se_resnet101(**options) -> ResNet:
 
 @register_model(
     paper=PaperFigures(66.82, 11.32, 21.57, 5.73, source="Table 2; params released prototxt"),
-    aliases=("seresnet152", "legacy_seresnet152"),
+    aliases=("legacy_seresnet152",),
 )
 def se_resnet152(**options) -> ResNet:
     """SE-ResNet-152 (paper Table 2)."""
@@ -520,7 +520,7 @@ def resnext101_32x4d(**options) -> ResNet:
 
 @register_model(
     paper=PaperFigures(27.56, 4.25, 21.10, 5.49, source="Table 2; params released prototxt"),
-    aliases=("seresnext50_32x4d", "legacy_seresnext50_32x4d"),
+    aliases=("legacy_seresnext50_32x4d",),
 )
 def se_resnext50_32x4d(**options) -> ResNet:
     """SE-ResNeXt-50 (32x4d) (paper Table 1, right column)."""
@@ -529,7 +529,7 @@ def se_resnext50_32x4d(**options) -> ResNet:
 
 @register_model(
     paper=PaperFigures(48.96, 8.00, 20.70, 5.01, source="Table 2; params released prototxt"),
-    aliases=("seresnext101_32x4d", "legacy_seresnext101_32x4d"),
+    aliases=("legacy_seresnext101_32x4d",),
 )
 def se_resnext101_32x4d(**options) -> ResNet:
     """SE-ResNeXt-101 (32x4d) (paper Table 2)."""
@@ -553,6 +553,44 @@ def senet154(**options) -> ResNet:
         drop_rate=0.2,
     )
     return _resnet(Bottleneck, (3, 8, 36, 3), True, layout, options)
+
+
+# timm's SE-ResNet(X)s under timm's names: torchvision's layout (stride in the 3x3 conv, padded stem pooling)
+# with SE on every residual branch. timm rounds the SE width C/16 to a multiple of 8, which every bottleneck
+# width already is (not so with basic blocks: timm's seresnet18/34 differ from ours, and are not offered).
+# Their parameter names are timm's; the legacy_* aliases above are the paper layout of the Caffe models.
+_TIMM_RESNET = dict(stride_in_1x1=False, stem_pool="torchvision")
+_TIMM_RESNEXT_32X4D = dict(groups=32, base_width=4, stem_pool="torchvision")
+
+
+@register_model()
+def seresnet50(**options) -> ResNet:
+    """timm's seresnet50: SE-ResNet-50 in torchvision's layout."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), True, _TIMM_RESNET, options)
+
+
+@register_model()
+def seresnet101(**options) -> ResNet:
+    """timm's seresnet101: SE-ResNet-101 in torchvision's layout."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), True, _TIMM_RESNET, options)
+
+
+@register_model()
+def seresnet152(**options) -> ResNet:
+    """timm's seresnet152: SE-ResNet-152 in torchvision's layout."""
+    return _resnet(Bottleneck, (3, 8, 36, 3), True, _TIMM_RESNET, options)
+
+
+@register_model()
+def seresnext50_32x4d(**options) -> ResNet:
+    """timm's seresnext50_32x4d: SE-ResNeXt-50 (32x4d) with torchvision's padded stem pooling."""
+    return _resnet(Bottleneck, (3, 4, 6, 3), True, _TIMM_RESNEXT_32X4D, options)
+
+
+@register_model()
+def seresnext101_32x4d(**options) -> ResNet:
+    """timm's seresnext101_32x4d: SE-ResNeXt-101 (32x4d) with torchvision's padded stem pooling."""
+    return _resnet(Bottleneck, (3, 4, 23, 3), True, _TIMM_RESNEXT_32X4D, options)
 
 
 # CIFAR ResNets (He et al. 2016a/b): a 3x3 stem, three stages of 16/32/64 planes, pre-activation units.

@@ -1,9 +1,17 @@
 """senet: Squeeze-and-Excitation Networks (Hu, Shen, Sun, CVPR 2018), every architecture of the paper."""
 
+from senet.analysis.optimize import optimize_for_inference
 from senet.layers.squeeze_excite import SqueezeExcite
 from senet.models.registry import create_model, list_models, model_info
 
 __version__ = "0.1.0"
-__all__ = ["SqueezeExcite", "create_model", "list_models", "model_info", "__version__"]
+__all__ = [
+    "SqueezeExcite",
+    "create_model",
+    "list_models",
+    "model_info",
+    "optimize_for_inference",
+    "__version__",
+]
 
 import senet.models  # noqa: E402,F401  (registers every network)

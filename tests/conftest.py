@@ -43,3 +43,21 @@ def make_folder(tmp_path: Path) -> MakeFolder:
         return root
 
     return make
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run tests marked slow: checks that every run makes another way (e.g. the 101/152-layer "
+        "twins of the 50-layer weight conversions), several minutes on 2 cores",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow, and checked another way in every run; pytest --run-slow runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

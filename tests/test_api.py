@@ -1,5 +1,6 @@
 import senet
-from senet.analysis.optimize import optimize_for_inference
+from senet.deploy.optimize import optimize_for_inference
+from senet.weights.pretrained import load_pretrained
 
 
 def test_the_public_api_is_the_package_top_level():
@@ -7,8 +8,10 @@ def test_the_public_api_is_the_package_top_level():
         "SqueezeExcite",
         "create_model",
         "list_models",
+        "load_pretrained",
         "model_info",
         "optimize_for_inference",
         "__version__",
     }
     assert senet.optimize_for_inference is optimize_for_inference  # as the README uses it
+    assert senet.load_pretrained is load_pretrained

@@ -82,6 +82,19 @@ def _truncate(pattern: str) -> Callable[[Path], None]:
     return damage
 
 
+def _weights_file(path: Path) -> None:
+    """A senet weights file of a tiny resnet20_cifar."""
+    import senet
+    from senet.data.transforms import Preprocessing
+    from senet.weights.info import WeightsInfo, save_weights_file
+
+    net = senet.create_model("resnet20_cifar", widths=(4, 4, 4))
+    info = WeightsInfo(
+        "resnet20_cifar", {"widths": [4, 4, 4]}, 10, Preprocessing((0.5,) * 3, (0.2,) * 3, 32, 1.0)
+    )
+    save_weights_file(path, net.state_dict(), info)
+
+
 def _earlier_plain_demo_run(folder: Path) -> None:
     """``run/`` holds the plain twin's run of an earlier ``senet demo --output run``."""
     (folder / "run" / "resnet20_cifar").mkdir()
@@ -316,6 +329,50 @@ CASES = [
         "bench-unknown-model-option",
         ["bench", "--models", "se_resnet18@nonsense=1", "--size", "32", "--no-memory"],
         expect=("no option 'nonsense'",),
+    ),
+    # weights: converting, starting from, predicting with and exporting them
+    Case(
+        "convert-another-architecture",
+        ["convert", "--from", "timm", "keep.txt", "--model", "resnet50d", "--out", "r.safetensors"],
+        expect=("'resnet50d' is not one senet converts", "supported: seresnet50"),
+    ),
+    Case(
+        "convert-not-a-weights-file",
+        ["convert", "--from", "timm", "keep.txt", "--model", "seresnet50", "--out", "r.safetensors"],
+        expect=("keep.txt cannot be read as weights", "weights_only=True"),
+    ),
+    Case(
+        "convert-missing-source",
+        ["convert", "--from", "torchvision", "r.pth", "--model", "resnet50", "--out", "r.safetensors"],
+        expect=("r.pth is missing",),
+    ),
+    Case(
+        "train-pretrained-foreign-pth",
+        _train("--output", "new_run", "--pretrained", "resnet50.pth"),
+        setup=lambda folder: (folder / "resnet50.pth").write_bytes(b"PK not really"),
+        expect=("another project", "senet convert --from"),
+    ),
+    Case(
+        "train-pretrained-of-another-model",
+        _train("--output", "new_run", "--model", "se_resnet20_cifar", "--pretrained", "done"),
+        setup=_with_run(),
+        expect=("holds resnet20_cifar weights, not se_resnet20_cifar",),
+    ),
+    Case(
+        "predict-missing-checkpoint",
+        ["predict", "--checkpoint", "nowhere", "keep.txt"],
+        expect=("no checkpoint",),
+    ),
+    Case(
+        "export-missing-checkpoint",
+        ["export", "--checkpoint", "nowhere", "--format", "onnx", "--out", "x.onnx"],
+        expect=("no checkpoint",),
+    ),
+    Case(
+        "eval-weights-file-without-data",
+        ["eval", "--checkpoint", "w.safetensors"],
+        setup=lambda folder: _weights_file(folder / "w.safetensors"),
+        expect=("is a weights file", "--data"),
     ),
     # demo
     Case("demo-epochs-0", ["demo", "--epochs", "0", "--output", "run"], expect=("--epochs", ">= 1")),

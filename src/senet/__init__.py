@@ -1,14 +1,16 @@
 """senet: Squeeze-and-Excitation Networks (Hu, Shen, Sun, CVPR 2018), every architecture of the paper."""
 
-from senet.analysis.optimize import optimize_for_inference
+from senet.deploy.optimize import optimize_for_inference
 from senet.layers.squeeze_excite import SqueezeExcite
 from senet.models.registry import create_model, list_models, model_info
+from senet.weights.pretrained import load_pretrained
 
 __version__ = "0.1.0"
 __all__ = [
     "SqueezeExcite",
     "create_model",
     "list_models",
+    "load_pretrained",
     "model_info",
     "optimize_for_inference",
     "__version__",

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import sys
 import typing
+from pathlib import Path
 from typing import Sequence
 
 
@@ -154,6 +155,72 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from senet.deploy.predict import predict
+
+    predictions = predict(
+        args.checkpoint,
+        args.inputs,
+        topk=args.topk,
+        labels=args.labels,
+        batch_size=args.batch_size,
+        device=args.device,
+        weights=args.weights,
+    )
+    done = failed = 0
+    for prediction in predictions:
+        if prediction.error is not None:
+            failed += 1
+            tqdm.write(f"senet predict: skipped {prediction.path}: {prediction.error}", file=sys.stderr)
+        else:
+            done += 1
+        if args.format == "jsonl":
+            text = json.dumps(prediction.as_dict())
+        else:
+            lines = [f"  skipped: {prediction.error}"] if prediction.error is not None else []
+            lines += [f"  {100 * score.prob:5.2f}%  {score.label}" for score in prediction.top]
+            text = "\n".join([prediction.path, *lines])
+        # tqdm.write: on a terminal, results and messages go above the progress bar (stderr) instead of into it.
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()  # each image's result as soon as it is known, also through a pipe
+    if not done:
+        raise ValueError(f"none of the {failed} inputs could be predicted (each is named above)")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from senet.weights.convert import convert_file
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("mean", args.mean),
+            ("std", args.std),
+            ("input_size", args.input_size),
+            ("crop_fraction", args.crop_fraction),
+            ("interpolation", args.interpolation),
+        )
+        if value is not None
+    }
+    labels = None
+    if args.labels:  # checked against the classifier once the source is read
+        labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
+    info = convert_file(
+        args.project, args.model, args.source, args.out, preprocessing=overrides, labels=labels
+    )
+    options = ", ".join(f"{k}={v!r}" for k, v in info.options.items()) or "its defaults"
+    pre = info.preprocessing
+    print(
+        f"wrote {args.out}: {args.project} {args.model} -> senet {info.model} ({options}), "
+        f"{info.num_classes} classes{', labelled' if info.labels else ''}; test input: resize {pre.resize}, "
+        f"crop {pre.input_size}, {pre.interpolation}, mean {pre.mean}, std {pre.std}\n"
+        f"load it with senet.load_pretrained({str(args.out)!r}) or --pretrained / --checkpoint {args.out}"
+    )
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from senet.train.plot import plot_runs
 
@@ -169,6 +236,24 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from senet.deploy.export import export_model
+
+    report = export_model(
+        args.checkpoint,
+        args.out,
+        args.format,
+        weights=args.weights,
+        dynamic_batch=args.dynamic_batch,
+        opset=args.opset,
+        fp16=args.fp16,
+        batch=args.batch,
+        device=args.device,
+    )
+    print(report.summary())
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from senet.analysis.benchmark import BenchSettings, benchmark, format_results
 
@@ -177,9 +262,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         print(f"wrote {write_report(args.report, device=args.device, quick=args.quick)}")
         return 0
-    from senet.analysis.benchmark import split_specs
+    from senet.analysis.benchmark import onnxruntime_specs, split_specs
 
     specs = split_specs(args.models) + split_specs(args.vs or "")
+    if args.onnx:  # each model of --models once more, exported and run by onnxruntime
+        specs += [spec for spec in onnxruntime_specs(split_specs(args.models)) if spec not in specs]
     documents, records = [], []
     for batch in args.batch:
         settings = BenchSettings(
@@ -283,6 +370,16 @@ def _positive_ints(example: str) -> typing.Callable[[str], list[int]]:
     return parse
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    """``"0.5,0.5,0.5"`` -> ``(0.5, 0.5, 0.5)``."""
+    try:
+        return tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.5,0.5,0.5; got {text!r}"
+        ) from None
+
+
 def _epoch_list(text: str) -> tuple[float, ...]:
     """``"82,123"`` -> ``(82.0, 123.0)``; ``""`` clears the list."""
     try:
@@ -306,6 +403,8 @@ def _model_opt(text: str) -> str:
 # Every TrainConfig field, in words. A field's default (the dataclass's) is appended unless the text names it.
 _FIELD_HELP = {
     "model": "registered model name (senet models)",
+    "pretrained": "start from these weights: a senet weights file (senet convert) or a run directory; "
+    "a new classifier where the data has another class count (default: none, random initialisation)",
     "data": "digits, cifar10, cifar100, or an image folder ROOT with train/ and val/",
     "data_root": "folder holding the CIFAR files (default: none)",
     "download": "download CIFAR into --data-root when the network allows",
@@ -465,6 +564,79 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     evaluate.set_defaults(run=_eval)
 
+    predict = commands.add_parser(
+        "predict", help="top-k classes of image files, preprocessed as recorded with the weights"
+    )
+    predict.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="RUN_DIR|FILE",
+        help="a run directory of `senet train`, one of its checkpoint-*.json, or a senet weights file",
+    )
+    predict.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, and folders searched recursively"
+    )
+    predict.add_argument(
+        "--topk", type=_positive_int, default=5, metavar="K", help="classes per image (at most all of them)"
+    )
+    predict.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names, one per line (default: the labels recorded with the weights, else class indices)",
+    )
+    predict.add_argument("--format", choices=("table", "jsonl"), default="table", help="output format")
+    predict.add_argument(
+        "--batch-size", type=_positive_int, default=32, metavar="N", help="images per forward pass"
+    )
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument(
+        "--weights",
+        choices=("last", "best"),
+        default="last",
+        help="of a run directory: the last checkpoint or the best epoch's weights",
+    )
+    predict.set_defaults(run=_predict)
+
+    convert = commands.add_parser(
+        "convert", help="weights of timm, pretrained-models or torchvision -> a senet weights file"
+    )
+    convert.add_argument("source", metavar="SRC", help="the source's .pth/.pt/.bin/.safetensors file")
+    convert.add_argument(
+        "--from",
+        dest="project",
+        required=True,
+        choices=("timm", "pretrainedmodels", "torchvision"),
+        help="the project that published SRC (pretrainedmodels: Cadene's pretrained-models.pytorch)",
+    )
+    convert.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME",
+        help="the source project's model name, e.g. seresnet50, legacy_senet154, se_resnet50, resnet50 "
+        "(timm names may carry their pretrained tag: resnet50.a1_in1k)",
+    )
+    convert.add_argument("--out", required=True, metavar="FILE", help="the .safetensors file to write")
+    convert.add_argument("--mean", type=_floats, metavar="M1,M2,M3", help="override the recorded input mean")
+    convert.add_argument("--std", type=_floats, metavar="S1,S2,S3", help="override the recorded input std")
+    convert.add_argument(
+        "--input-size", type=_positive_int, metavar="PIXELS", help="override the recorded test crop"
+    )
+    convert.add_argument(
+        "--crop-fraction",
+        type=float,
+        metavar="F",
+        help="override the recorded crop / resize ratio, in (0, 1]",
+    )
+    convert.add_argument(
+        "--interpolation",
+        choices=("bilinear", "bicubic", "nearest"),
+        help="override the recorded resize filter",
+    )
+    convert.add_argument(
+        "--labels", metavar="FILE", help="class names, one per line (default: ImageNet's for 1000 classes)"
+    )
+    convert.set_defaults(run=_convert)
+
     plot = commands.add_parser("plot", help="train/val error curves of runs on one chart (paper Fig. 4)")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of `senet train`")
     plot.add_argument("--out", default="curves.png", help="image file to write")
@@ -504,6 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimize", action="store_true", help="time senet.optimize_for_inference(model) (infer mode)"
     )
     bench.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time each model of --models exported to ONNX (BN folded, float32) in onnxruntime's CPU "
+        "provider, as NAME+onnxruntime (infer mode, cpu; needs senet[onnx])",
+    )
+    bench.add_argument(
         "--threads", type=_positive_int, metavar="N", help="CPU threads (default: torch's choice)"
     )
     bench.add_argument(
@@ -519,6 +697,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="with --report: fewer repetitions")
     bench.set_defaults(run=_bench)
+
+    export = commands.add_parser(
+        "export",
+        help="write a network as ONNX, TorchScript or an ExportedProgram (BN folded), checked against PyTorch",
+    )
+    export.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="RUN_DIR|FILE",
+        help="a run directory of `senet train`, one of its checkpoint-*.json, or a senet weights file",
+    )
+    export.add_argument(
+        "--format",
+        choices=("onnx", "torchscript", "exported-program"),
+        default="onnx",
+        help="onnx (needs senet[onnx]), torchscript (torch.jit) or exported-program (torch.export, .pt2)",
+    )
+    export.add_argument("--out", required=True, metavar="FILE", help="the file to write (.onnx, .pt, .pt2)")
+    export.add_argument(
+        "--dynamic-batch", action="store_true", help="accept any batch size (default: --batch images only)"
+    )
+    export.add_argument(
+        "--opset", type=_int_at_least(7), metavar="N", help="ONNX opset (default: the exporter's)"
+    )
+    export.add_argument(
+        "--fp16",
+        action="store_true",
+        help="weights, input and output in float16; checked to 1e-2 x max(1, max |logit|) instead of "
+        "1e-4 (float16 rounds each layer to ~5e-4 relative)",
+    )
+    export.add_argument(
+        "--batch", type=_positive_int, default=2, metavar="N", help="images per random input of the check"
+    )
+    export.add_argument(
+        "--weights",
+        choices=("last", "best"),
+        default="last",
+        help="of a run directory: the last checkpoint or the best epoch's weights",
+    )
+    export.add_argument("--device", default="cpu", help="where to trace the network: cpu, cuda or cuda:N")
+    export.set_defaults(run=_export)
 
     demo = commands.add_parser(
         "demo", help="train se_resnet20_cifar and resnet20_cifar on the embedded digits"

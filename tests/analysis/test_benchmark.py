@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import senet
 from senet.analysis.benchmark import (
     BenchSettings,
     benchmark,
@@ -9,7 +8,6 @@ from senet.analysis.benchmark import (
     format_results,
     split_specs,
 )
-from senet.analysis.optimize import fold_batchnorm, optimize_for_inference
 from senet.analysis.report import saved_for_backward_mb
 
 TINY = BenchSettings(batch=2, size=32, warmup=1, repeats=3, memory=False)
@@ -47,21 +45,3 @@ def test_se_saves_the_branch_outputs_for_backward():
         saved_for_backward_mb("se_resnet18", batch=2, size=64),
     )
     assert se > plain
-
-
-def test_folded_batchnorm_keeps_the_outputs():
-    model = senet.create_model("se_resnet18", num_classes=10).eval()
-    with torch.no_grad():
-        for module in model.modules():  # non-trivial statistics, so folding has something to fold
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-    folded = fold_batchnorm(model)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
-        fast = optimize_for_inference(model, compile=False, bf16=False)
-        torch.testing.assert_close(
-            fast(x.contiguous(memory_format=torch.channels_last)), model(x), rtol=1e-4, atol=1e-5
-        )

@@ -6,7 +6,9 @@ model once, in turn, so that noise (other processes, frequency changes) hits all
 is measured per model in a fresh process (CPU: peak RSS growth) or with CUDA's allocator statistics.
 
 Other projects' models (``timm:seresnet50``, ``torchvision:resnet50``) are timed when those packages are
-installed; senet does not depend on them.
+installed; senet does not depend on them. ``NAME+optimized`` times ``senet.optimize_for_inference(NAME)``, and
+``NAME+onnxruntime`` NAME exported to ONNX (:func:`senet.deploy.export.export_module`: BN folded, float32,
+checked against eager PyTorch) and run by onnxruntime's CPU provider with torch's thread count.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import contextlib
 import gc
 import multiprocessing
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -70,6 +74,19 @@ class BenchResult:
         return asdict(self)
 
 
+ONNXRUNTIME_SUFFIX = "+onnxruntime"
+
+
+def _base_spec(spec: str) -> str:
+    """The model of a spec, without the ``+optimized`` / ``+onnxruntime`` that says how it is run."""
+    return spec.removesuffix(ONNXRUNTIME_SUFFIX).removesuffix("+optimized")
+
+
+def onnxruntime_specs(specs: Sequence[str]) -> list[str]:
+    """``NAME+onnxruntime`` for each distinct model of ``specs`` (``NAME+optimized`` is model NAME too)."""
+    return list(dict.fromkeys(_base_spec(spec) + ONNXRUNTIME_SUFFIX for spec in specs))
+
+
 def split_specs(text: str) -> list[str]:
     """Split ``"resnet50@stride_in_1x1=False,stem_pool='torchvision',se_resnet50"`` into model specs: a piece
     holding ``=`` but no ``@`` is one more option of the spec before it."""
@@ -111,7 +128,7 @@ def check_input_size(spec: str, size: int) -> None:
     if ":" in spec:
         return  # other projects' models may not support the meta device; their own run reports the error
     with torch.device("meta"):
-        model = build_benchmark_model(spec.removesuffix("+optimized")).eval()
+        model = build_benchmark_model(_base_spec(spec)).eval()
         try:
             with torch.no_grad():
                 model(torch.empty(1, 3, size, size))
@@ -122,8 +139,11 @@ def check_input_size(spec: str, size: int) -> None:
             raise ValueError(f"{spec} cannot take {size}x{size} inputs: {reason}") from None
 
 
-def _prepare(spec: str, settings: BenchSettings) -> Callable[[], None]:
-    """A closure running one iteration of ``spec`` under ``settings``."""
+def _prepare(spec: str, settings: BenchSettings, onnx_file: Path | None = None) -> Callable[[], None]:
+    """A closure running one iteration of ``spec`` under ``settings`` (``onnx_file``: its export, for
+    ``NAME+onnxruntime``)."""
+    if spec.endswith(ONNXRUNTIME_SUFFIX):
+        return _prepare_onnxruntime(spec, settings, onnx_file)
     device = torch.device(settings.device)
     optimize = settings.optimize or spec.endswith(
         "+optimized"
@@ -142,7 +162,7 @@ def _prepare(spec: str, settings: BenchSettings) -> Callable[[], None]:
     if settings.mode == "infer":
         model.eval()
         if optimize:
-            from senet.analysis.optimize import optimize_for_inference
+            from senet.deploy.optimize import optimize_for_inference
 
             model = optimize_for_inference(model, example=x)
         elif settings.compile:
@@ -170,6 +190,45 @@ def _prepare(spec: str, settings: BenchSettings) -> Callable[[], None]:
     return step
 
 
+def _check_onnxruntime(specs: Sequence[str], settings: BenchSettings) -> None:
+    """Refuse settings an onnxruntime row would not honour, rather than time something else under their name."""
+    named = [spec for spec in specs if spec.endswith(ONNXRUNTIME_SUFFIX)]
+    if named and (settings.mode != "infer" or settings.device != "cpu" or settings.amp):
+        raise ValueError(
+            f"{named[0]} times float32 inference in onnxruntime's CPU provider: it needs mode infer, "
+            f"device cpu and no amp (got mode {settings.mode}, device {settings.device}"
+            f"{', amp' if settings.amp else ''})"
+        )
+    if named:
+        from senet.deploy.export import require_onnx
+
+        require_onnx()
+
+
+def _export_onnx(spec: str, settings: BenchSettings, path: Path) -> Path:
+    """``spec``'s model (random weights) as ONNX at the benchmark's batch and size, checked against eager."""
+    from senet.deploy.export import export_module
+
+    model = build_benchmark_model(_base_spec(spec))
+    export_module(model, path, "onnx", input_shape=(3, settings.size, settings.size), batch=settings.batch)
+    return path
+
+
+def _prepare_onnxruntime(spec: str, settings: BenchSettings, onnx_file: Path | None) -> Callable[[], None]:
+    """A closure running ``onnx_file`` (the export of ``spec``) once in onnxruntime."""
+    from senet.deploy.export import INPUT_NAME, onnx_session
+
+    if onnx_file is None:
+        raise ValueError(f"{spec}: no ONNX file to time; benchmark() exports it")
+    session = onnx_session(onnx_file)  # as many threads as torch uses, so that the rows compare
+    x = {INPUT_NAME: torch.randn(settings.batch, 3, settings.size, settings.size).numpy()}
+
+    def step() -> None:
+        session.run(None, x)
+
+    return step
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -184,14 +243,14 @@ def _status_mb(field: str) -> float:
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def _peak_memory_child(spec: str, settings: BenchSettings, queue: Any) -> None:
+def _peak_memory_child(spec: str, settings: BenchSettings, queue: Any, onnx_file: Path | None = None) -> None:
     try:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         baseline = _status_mb("VmRSS")
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # reset the peak (VmHWM) to the current RSS: import-time peaks do not count
-        step = _prepare(spec, settings)
+        step = _prepare(spec, settings, onnx_file)
         for _ in range(2):
             step()
         queue.put(_status_mb("VmHWM") - baseline)
@@ -199,7 +258,7 @@ def _peak_memory_child(spec: str, settings: BenchSettings, queue: Any) -> None:
         queue.put(error)
 
 
-def peak_memory_mb(spec: str, settings: BenchSettings) -> float:
+def peak_memory_mb(spec: str, settings: BenchSettings, onnx_file: Path | None = None) -> float:
     """Peak memory of building and running ``spec``: CUDA max allocated, or CPU RSS growth in a fresh process."""
     if settings.device.startswith("cuda"):
         gc.collect()
@@ -215,7 +274,7 @@ def peak_memory_mb(spec: str, settings: BenchSettings) -> float:
         return peak / 2**20
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_peak_memory_child, args=(spec, settings, queue))
+    process = context.Process(target=_peak_memory_child, args=(spec, settings, queue, onnx_file))
     process.start()
     value = queue.get()
     process.join()
@@ -230,9 +289,21 @@ def benchmark(specs: Sequence[str], settings: BenchSettings) -> list[BenchResult
         raise ValueError("give at least one model")
     for spec in specs:
         check_input_size(spec, settings.size)
+    _check_onnxruntime(specs, settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    steps = [_prepare(spec, settings) for spec in specs]
+    with tempfile.TemporaryDirectory(prefix="senet-bench-") as folder:  # the ONNX files of +onnxruntime rows
+        onnx_files = {
+            spec: _export_onnx(spec, settings, Path(folder) / f"{n}.onnx")
+            for n, spec in enumerate(specs)
+            if spec.endswith(ONNXRUNTIME_SUFFIX)
+        }
+        return _time(specs, settings, onnx_files)
+
+
+def _time(specs: Sequence[str], settings: BenchSettings, onnx_files: dict[str, Path]) -> list[BenchResult]:
+    """:func:`benchmark`'s measurements, once the models can be built."""
+    steps = [_prepare(spec, settings, onnx_files.get(spec)) for spec in specs]
     for step in steps:  # warm-up: allocator, oneDNN primitive caches, compilation
         for _ in range(settings.warmup):
             step()
@@ -251,7 +322,7 @@ def benchmark(specs: Sequence[str], settings: BenchSettings) -> list[BenchResult
     for spec, samples in zip(specs, times):
         median = statistics.median(samples)
         p90 = statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else median
-        memory = peak_memory_mb(spec, settings) if settings.memory else None
+        memory = peak_memory_mb(spec, settings, onnx_files.get(spec)) if settings.memory else None
         results.append(
             BenchResult(spec, settings.batch, median * 1e3, p90 * 1e3, settings.batch / median, memory)
         )

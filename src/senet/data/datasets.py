@@ -55,6 +55,7 @@ class DataSpec:
     image_size: int
     name: str
     train_targets: list[int]
+    preprocessing: T.Preprocessing  # the evaluation transform, recorded with the weights for `senet predict`
 
 
 def build_data(
@@ -67,6 +68,7 @@ def build_data(
     strict_data: bool = False,
     download: bool = False,
     cutout: int = 0,
+    preprocessing: T.Preprocessing | None = None,
 ) -> DataSpec:
     """Build the train and val splits of ``source``.
 
@@ -84,13 +86,17 @@ def build_data(
         strict_data: image folders only: an unreadable image stops the run instead of being skipped.
         download: CIFAR only: fetch the files with torchvision when they are missing.
         cutout: > 0 adds Cutout of that many pixels to the training transform (DeVries & Taylor 2017).
+        preprocessing: image folders only: evaluate with this resize, crop, interpolation and normalisation
+            (e.g. converted weights' own) instead of the paper's; ``eval_crop`` still sets the crop size.
     """
     for flag, value in (("image_size", image_size), ("eval_crop", eval_crop)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1 pixel, got {value}")
     if cutout < 0:
         raise ValueError(f"cutout must be >= 0 pixels (0 = off), got {cutout}")
-    spec = _build_source(source, root, image_size, eval_crop, ten_crop, strict_data, download, cutout)
+    spec = _build_source(
+        source, root, image_size, eval_crop, ten_crop, strict_data, download, cutout, preprocessing
+    )
     _check_classes(source, spec)
     return spec
 
@@ -104,7 +110,13 @@ def _build_source(
     strict_data: bool,
     download: bool,
     cutout: int,
+    preprocessing: T.Preprocessing | None = None,
 ) -> DataSpec:
+    if preprocessing is not None and (source in ("digits", *_CIFAR) or _detect_cifar(Path(source))[0]):
+        raise ValueError(
+            f"{source} has its own normalisation; weights with recorded preprocessing are evaluated on image "
+            "folders (a run trained on it is evaluated through its run directory)"
+        )
     if source == "digits":
         _no_ten_crop(source, ten_crop)
         return _build_digits(image_size or _SMALL_SIZE, eval_crop, cutout)
@@ -123,7 +135,8 @@ def _build_source(
     if cifar_name is not None:
         _no_ten_crop(cifar_name, ten_crop)
         return _build_cifar(cifar_name, cifar_root, image_size or _SMALL_SIZE, eval_crop, download, cutout)
-    return _build_folder(path, image_size or _DEFAULT_FOLDER_SIZE, eval_crop, ten_crop, strict_data, cutout)
+    size = image_size or (preprocessing.input_size if preprocessing else _DEFAULT_FOLDER_SIZE)
+    return _build_folder(path, size, eval_crop, ten_crop, strict_data, cutout, preprocessing)
 
 
 def _check_classes(source: str, spec: DataSpec) -> None:
@@ -202,7 +215,8 @@ def _build_digits(image_size: int, eval_crop: int | None, cutout: int) -> DataSp
         T.small_eval_transform(mean, std, size=eval_crop or image_size),
     )
     classes = [str(name) for name in digits.target_names]
-    return DataSpec(train, val, len(classes), classes, 1, image_size, "digits", train_targets)
+    preprocessing = T.Preprocessing(mean, std, eval_crop or image_size, crop_fraction=1.0)
+    return DataSpec(train, val, len(classes), classes, 1, image_size, "digits", train_targets, preprocessing)
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR
@@ -410,7 +424,10 @@ def _build_cifar(
     train = _load_cifar(cifar, root, train=True, transform=train_transform)
     val = _load_cifar(cifar, root, train=False, transform=eval_transform)
     classes = list(train.classes)
-    return DataSpec(train, val, len(classes), classes, 3, image_size, name, list(train.targets))
+    preprocessing = T.Preprocessing(cifar.mean, cifar.std, eval_crop or image_size, crop_fraction=1.0)
+    return DataSpec(
+        train, val, len(classes), classes, 3, image_size, name, list(train.targets), preprocessing
+    )
 
 
 def _missing_cifar_files(cifar: _Cifar, root: Path) -> list[str]:
@@ -535,14 +552,20 @@ def _check_folder_layout(root: Path) -> None:
 
 
 def _build_folder(
-    root: Path, image_size: int, eval_crop: int | None, ten_crop: bool, strict: bool, cutout: int
+    root: Path,
+    image_size: int,
+    eval_crop: int | None,
+    ten_crop: bool,
+    strict: bool,
+    cutout: int,
+    preprocessing: T.Preprocessing | None,
 ) -> DataSpec:
     """ImageNet-layout folders with the paper's augmentation (Sec. 5.1) and resize-then-crop evaluation."""
     _check_folder_layout(root)
+    default = T.Preprocessing(T.IMAGENET_MEAN, T.IMAGENET_STD, image_size)
+    preprocessing = (preprocessing or default).at_size(eval_crop or image_size)
     train = _ImageFolder(root / "train", T.folder_train_transform(image_size, cutout), strict=strict)
-    val = _ImageFolder(
-        root / "val", T.make_eval_transform(eval_crop or image_size, ten_crop=ten_crop), strict=strict
-    )
+    val = _ImageFolder(root / "val", preprocessing.eval_transform(ten_crop), strict=strict)
     empty = train.empty_class_folders() + val.empty_class_folders()
     if empty:
         raise FileNotFoundError(
@@ -551,6 +574,7 @@ def _build_folder(
         )
     train.check_decodable()
     val.check_decodable()
+    classes = list(train.classes)
     return DataSpec(
-        train, val, len(train.classes), list(train.classes), 3, image_size, "folder", list(train.targets)
+        train, val, len(classes), classes, 3, image_size, "folder", list(train.targets), preprocessing
     )

@@ -7,6 +7,7 @@ Everything is built from ``torchvision.transforms.v2``; every pipeline ends in a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -26,6 +27,89 @@ CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
 
 # The paper evaluates a 224 centre crop of the image resized to 256 (reference §8): crop = 0.875 x resize.
 EVAL_CROP_FRACTION = 0.875
+
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a network's test inputs are made: what weight files record, so that prediction, evaluation and export
+    feed a network as it was trained (converted timm weights as timm feeds them).
+
+    The shorter side is resized to ``round(input_size / crop_fraction)`` with ``interpolation``, then a centre
+    ``input_size`` crop is normalised with ``mean``/``std`` (one entry per input channel). ``crop_fraction`` 1
+    resizes without cropping away anything of a square image (the 32 x 32 data sets).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int
+    crop_fraction: float = EVAL_CROP_FRACTION
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.mean or len(self.mean) != len(self.std):
+            problems.append(f"mean {self.mean} and std {self.std} need one entry per channel")
+        if any(s <= 0 for s in self.std):
+            problems.append(f"std {self.std} must be > 0")
+        if not (isinstance(self.input_size, int) and self.input_size >= 1):
+            problems.append(f"input_size {self.input_size!r} must be an integer >= 1")
+        if not 0 < self.crop_fraction <= 1:
+            problems.append(f"crop_fraction {self.crop_fraction} must be in (0, 1]")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(
+                f"interpolation {self.interpolation!r} must be one of {', '.join(INTERPOLATIONS)}"
+            )
+        if problems:
+            raise ValueError(f"preprocessing: {'; '.join(problems)}")
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.mean)
+
+    @property
+    def resize(self) -> int:
+        return round(self.input_size / self.crop_fraction)
+
+    def eval_transform(self, ten_crop: bool = False) -> v2.Compose:
+        """PIL image or uint8 tensor -> normalised float tensor (C, input_size, input_size); with ``ten_crop``, the
+        four corners, the centre and their mirror images as one (10, C, input_size, input_size) tensor."""
+        size = self.input_size
+        crops: list[nn.Module] = [v2.TenCrop(size), _StackCrops()] if ten_crop else [v2.CenterCrop(size)]
+        mode = v2.InterpolationMode(self.interpolation)
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(self.resize, interpolation=mode, antialias=True),
+                *_to_float(self.mean, self.std),
+                *crops,
+                v2.ToPureTensor(),
+            ]
+        )
+
+    def at_size(self, input_size: int | None) -> "Preprocessing":
+        """The same preprocessing for another crop size (the same crop fraction), e.g. a 320 evaluation."""
+        return self if input_size in (None, self.input_size) else replace(self, input_size=input_size)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        """From ``as_dict``'s output (JSON); a missing or unknown field is one line of error."""
+        fields = {"mean", "std", "input_size", "crop_fraction", "interpolation"}
+        if not isinstance(data, dict) or set(data) != fields:
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"preprocessing record has fields {found}, expected {sorted(fields)}")
+        return cls(
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            input_size=data["input_size"],
+            crop_fraction=float(data["crop_fraction"]),
+            interpolation=data["interpolation"],
+        )
 
 
 class Cutout(v2.Transform):
@@ -99,21 +183,12 @@ def make_eval_transform(crop: int, resize: int | None = None, ten_crop: bool = F
     """
     if crop < 1:
         raise ValueError(f"eval crop must be >= 1 pixel, got {crop}")
-    resize = round(crop / EVAL_CROP_FRACTION) if resize is None else resize
-    if resize < crop:
+    if resize is not None and resize < crop:
         raise ValueError(
             f"eval resize {resize} is smaller than the crop {crop}; use resize >= crop (or leave it out)"
         )
-    crops: list[nn.Module] = [v2.TenCrop(crop), _StackCrops()] if ten_crop else [v2.CenterCrop(crop)]
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(resize, antialias=True),
-            *_to_float(IMAGENET_MEAN, IMAGENET_STD),
-            *crops,
-            v2.ToPureTensor(),
-        ]
-    )
+    fraction = EVAL_CROP_FRACTION if resize is None else crop / resize
+    return Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop, fraction).eval_transform(ten_crop)
 
 
 def small_train_transform(

@@ -9,6 +9,7 @@ import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -89,14 +90,26 @@ def _resolve(name: str) -> str:
     raise ValueError(f"unknown model {name!r}; {hint}")
 
 
-def create_model(name: str, num_classes: int | None = None, **options) -> nn.Module:
-    """Build the registered network ``name`` (or one of its aliases) with randomly initialised weights.
+def create_model(
+    name: str, num_classes: int | None = None, *, pretrained: bool | str | Path = False, **options
+) -> nn.Module:
+    """Build the registered network ``name`` (or one of its aliases), randomly initialised or ``pretrained``.
 
     ``num_classes`` defaults to the model's dataset: 1000 (ImageNet), 10 for the CIFAR networks.
 
     ``options`` are the family's build options, e.g. ``in_chans``, ``drop_rate``, ``stride_in_1x1`` or the
     SE options ``se_reduction``, ``se_squeeze``, ``se_gate``, ``se_bias``, ``se_stages``, ``se_position``.
+
+    ``pretrained``: a weights file (``senet convert``) or run directory holding ``name``'s weights, or True for
+    the published weights of ``name``; see :func:`senet.load_pretrained`, which this calls. The weights'
+    recorded build options win over the builder's defaults; a ``num_classes`` other than theirs gets a new,
+    randomly initialised classifier.
     """
+    if pretrained is not False:
+        from senet.weights.pretrained import load_pretrained
+
+        source = name if pretrained is True else pretrained
+        return load_pretrained(source, model=name, num_classes=num_classes, **options)
     info = model_info(name)
     try:
         return info.builder(num_classes=info.num_classes if num_classes is None else num_classes, **options)

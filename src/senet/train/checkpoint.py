@@ -72,18 +72,23 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes | Callable[[Path], None]) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one.
 
+    ``data`` is the bytes, or a function that writes the file at the path it is given (e.g. safetensors'
+    ``save_file``, which streams tensors without first building one large bytes object).
     The file gets the mode a plain ``open`` would give (0666 less the umask), not mkstemp's private 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        with os.fdopen(fd, "r+b") as handle:
+            if callable(data):
+                data(Path(tmp))
+            else:
+                handle.write(data)
+                handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -377,9 +382,12 @@ def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str |
     return "; ".join(parts) or None
 
 
-def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strictly load ``state`` into ``model``, or fail with one line naming what differs."""
+def load_weights_into(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False
+) -> None:
+    """Strictly load ``state`` into ``model``, or fail with one line naming what differs. ``assign`` takes the
+    tensors themselves (a model built on the meta device) instead of copying into the model's."""
     mismatch = describe_mismatch(model, state)
     if mismatch:
         raise ValueError(f"weights in {source} do not fit this model: {mismatch}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)

@@ -23,6 +23,7 @@ class TrainConfig:
 
     model: str = "se_resnet20_cifar"
     model_options: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None  # weights to start from: a senet weights file or run directory
     data: str = "digits"
     data_root: str | None = None
     download: bool = False

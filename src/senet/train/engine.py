@@ -17,6 +17,7 @@ import random
 import signal
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -162,11 +163,50 @@ def _split_bn_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return [p for p in params if id(p) not in bn_ids], [p for p in params if id(p) in bn_ids]
 
 
-def build_model(config: TrainConfig, spec: DataSpec) -> nn.Module:
+def model_build_options(config: TrainConfig) -> dict[str, Any]:
+    """The build options of a run's model, besides what its data sets (classes, input channels)."""
     options = dict(config.model_options)
     if config.drop_rate is not None:
         options["drop_rate"] = config.drop_rate
+    return options
+
+
+def build_model(config: TrainConfig, spec: DataSpec, pretrained: bool = False) -> nn.Module:
+    """The run's network; with ``pretrained``, initialised from ``config.pretrained`` (a new classifier where the
+    data has another class count)."""
+    options = model_build_options(config)
+    if pretrained and config.pretrained:
+        from senet.weights.pretrained import load_pretrained
+
+        return load_pretrained(
+            config.pretrained,
+            model=config.model,
+            num_classes=spec.num_classes,
+            in_chans=spec.in_chans,
+            **options,
+        )
     return create_model(config.model, num_classes=spec.num_classes, in_chans=spec.in_chans, **options)
+
+
+def with_pretrained_options(config: TrainConfig, checkpoint: Checkpoint | None = None) -> TrainConfig:
+    """``config`` with the build options that ``config.pretrained``'s weights need (e.g. torchvision's layout)
+    written into its ``model_options``: saved with every checkpoint, they make resume, evaluation, prediction
+    and export rebuild the network the weights belong to. Contradicting options are refused.
+
+    A run resumed from ``checkpoint`` that started from the same weights takes them from its saved config (the
+    weights file may be gone by now); options given now that contradict them fail the resume's identity check.
+    """
+    if not config.pretrained:
+        return config
+    saved = checkpoint.meta["config"] if checkpoint is not None else {}
+    if saved.get("pretrained") == config.pretrained:
+        options = {**saved["model_options"], **config.model_options}
+    else:
+        from senet.weights.pretrained import pretrained_build_options
+
+        options = pretrained_build_options(config.pretrained, config.model, config.model_options)
+    data_set = ("in_chans", "num_classes")  # set by the data (and checked against the weights when loading)
+    return dataclasses.replace(config, model_options={k: v for k, v in options.items() if k not in data_set})
 
 
 def _build_data(config: TrainConfig) -> DataSpec:
@@ -370,6 +410,7 @@ def train(
     if device.type == "cuda":
         torch.cuda.set_device(device)  # this process's GPU is "the current one" (NCCL, RNG state)
     run_dir, checkpoint = prepare_run_dir(config, resume, overwrite)
+    config = with_pretrained_options(config, checkpoint)
     changes = Changes({})
     if checkpoint is not None:
         changes = reconcile(
@@ -381,7 +422,7 @@ def train(
     seed_everything(config.seed)  # same initial weights on every rank
     spec = _build_data(config)
     _check_batches(config, spec, ctx)
-    net = build_model(config, spec).to(device)
+    net = build_model(config, spec, pretrained=checkpoint is None).to(device)
     if checkpoint is not None:
         if checkpoint.meta["num_classes"] != spec.num_classes:
             raise ValueError(
@@ -609,6 +650,7 @@ class _Run:
             "num_classes": self.spec.num_classes,
             "classes": self.spec.classes,
             "in_chans": self.spec.in_chans,
+            "preprocessing": self.spec.preprocessing.as_dict(),
             "epoch": self.epoch,
             "batches_done": self.batch,
             "step": self.step,
@@ -643,7 +685,9 @@ class _Run:
         config, ctx, spec = self.config, self.ctx, self.spec
         if ctx.is_main:
             log.info(
-                f"run {self.run_dir}: {config.model} on {spec.name} ({len(spec.train)} train / {len(spec.val)} "
+                f"run {self.run_dir}: {config.model}"
+                f"{f' from {config.pretrained}' if config.pretrained else ''} on {spec.name} "
+                f"({len(spec.train)} train / {len(spec.val)} "
                 f"val images, {spec.num_classes} classes), {ctx.world_size} process(es) on {self.device}, "
                 f"lr {config.scaled_lr():g}, batch {config.batch_size}, {config.epochs} epochs"
             )

@@ -14,9 +14,9 @@ from typing import Sequence
 import torch
 
 from senet.data import build_data, build_loader
-from senet.train.checkpoint import BEST_NAME, load_checkpoint, load_weights_file, load_weights_into
+from senet.train.checkpoint import load_checkpoint
 from senet.train.config import TrainConfig
-from senet.train.engine import build_model, predict_proba, resolve_device
+from senet.train.engine import predict_proba, resolve_device
 
 
 @dataclass
@@ -45,40 +45,42 @@ def evaluate_runs(
     device: str = "auto",
     weights: str = "last",
 ) -> EvalResult:
-    """Top-1/top-5 error of one run or an ensemble of runs on ``data`` (default: the first run's data).
+    """Top-1/top-5 error of one network or an ensemble on ``data`` (default: the first run's data).
 
-    ``weights="best"`` uses each run's best epoch instead of its last checkpoint.
+    Each checkpoint is a run directory of ``senet train`` (``weights="best"``: its best epoch instead of its
+    last checkpoint) or a senet weights file (``senet convert``), loaded through :func:`senet.load_pretrained`.
+    A weights file is evaluated on an image folder with its own recorded preprocessing (converted timm weights
+    as timm evaluates them); a run with its data's evaluation transform.
     """
+    from senet.weights.pretrained import load_pretrained
+
     if not checkpoints:
-        raise ValueError("give at least one --checkpoint RUN_DIR")
+        raise ValueError("give at least one --checkpoint RUN_DIR|FILE")
     target_device = resolve_device(device)
     fused: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     classes: list[str] = []
     for path in checkpoints:
-        checkpoint = load_checkpoint(path)
-        config = TrainConfig.from_dict(checkpoint.meta["config"])
-        source = data or config.data
-        root = data_root if data is not None else config.data_root
-        state = checkpoint.model_state()
-        if weights == "best":
-            state = load_weights_file(checkpoint.run_dir / BEST_NAME)
-        for scale in scales or [None]:
-            spec = build_data(
-                source,
-                root=root,
-                image_size=config.image_size,
-                eval_crop=scale,
-                ten_crop=ten_crop,
-                strict_data=config.strict_data,
+        is_run = Path(path).is_dir() or Path(path).suffix == ".json"
+        model = load_pretrained(path, weights=weights if is_run else "last").eval()
+        info = model.pretrained_info
+        if is_run:
+            config = TrainConfig.from_dict(load_checkpoint(path).meta["config"])
+            source, root = data or config.data, data_root if data is not None else config.data_root
+            options = dict(image_size=config.image_size, strict_data=config.strict_data, preprocessing=None)
+        elif data is None:
+            raise ValueError(
+                f"{path} is a weights file: give the data to evaluate it on (--data IMAGE_FOLDER)"
             )
-            if spec.num_classes != checkpoint.meta["num_classes"]:
+        else:
+            source, root = data, data_root
+            options = dict(image_size=None, strict_data=False, preprocessing=info.preprocessing)
+        for scale in scales or [None]:
+            spec = build_data(source, root=root, eval_crop=scale, ten_crop=ten_crop, **options)
+            if spec.num_classes != info.num_classes:
                 raise ValueError(
-                    f"{path} was trained on {checkpoint.meta['num_classes']} classes; "
-                    f"{source} has {spec.num_classes}"
+                    f"{path} predicts {info.num_classes} classes; {source} has {spec.num_classes}"
                 )
-            model = build_model(config, spec)
-            load_weights_into(model, state, str(path))
             loader = build_loader(
                 spec.val,
                 batch_size=batch_size,

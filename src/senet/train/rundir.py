@@ -31,7 +31,7 @@ LOG_NAME = "train.log"
 _RUN_FILE_PATTERNS = (CONFIG_NAME, METRICS_NAME, LOG_NAME, BEST_NAME, "checkpoint-*", ".*.tmp")
 
 # A checkpoint whose values of these differ trains another network on other data: never resumed.
-IDENTITY_FIELDS = ("model", "model_options", "data")
+IDENTITY_FIELDS = ("model", "model_options", "pretrained", "data")
 # These define the learning-rate schedule: changing them on resume needs extend_schedule=True.
 SCHEDULE_FIELDS = (
     "epochs",

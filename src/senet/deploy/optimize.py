@@ -29,10 +29,41 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (eval mode) with each conv -> BatchNorm pair folded into one conv (torch.fx)."""
+    """A copy of ``model`` (eval mode) with each conv -> BatchNorm pair folded into one conv.
+
+    torch.fx finds the pairs wherever the conv's output feeds only the BatchNorm (SE-ResNets pass their last
+    BN into the SE block's method: fx traces through it). A network fx cannot trace (VGG slices its classifier
+    Sequential in ``forward``) has the conv -> BN neighbours of its Sequentials folded instead, which is exact
+    because a Sequential feeds each child's output to the next and to nothing else. BatchNorms that follow
+    something else (pre-activation units: an addition) stay as they are.
+    """
     from torch.fx.experimental.optimization import fuse
 
-    return fuse(copy.deepcopy(model).eval(), inplace=True)
+    try:
+        return fuse(copy.deepcopy(model).eval(), inplace=True)
+    except Exception:  # fx's tracing errors have no common type (NameError, TraceError...)
+        return _fold_sequential_pairs(copy.deepcopy(model).eval())
+
+
+def _fold_sequential_pairs(model: nn.Module) -> nn.Module:
+    """Fold each ``Conv2d`` directly followed by a ``BatchNorm2d`` inside an ``nn.Sequential``, in place."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = module._modules[first], module._modules[second]
+            if (
+                type(conv) is nn.Conv2d
+                and type(norm) is nn.BatchNorm2d
+                and norm.track_running_stats
+                and not (conv._forward_hooks or norm._forward_hooks or norm._forward_pre_hooks)
+            ):
+                module._modules[first] = fuse_conv_bn_eval(conv, norm)
+                module._modules[second] = nn.Identity()
+    return model
 
 
 class _CastInput(nn.Module):

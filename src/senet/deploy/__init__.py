@@ -1,0 +1,1 @@
+"""Deploying networks: prediction, export (ONNX / TorchScript / ExportedProgram), optimize_for_inference."""

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import senet
 from senet import SqueezeExcite
 from senet.layers.squeeze_excite import SEConfig
 
@@ -170,7 +171,7 @@ def test_fused_training_path_has_the_gradients_of_the_plain_ops(gate, bias, with
     weights = torch.randn(3, 12, 5, 4, dtype=torch.float64)
     expected = torch.autograd.grad((plain() * weights).sum(), inputs)
     out = fused()
-    assert out.grad_fn.name().endswith("SqueezeExciteFunctionBackward")
+    assert "senet_se_scale" in out.grad_fn.name()  # the SE operator's hand-written backward
     actual = torch.autograd.grad((out * weights).sum(), inputs)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e)
@@ -184,3 +185,74 @@ def test_fused_path_passes_gradcheck_and_works_in_channels_last():
     x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     se(x_cl).sum().backward()
     torch.testing.assert_close(x_cl.grad, torch.autograd.grad((x * se.gates(x)).sum(), x)[0])
+
+
+def _count_fused_norm_calls(monkeypatch) -> list[int]:
+    from senet.ops import squeeze_excite as ops
+
+    calls = [0]
+    original = ops.se_norm_scale
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(ops, "se_norm_scale", counted)
+    return calls
+
+
+def _post_activation_se_resnet(**options):
+    """A tiny post-activation SE-ResNet: its units' branches end in a BatchNorm the SE block can fuse."""
+    return senet.create_model("se_resnet18", widths=(4, 4, 8, 8), num_classes=3, **options)
+
+
+def test_only_a_plain_hookless_batchnorm_is_fused_and_the_switch_is_a_build_option(monkeypatch):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    calls = _count_fused_norm_calls(monkeypatch)
+    x = torch.randn(2, 3, 32, 32)
+    _post_activation_se_resnet(se_recompute_norm=True)(x).sum().backward()
+    assert calls[0] == 8  # every unit of ResNet-18's layout
+    calls[0] = 0
+    _post_activation_se_resnet(se_recompute_norm=False)(x).sum().backward()
+    assert calls[0] == 0
+
+    # SyncBatchNorm computes statistics over the DDP ranks: fusing it would silently use local ones.
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(_post_activation_se_resnet(se_recompute_norm=True))
+    synced(x).sum().backward()
+    assert calls[0] == 0
+    # FrozenBatchNorm2d (detection backbones) has no running-statistics update to fuse: called as it is.
+    frozen = _post_activation_se_resnet(se_recompute_norm=True)
+    unit = frozen.layer1[0]
+    unit.bn2 = FrozenBatchNorm2d(unit.bn2.num_features)
+    frozen(x).sum().backward()
+    assert calls[0] == 7 and unit.conv1.weight.grad is not None
+    # A hooked norm runs its hooks.
+    hooked = _post_activation_se_resnet(se_recompute_norm=True)
+    seen = []
+    hooked.layer2[0].bn2.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    hooked(x).sum().backward()
+    assert seen == [(2, 4, 4, 4)] and calls[0] == 7 + 7
+
+
+def test_recompute_norm_is_refused_where_no_batchnorm_ends_the_branch():
+    for name, options in (
+        ("se_vgg16_bn", {}),
+        ("se_resnet20_cifar", {}),
+        ("se_resnet50", {"se_position": "post"}),
+    ):
+        with pytest.raises(ValueError, match="se_recompute_norm=True"):
+            senet.create_model(name, se_recompute_norm=True, **options)
+    with pytest.raises(ValueError, match="se_recompute_norm='yes'"):
+        senet.create_model("se_resnet50", se_recompute_norm="yes")
+
+
+def test_second_derivatives_and_function_transforms_raise_instead_of_being_wrong():
+    model = _post_activation_se_resnet(se_recompute_norm=True).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="SE operator has no second derivative"):
+        grad.sum().backward()
+    se = SqueezeExcite(8, reduction=2)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda t: se(t).sum())(torch.randn(2, 8, 4, 4))

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from senet.ops import squeeze_excite as ops
+
 Squeeze = Literal["avg", "max", "none"]
 Gate = Literal["sigmoid", "tanh", "relu"]
 Position = Literal["standard", "pre", "post", "identity", "3x3"]
@@ -20,8 +22,6 @@ Position = Literal["standard", "pre", "post", "identity", "3x3"]
 SQUEEZES: tuple[str, ...] = ("avg", "max", "none")
 GATES: tuple[str, ...] = ("sigmoid", "tanh", "relu")
 POSITIONS: tuple[str, ...] = ("standard", "pre", "post", "identity", "3x3")
-
-_GATE_FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
 
 
 def _is_int(value: Any) -> bool:
@@ -41,6 +41,10 @@ class SqueezeExcite(nn.Module):
         bias: whether ``fc1``/``fc2`` have biases. The released models have them; the ResNet ablations
             drop them (Sec. 6).
         hidden_channels: explicit hidden width, overriding ``channels // reduction``.
+        recompute_norm: in training, ``norm_scale_and_add`` keeps the BatchNorm's input instead of its output and
+            recomputes the output in the backward (less memory, one more pass). ``None``: on CPU only, where it
+            is faster too (SE-ResNet-50 step 1.18x -> 1.04x of ResNet-50); on an H100 it saved the same memory
+            (1.27x -> 1.00x) but cost time (1.15x -> 1.26x), docs/performance.md.
 
     The two FC layers are 1x1 convolutions named ``fc1``/``fc2``, as in the released Caffe models, so
     the same weights serve the squeezed (N, C, 1, 1) and the NoSqueeze (N, C, H, W) cases.
@@ -54,6 +58,7 @@ class SqueezeExcite(nn.Module):
         gate: Gate = "sigmoid",
         bias: bool = True,
         hidden_channels: int | None = None,
+        recompute_norm: bool | None = None,
     ) -> None:
         super().__init__()
         if squeeze not in SQUEEZES:
@@ -77,7 +82,10 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=bias)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=bias)
-        self._gate_fn = _GATE_FUNCTIONS[gate]
+        self._gate_fn = ops.GATE_FUNCTIONS[gate]
+        if recompute_norm not in (None, True, False):
+            raise ValueError(f"SqueezeExcite got recompute_norm={recompute_norm!r}; use True, False or None")
+        self.recompute_norm = recompute_norm
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
         """The excitation s of Eq. 3: (N, C, 1, 1), or (N, C, H, W) with ``squeeze="none"``."""
@@ -86,192 +94,75 @@ class SqueezeExcite(nn.Module):
         # On a squeezed (N, C) vector the 1x1 convs are matrix products: F.linear skips the convolution
         # machinery (oneDNN primitive look-up, layout reorders), which dominates at this size.
         z = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
-        return _excitation(z, *self._fc_weights(), self.gate)[1][:, :, None, None]
+        return ops.excitation(z, *self._fc_weights(), self.gate)[1][:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused_backward(x):
-            return _SqueezeExciteFunction.apply(x, None, *self._fc_weights(), self.gate)
+            return ops.se_scale(x, None, *self._fc_weights(), self.gate)[0]
         return x * self.gates(x)
 
     def scale_and_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + x * gates(x)`` in one pass over memory: the released models' fused "Axpy" layer."""
         if self._fused_backward(x):
-            return _SqueezeExciteFunction.apply(x, residual, *self._fc_weights(), self.gate)
+            return ops.se_scale(x, residual, *self._fc_weights(), self.gate)[0]
         return torch.addcmul(residual, x, self.gates(x))
-
-    # Training: recompute the BN output in the backward instead of saving it (see _NormSqueezeExciteFunction).
-    # None = on CPU only, where it is faster too (SE-ResNet-50 step 1.18x -> 1.04x of ResNet-50); on an H100 it
-    # saves the same memory (1.27x -> 1.00x) but the step goes from 1.15x to 1.26x (docs/performance.md).
-    recompute_norm: bool | None = None
 
     def norm_scale_and_add(
         self, c: torch.Tensor, norm: nn.BatchNorm2d, residual: torch.Tensor
     ) -> torch.Tensor:
-        """``residual + y * gates(y)`` with ``y = norm(c)``: in training, without keeping y for the backward."""
+        """``residual + y * gates(y)`` with ``y = norm(c)``: in training, without keeping y for the backward.
+
+        Only a plain ``nn.BatchNorm2d`` without hooks is fused: a SyncBatchNorm (its statistics span the DDP
+        ranks), a FrozenBatchNorm2d, a subclass or a hooked norm is called as it is, then SE as usual."""
         # An empty batch (N = 0) steps aside: native_batch_norm refuses it, nn.BatchNorm2d passes it through.
         if not (
             self._fused_backward(c)
             and c.numel() > 0
+            and type(norm) is nn.BatchNorm2d
+            and not _has_hooks(norm)
             and norm.training
             and norm.affine
             and norm.track_running_stats
             and norm.momentum is not None
+            and not torch.is_autocast_enabled(c.device.type)  # BatchNorm keeps its fp32 statistics: plain BN
             and (self.recompute_norm if self.recompute_norm is not None else c.device.type == "cpu")
         ):
             return self.scale_and_add(norm(c), residual)
-        norm.num_batches_tracked.add_(1)
-        return _NormSqueezeExciteFunction.apply(
-            c,
-            residual,
-            norm.weight,
-            norm.bias,
-            norm.running_mean,
-            norm.running_var,
-            norm.momentum,
-            norm.eps,
-            *self._fc_weights(),
-            self.gate,
+        out, mean, invstd, *_ = ops.se_norm_scale(
+            c, residual, norm.weight, norm.bias, norm.eps, *self._fc_weights(), self.gate
         )
+        norm.num_batches_tracked.add_(1)
+        count = c.numel() // c.shape[1]
+        ops.update_running_stats(
+            norm.running_mean, norm.running_var, mean, invstd, norm.eps, count, norm.momentum
+        )
+        return out
 
     def _fc_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         return self.fc1.weight.flatten(1), self.fc1.bias, self.fc2.weight.flatten(1), self.fc2.bias
 
     def _fused_backward(self, x: torch.Tensor) -> bool:
-        """Training with the paper's average squeeze: one autograd node with a hand-written backward.
-        In eval mode, or without autograd, the plain ops are as fast and stay traceable.
-        Mixed precision and compiled graphs keep the plain path, which autocast and Inductor handle."""
+        """Training with the paper's average squeeze: the SE operator (senet.ops), with its hand-written backward,
+        in eager, autocast and compiled graphs alike. In eval mode, or without autograd, the plain ops are as fast
+        and stay traceable and exportable without senet."""
         return (
             self.squeeze == "avg"
             and self.training
             and torch.is_grad_enabled()
             and isinstance(x, torch.Tensor)  # not a torch.fx proxy being traced
-            and not torch.is_autocast_enabled(x.device.type)
-            and not torch.compiler.is_compiling()
         )
 
 
-_GATE_DERIVATIVES = {
-    "sigmoid": lambda g: g * (1 - g),
-    "tanh": lambda g: 1 - g * g,
-    "relu": lambda g: (g > 0).to(g.dtype),
-}
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or global ones) that a fused path would skip."""
+    from torch.nn.modules import module as module_globals
 
-
-def _excitation(z: torch.Tensor, w1, b1, w2, b2, gate: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """FC -> ReLU -> FC -> gate on the squeezed (N, C) descriptor: the hidden layer and the gates s (Eq. 3)."""
-    hidden = nn.functional.linear(z, w1, b1).relu_()
-    return hidden, _GATE_FUNCTIONS[gate](nn.functional.linear(hidden, w2, b2))
-
-
-def _excite(y: torch.Tensor, w1, b1, w2, b2, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Squeeze (channel means z) and excitation of ``y``: z, the hidden layer, the gates s."""
-    z = y.mean((2, 3))
-    return (z, *_excitation(z, w1, b1, w2, b2, gate))
-
-
-def _excite_backward(grad, y, z, hidden, gates, w1, w2, gate: str, has_bias: tuple[bool, bool]) -> tuple:
-    """Gradients of ``residual + y * s(y)`` for y and the FC parameters, with no full-size temporaries but
-    the input gradient: ``ds = sum_hw(grad * y)`` is a batched dot product, ``dy = grad * s + dz / HW`` one
-    ``addcmul``."""
-    grad_gates = torch.einsum("nchw,nchw->nc", grad, y)
-    d2 = grad_gates * _GATE_DERIVATIVES[gate](gates)
-    d1 = (d2 @ w2) * (hidden > 0)
-    dz = (d1 @ w1) / (y.shape[2] * y.shape[3])
-    grad_y = torch.addcmul(dz[:, :, None, None].expand_as(y), grad, gates[:, :, None, None])
-    return (
-        grad_y,
-        d1.t() @ z,
-        d1.sum(0) if has_bias[0] else None,
-        d2.t() @ hidden,
-        d2.sum(0) if has_bias[1] else None,
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module_globals._global_forward_hooks
+        or module_globals._global_forward_pre_hooks
     )
-
-
-class _SqueezeExciteFunction(torch.autograd.Function):
-    """Squeeze, excitation and ``residual + x * s`` as one autograd node (paper Sec. 3, Eqs. 2-4).
-
-    Autograd's own graph for these few ops makes three extra passes over the (N, C, H, W) tensors in the
-    backward: it materialises ``grad * x`` before summing it, and adds the squeeze's broadcast gradient to
-    the rescale's gradient separately (see :func:`_excite_backward`).
-    """
-
-    @staticmethod
-    def forward(ctx, x, residual, w1, b1, w2, b2, gate):  # type: ignore[override]
-        z, hidden, gates = _excite(x, w1, b1, w2, b2, gate)
-        scale = gates[:, :, None, None]
-        out = x * scale if residual is None else torch.addcmul(residual, x, scale)
-        ctx.save_for_backward(x, z, hidden, gates, w1, w2)
-        ctx.gate, ctx.has_residual, ctx.has_bias = (
-            gate,
-            residual is not None,
-            (b1 is not None, b2 is not None),
-        )
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        x, z, hidden, gates, w1, w2 = ctx.saved_tensors
-        grad_x, gw1, gb1, gw2, gb2 = _excite_backward(
-            grad, x, z, hidden, gates, w1, w2, ctx.gate, ctx.has_bias
-        )
-        return grad_x, grad if ctx.has_residual else None, gw1, gb1, gw2, gb2, None
-
-
-def _per_channel(values: torch.Tensor) -> torch.Tensor:
-    """(C,) -> (1, C, 1, 1), to broadcast over a batch of feature maps."""
-    return values[None, :, None, None]
-
-
-class _NormSqueezeExciteFunction(torch.autograd.Function):
-    """``residual + y * s(y)`` with ``y = BatchNorm(c)`` in training, saving ``c`` instead of ``y``.
-
-    The gate gradient needs the rescaled tensor y, so SE would keep one more activation per block for the
-    backward (+23% saved memory for SE-ResNet-50). BatchNorm keeps its input c anyway: y is recomputed from
-    c and the batch statistics in the backward (one extra pass), and BatchNorm's backward runs here too.
-    Running statistics are updated exactly as ``nn.BatchNorm2d`` does.
-    """
-
-    @staticmethod
-    def forward(
-        ctx,
-        c,
-        residual,
-        bn_weight,
-        bn_bias,
-        running_mean,
-        running_var,
-        momentum,
-        eps,  # type: ignore[override]
-        w1,
-        b1,
-        w2,
-        b2,
-        gate,
-    ):
-        y, mean, invstd = torch.ops.aten.native_batch_norm(c, bn_weight, bn_bias, None, None, True, 0.0, eps)
-        with torch.no_grad():
-            count = c.numel() // c.shape[1]
-            var = (invstd.pow(-2) - eps) * (count / max(count - 1, 1))  # unbiased, as nn.BatchNorm2d keeps it
-            running_mean.lerp_(mean, momentum)
-            running_var.lerp_(var, momentum)
-        z, hidden, gates = _excite(y, w1, b1, w2, b2, gate)
-        out = torch.addcmul(residual, y, gates[:, :, None, None])
-        ctx.save_for_backward(c, mean, invstd, bn_weight, bn_bias, z, hidden, gates, w1, w2)
-        ctx.gate, ctx.eps, ctx.has_bias = gate, eps, (b1 is not None, b2 is not None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        c, mean, invstd, bn_weight, bn_bias, z, hidden, gates, w1, w2 = ctx.saved_tensors
-        y = torch.addcmul(_per_channel(bn_bias), c - _per_channel(mean), _per_channel(invstd * bn_weight))
-        grad_y, gw1, gb1, gw2, gb2 = _excite_backward(
-            grad, y, z, hidden, gates, w1, w2, ctx.gate, ctx.has_bias
-        )
-        del y
-        grad_c, grad_bn_weight, grad_bn_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y, c, bn_weight, None, None, mean, invstd, True, ctx.eps, [True, True, True]
-        )
-        return grad_c, grad, grad_bn_weight, grad_bn_bias, None, None, None, None, gw1, gb1, gw2, gb2, None
 
 
 @dataclass(frozen=True)
@@ -288,6 +179,7 @@ class SEConfig:
     bias: bool = True
     position: Position = "standard"
     stages: tuple[int, ...] | None = None
+    recompute_norm: bool | None = None  # see SqueezeExcite; only where SE follows a BatchNorm it can fuse
 
     def __post_init__(self) -> None:
         # Fail at build time, in the terms of the se_* build options, rather than deep inside the first block.
@@ -297,19 +189,31 @@ class SEConfig:
             ("gate", self.gate in GATES, f"choose one of {', '.join(GATES)}"),
             ("bias", isinstance(self.bias, bool), "use True or False"),  # a truthy string would give biases
             ("position", self.position in POSITIONS, f"choose one of {', '.join(POSITIONS)}"),
+            ("recompute_norm", self.recompute_norm in (None, True, False), "use True, False or None (auto)"),
         ]
         for name, ok, fix in checks:
             if not ok:
                 raise ValueError(f"SE blocks got se_{name}={getattr(self, name)!r}; {fix}")
 
     def block(self, channels: int) -> SqueezeExcite:
-        return SqueezeExcite(channels, self.reduction, self.squeeze, self.gate, self.bias)
+        return SqueezeExcite(
+            channels, self.reduction, self.squeeze, self.gate, self.bias, recompute_norm=self.recompute_norm
+        )
 
     def require_position(self, family: str, allowed: tuple[str, ...] = ("standard",)) -> None:
-        """Refuse positions a family does not define (Fig. 5's variants are defined for residual units)."""
+        """Refuse positions a family does not define (Fig. 5's variants are defined for residual units), and
+        ``recompute_norm``, which only residual units whose branch ends in a BatchNorm use."""
+        self.require_no_recompute(family)
         if self.position not in allowed:
             raise ValueError(
                 f"{family} supports se_position {', '.join(map(repr, allowed))}, got {self.position!r}"
+            )
+
+    def require_no_recompute(self, family: str) -> None:
+        if self.recompute_norm is not None:
+            raise ValueError(
+                f"{family} got se_recompute_norm={self.recompute_norm!r}; only post-activation ResNet units with "
+                "se_position='standard' end their branch in a BatchNorm that SE can recompute: leave it out"
             )
 
     def in_stage(self, stage: int) -> bool:

@@ -273,6 +273,10 @@ class ResNet(PooledClassifier):
             zero_init_residual=zero_init_residual,
         )
         self.se_config = se
+        if se is not None and (block.preact or se.position != "standard"):
+            se.require_no_recompute(
+                ("pre-activation " if block.preact else "") + f"ResNet ({se.position} SE)"
+            )
 
         self.conv1, stem_out = _make_stem(stem, in_chans, stem_width)
         # He et al. 2016b: a pre-activation net's stem is a bare conv; the first unit's BN-ReLU activates it.

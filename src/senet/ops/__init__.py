@@ -1,0 +1,1 @@
+"""Fused operators registered with ``torch.library`` (``torch.ops.senet.*``): tensors in, tensors out."""

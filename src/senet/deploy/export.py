@@ -29,8 +29,6 @@ import contextlib
 import copy
 import json
 import math
-import os
-import secrets
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -42,6 +40,7 @@ import torch
 from torch import nn
 
 from senet.deploy.optimize import fold_batchnorm
+from senet.train.checkpoint import atomic_write
 
 ExportFormat = Literal["onnx", "torchscript", "exported-program"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
@@ -243,44 +242,44 @@ def export_module(
     # torch.export specialises a dimension of size 1: a dynamic batch is traced at 2 or more.
     traced_batch = max(batch, 2) if dynamic_batch else batch
     example = torch.randn(traced_batch, *input_shape, generator=generator).to(target, dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder (so the rename is atomic), same suffix (torch.export.load insists on .pt2), hidden.
-    temporary = out.with_name(f".{out.stem}.{secrets.token_hex(4)}.partial{out.suffix}")
-    try:
+    found: dict[str, Any] = {"opset": None, "batches": (), "worst": None, "tolerance": None}
+
+    def write_and_check(temporary: Path) -> None:
+        """Write the file, then load it in its runtime and compare: a failure leaves nothing (atomic_write)."""
+        nonlocal folded
         with torch.no_grad():
             _WRITERS[format](folded, example, temporary, dynamic_batch, opset, record)
-        del folded
-        written_opset = _onnx_opset(temporary) if format == "onnx" else None
-        if opset is not None and written_opset != opset:
+        folded = None  # free it before the runtime loads the file
+        found["opset"] = _onnx_opset(temporary) if format == "onnx" else None
+        if opset is not None and found["opset"] != opset:
             raise ValueError(
-                f"the ONNX exporter wrote opset {written_opset}, not the {opset} asked for (it cannot convert "
-                f"this network to {opset}); use --opset {written_opset} or later"
+                f"the ONNX exporter wrote opset {found['opset']}, not the {opset} asked for (it cannot convert "
+                f"this network to {opset}); use --opset {found['opset']} or later"
             )
-        batches: tuple[int, ...] = ()
-        worst = tolerance = None
-        if check:
-            batches = (batch, batch + 1) if dynamic_batch else (batch,)
-            run = _LOADERS[format](temporary, target, fp16)
-            worst, tolerance = _compare(run, reference, batches, input_shape, dtype, target, generator)
-            del run
-            if not worst <= tolerance:  # also catches NaN
-                raise ValueError(
-                    f"the exported {_NAMES[format]} file differs from PyTorch by up to {worst:.3g} on random "
-                    f"inputs, more than the tolerance {tolerance:.1e}; nothing was written to {out}"
-                )
-        _commit(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+        if not check:
+            return
+        batches = (batch, batch + 1) if dynamic_batch else (batch,)
+        run = _LOADERS[format](temporary, target, fp16)
+        worst, tolerance = _compare(run, reference, batches, input_shape, dtype, target, generator)
+        if not worst <= tolerance:  # also catches NaN
+            raise ValueError(
+                f"the exported {_NAMES[format]} file differs from PyTorch by up to {worst:.3g} on random "
+                f"inputs, more than the tolerance {tolerance:.1e}; nothing was written to {out}"
+            )
+        found.update(batches=batches, worst=worst, tolerance=tolerance)
+
+    # The temporary file keeps the suffix: torch.export.load insists on .pt2.
+    atomic_write(out, write_and_check, suffix=f".partial{out.suffix}")
     return ExportReport(
         format=format,
         path=out,
         size_bytes=out.stat().st_size,
-        opset=written_opset,
+        opset=found["opset"],
         dtype=str(dtype).removeprefix("torch."),
         dynamic_batch=dynamic_batch,
-        batches=batches,
-        max_abs_diff=worst,
-        tolerance=tolerance,
+        batches=found["batches"],
+        max_abs_diff=found["worst"],
+        tolerance=found["tolerance"],
         seconds=time.perf_counter() - start,
         batchnorms_folded=batchnorms_folded,
         batchnorms_kept=batchnorms_kept,
@@ -355,33 +354,6 @@ def _compare(
         scale = max(scale, expected.abs().max().item())
     tolerance = FP16_RELATIVE_TOLERANCE * scale if dtype == torch.float16 else FP32_TOLERANCE
     return worst, tolerance
-
-
-def _commit(temporary: Path, out: Path) -> None:
-    """Make ``temporary`` durable, then rename it to ``out`` (readers see the old file or the new one)."""
-    fd = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    temporary.chmod(0o666 & ~_umask())  # the mode a plain open() gives, as senet's other writers do
-    os.replace(temporary, out)
-    try:
-        fd = os.open(out.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)  # the rename itself survives a power loss
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _batch_dim(dynamic_batch: bool) -> tuple[dict[int, Any]] | None:

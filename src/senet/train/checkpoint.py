@@ -72,24 +72,30 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, data: bytes | Callable[[Path], None]) -> None:
+def atomic_write(path: Path, data: bytes | Callable[[Path], None], suffix: str = ".tmp") -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one.
 
-    ``data`` is the bytes, or a function that writes the file at the path it is given (e.g. safetensors'
-    ``save_file``, which streams tensors without first building one large bytes object).
+    ``data`` is the bytes, or a function that writes the file at the temporary path it is given (e.g.
+    safetensors' ``save_file``, which streams tensors without first building one large bytes object); whatever
+    it raises (a failed check of what it wrote, say) leaves no file and ``path`` as it was. The temporary file
+    is hidden beside ``path`` and ends in ``suffix`` (a loader that insists on ``.pt2`` can read it there).
     The file gets the mode a plain ``open`` would give (0666 less the umask), not mkstemp's private 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "r+b") as handle:
-            if callable(data):
-                data(Path(tmp))
-            else:
+        if callable(data):
+            os.close(fd)
+            data(Path(tmp))  # the writer may replace the file: sync and chmod what is at the path afterwards
+            fd = os.open(tmp, os.O_RDONLY)
+            with os.fdopen(fd, "rb") as handle:
+                os.fsync(handle.fileno())
+        else:
+            with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
-            os.fsync(handle.fileno())
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -35,6 +35,8 @@ def test_a_weights_file_rebuilds_its_network_with_the_recorded_options(weights_f
     assert torch.equal(net(x), original(x))
     assert net.pretrained_info.labels == list("abcde") and net.pretrained_info.preprocessing == GREY
     assert torch.equal(senet.create_model("se_resnet20_cifar", pretrained=path).eval()(x), original(x))
+    record, no_tensors = read_weights_file(path, tensors=False)  # the header alone: what a run's start reads
+    assert record == net.pretrained_info and no_tensors == {}
 
 
 def test_weights_of_another_network_or_contradicting_options_are_refused(weights_file):

@@ -14,7 +14,6 @@ from typing import Sequence
 import torch
 
 from senet.data import build_data, build_loader
-from senet.train.checkpoint import load_checkpoint
 from senet.train.config import TrainConfig
 from senet.train.engine import predict_proba, resolve_device
 
@@ -65,7 +64,7 @@ def evaluate_runs(
         model = load_pretrained(path, weights=weights if is_run else "last").eval()
         info = model.pretrained_info
         if is_run:
-            config = TrainConfig.from_dict(load_checkpoint(path).meta["config"])
+            config = TrainConfig.from_dict(info.source["config"])
             source, root = data or config.data, data_root if data is not None else config.data_root
             options = dict(image_size=config.image_size, strict_data=config.strict_data, preprocessing=None)
         elif data is None:

@@ -79,8 +79,9 @@ def save_weights_file(path: str | Path, state: dict[str, torch.Tensor], info: We
     return path
 
 
-def read_weights_file(path: str | Path) -> tuple[WeightsInfo, dict[str, torch.Tensor]]:
-    """The record and tensors of a senet weights file; every problem is one line naming the file and the fix."""
+def read_weights_file(path: str | Path, tensors: bool = True) -> tuple[WeightsInfo, dict[str, torch.Tensor]]:
+    """The record and tensors of a senet weights file (``tensors=False``: the record alone, from the header,
+    and no tensors); every problem is one line naming the file and the fix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} is missing")
@@ -92,7 +93,7 @@ def read_weights_file(path: str | Path) -> tuple[WeightsInfo, dict[str, torch.Te
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            state = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
     except Exception as error:  # safetensors raises its own error types for corrupt files
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
@@ -108,4 +109,4 @@ def read_weights_file(path: str | Path) -> tuple[WeightsInfo, dict[str, torch.Te
         record = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: damaged weights record ({error})") from None
-    return WeightsInfo.from_dict(record, str(path)), tensors
+    return WeightsInfo.from_dict(record, str(path)), state

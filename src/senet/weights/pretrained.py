@@ -51,15 +51,21 @@ def _from_run(path: Path, weights: str) -> tuple[WeightsInfo, dict[str, torch.Te
         num_classes=meta["num_classes"],
         preprocessing=preprocessing,
         labels=[str(c) for c in meta["classes"]],
-        source={"project": "senet", "run": str(checkpoint.run_dir), "checkpoint": checkpoint.path.name},
+        source={
+            "project": "senet",
+            "run": str(checkpoint.run_dir),
+            "checkpoint": checkpoint.path.name,
+            "config": meta["config"],  # the run's data and transforms, for evaluation
+        },
     )
     return info, state
 
 
 def read_pretrained(
-    source: str | Path, weights: Literal["last", "best"] = "last"
+    source: str | Path, weights: Literal["last", "best"] = "last", tensors: bool = True
 ) -> tuple[WeightsInfo, dict[str, torch.Tensor], str]:
-    """The record, tensors and a printable origin of ``source`` (see :func:`load_pretrained`)."""
+    """The record, tensors and a printable origin of ``source`` (see :func:`load_pretrained`); with
+    ``tensors=False`` a weights file's header alone is read (a run's checkpoint is read whole)."""
     if weights not in ("last", "best"):
         raise ValueError(f"weights={weights!r}; choose 'last' or 'best'")
     path = Path(source)
@@ -73,7 +79,7 @@ def read_pretrained(
             raise FileNotFoundError(
                 f"no checkpoint in {path}: there is no run directory or weights file of that name"
             )
-        info, state = read_weights_file(path)
+        info, state = read_weights_file(path, tensors)
         return info, state, str(path)
     from senet.models.registry import list_models, model_info
     from senet.weights.published import published_weights
@@ -86,7 +92,7 @@ def read_pretrained(
             f"(for published weights) among {len(list_models())} in `senet models`"
         ) from None
     cached = published_weights(str(source))  # a model name: its published weights, fetched once
-    info, state = read_weights_file(cached)
+    info, state = read_weights_file(cached, tensors)
     return info, state, str(cached)
 
 
@@ -118,7 +124,7 @@ def _build_options(info: WeightsInfo, options: dict[str, Any], origin: str) -> d
 def pretrained_build_options(source: str | Path, model: str, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` plus the build options ``source``'s weights need, for a run of ``model`` that starts from
     them; weights of another model, or contradicting options, are refused."""
-    info, _, origin = read_pretrained(source)
+    info, _, origin = read_pretrained(source, tensors=False)
     _check_model(model, info, origin)
     return _build_options(info, options, origin)
 

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import sys
 import typing
-from pathlib import Path
 from typing import Sequence
 
 
@@ -191,6 +190,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from senet.deploy.predict import read_labels
     from senet.weights.convert import convert_file
 
     overrides = {
@@ -204,9 +204,8 @@ def _convert(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    labels = None
-    if args.labels:  # checked against the classifier once the source is read
-        labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
+    # The count is checked against the classifier once the source is read.
+    labels = read_labels(args.labels, None) if args.labels else None
     info = convert_file(
         args.project, args.model, args.source, args.out, preprocessing=overrides, labels=labels
     )

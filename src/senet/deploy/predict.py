@@ -202,8 +202,9 @@ def _expand(inputs: Iterable[str | Path]) -> tuple[list[tuple[str, str | None]],
     return found, any_directory
 
 
-def read_labels(path: str | Path, num_classes: int) -> list[str]:
-    """One label per line (trailing blank lines ignored); exactly ``num_classes`` of them, none blank."""
+def read_labels(path: str | Path, num_classes: int | None) -> list[str]:
+    """One label per line (trailing blank lines ignored); exactly ``num_classes`` of them (``None``: any number,
+    checked later), none blank."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -217,8 +218,8 @@ def read_labels(path: str | Path, num_classes: int) -> list[str]:
     return _check_labels(labels, num_classes, f"labels file {path}")
 
 
-def _check_labels(labels: Sequence[str], num_classes: int, origin: str) -> list[str]:
-    if len(labels) != num_classes:
+def _check_labels(labels: Sequence[str], num_classes: int | None, origin: str) -> list[str]:
+    if num_classes is not None and len(labels) != num_classes:
         raise ValueError(
             f"{origin} has {len(labels)} labels; the network has {num_classes} classes, one per line"
         )

@@ -293,10 +293,12 @@ def convert_file(
     *,
     preprocessing: dict[str, Any] | None = None,
     labels: list[str] | None = None,
+    sha256: str | None = None,
 ) -> WeightsInfo:
     """Convert ``project``'s ``name`` weights in ``source`` into a senet weights file ``out`` (safetensors with
     the build options, preprocessing and labels in its metadata). ``preprocessing`` overrides fields of the
-    source's known preprocessing (e.g. ``{"crop_fraction": 0.95}``); ``labels`` replaces ImageNet's."""
+    source's known preprocessing (e.g. ``{"crop_fraction": 0.95}``); ``labels`` replaces ImageNet's;
+    ``sha256``: the source's digest where the caller has computed it already."""
     source = Path(source)
     _, known = source_model(project, name)  # an unsupported name fails before the file is read
     state, entry, num_classes = convert_state(project, name, read_source_file(source))
@@ -314,7 +316,12 @@ def convert_file(
         num_classes=num_classes,
         preprocessing=known,
         labels=labels,
-        source={"project": project, "model": name, "file": source.name, "sha256": file_sha256(source)},
+        source={
+            "project": project,
+            "model": name,
+            "file": source.name,
+            "sha256": sha256 or file_sha256(source),
+        },
     )
     save_weights_file(out, state, info)
     return info

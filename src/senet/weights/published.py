@@ -110,5 +110,5 @@ def published_weights(name: str) -> Path:
             f"{source} has SHA-256 {digest[:16]}..., not the published {entry.sha256_prefix}...: a damaged or "
             f"other file; delete it and retry, or {manual}"
         )
-    convert_file(entry.project, entry.name, source, converted)
+    convert_file(entry.project, entry.name, source, converted, sha256=digest)
     return converted

@@ -74,13 +74,13 @@ def read_pretrained(
         return info, state, str(path)
     if weights == "best":
         raise ValueError(f"weights='best' needs a run directory; {path} is a weights file")
-    if path.exists() or any(sep in str(source) for sep in ("/", "\\")) or path.suffix:
-        if not path.exists():
-            raise FileNotFoundError(
-                f"no checkpoint in {path}: there is no run directory or weights file of that name"
-            )
+    if path.exists():
         info, state = read_weights_file(path, tensors)
         return info, state, str(path)
+    if any(sep in str(source) for sep in ("/", "\\")) or path.suffix:  # a path, not a model name
+        raise FileNotFoundError(
+            f"no checkpoint in {path}: there is no run directory or weights file of that name"
+        )
     from senet.models.registry import list_models, model_info
     from senet.weights.published import published_weights
 

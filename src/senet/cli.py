@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
+import signal
 import sys
+import threading
 import typing
 from typing import Sequence
 
@@ -753,6 +756,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM as an exception: ``finally`` and ``except BaseException`` blocks run, so a file half written
+    (senet convert, export) leaves no temporary file behind. ``senet train`` installs its own handlers."""
+
+
+@contextlib.contextmanager
+def _terminate_by_exception() -> typing.Iterator[None]:
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    own = threading.current_thread() is threading.main_thread()
+    own = own and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # never replace a caller's handler
+    previous = signal.signal(signal.SIGTERM, terminate) if own else None
+    try:
+        yield
+    finally:
+        if own:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns its exit status: 0, 2 for bad input (one line on stderr), or another non-zero
     status for a run that diverged or was stopped.
@@ -763,7 +786,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with _terminate_by_exception():
+            return args.run(args)
+    except _Terminated:  # what a file write had under way was removed on the way out (atomic_write)
+        print(f"senet {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (ValueError, OSError) as error:
         # Users get one line naming the problem; the traceback is for bugs, not for bad input (ValueError)
         # or a file that is missing, unreadable or in the way (OSError). An error raised in a DataLoader

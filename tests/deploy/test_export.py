@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -234,6 +236,25 @@ def test_a_failed_check_writes_nothing_and_keeps_the_existing_file(existing, wei
     assert [p.name for p in tmp_path.iterdir()] == (["model.pt"] if existing else [])  # no temporary left
     if existing:
         assert out.read_bytes() == b"the good file of an earlier export"
+
+
+def test_sigterm_while_writing_keeps_the_existing_file_and_leaves_no_temporary(
+    weights, tmp_path, monkeypatch
+):
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"a good export from before")
+    write = export._WRITERS["torchscript"]
+
+    def terminated_midway(module, example, path, *args):
+        write(module, example, path, *args)  # the temporary file is written ...
+        os.kill(os.getpid(), signal.SIGTERM)  # ... and a scheduler stops the job before the rename
+
+    monkeypatch.setitem(export._WRITERS, "torchscript", terminated_midway)
+    argv = ["export", "--checkpoint", str(weights), "--format", "torchscript", "--out", str(out)]
+    assert main(argv) == 128 + signal.SIGTERM
+    assert out.read_bytes() == b"a good export from before"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main put the default handler back
 
 
 def test_a_wrong_fold_is_caught_before_anything_is_written(weights, tmp_path, monkeypatch):

@@ -1,10 +1,17 @@
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
-import pytest
 import torch
-from PIL import Image
+
+# The Triton kernels (tests/ops/test_triton_kernels.py) run on CPU under Triton's interpreter, which triton.jit
+# reads when triton is imported; torchvision imports it (through torch._dynamo), so set it before anything else.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 MakeFolder = Callable[..., Path]
 

@@ -263,5 +263,8 @@ def test_fused_norm_and_se_training_path_matches_the_plain_ops(name):
     for (key, a), b in zip(fused.named_buffers(), plain.buffers()):
         torch.testing.assert_close(a, b, msg=key)
     unit = fused.layer1[0]
-    relu = unit(torch.randn(2, unit.conv1.in_channels, 8, 8, dtype=torch.float64)).grad_fn
-    assert "senet_se_norm_scale" in relu.next_functions[0][0].name()  # the fused operator
+    out = unit(torch.randn(2, unit.conv1.in_channels, 8, 8, dtype=torch.float64))
+    assert "senet_se_norm_scale" in out.grad_fn.name()  # BN, SE, the sum and the ReLU in one operator
+    unit.relu.register_forward_hook(lambda module, args, output: None)
+    out = unit(torch.randn(2, unit.conv1.in_channels, 8, 8, dtype=torch.float64))
+    assert "Relu" in out.grad_fn.name()  # a hooked ReLU is called as it is, after the operator

@@ -41,10 +41,11 @@ class SqueezeExcite(nn.Module):
         bias: whether ``fc1``/``fc2`` have biases. The released models have them; the ResNet ablations
             drop them (Sec. 6).
         hidden_channels: explicit hidden width, overriding ``channels // reduction``.
-        recompute_norm: in training, ``norm_scale_and_add`` keeps the BatchNorm's input instead of its output and
-            recomputes the output in the backward (less memory, one more pass). ``None``: on CPU only, where it
-            is faster too (SE-ResNet-50 step 1.18x -> 1.04x of ResNet-50); on an H100 it saved the same memory
-            (1.27x -> 1.00x) but cost time (1.15x -> 1.26x), docs/performance.md.
+        recompute_norm: in training, ``norm_scale_and_add`` keeps the BatchNorm's input instead of its output
+            (less memory). ``None``: on CPU, where it is faster too (SE-ResNet-50 step 1.18x -> 1.04x of
+            ResNet-50), and wherever the Triton kernels run (CUDA), which never write the BatchNorm's output at
+            all. With PyTorch's ops on an H100 it saved the memory (1.27x -> 1.00x) but cost time (1.15x ->
+            1.26x), docs/performance.md: ``True`` forces that path, ``False`` keeps the plain BatchNorm.
 
     The two FC layers are 1x1 convolutions named ``fc1``/``fc2``, as in the released Caffe models, so
     the same weights serve the squeezed (N, C, 1, 1) and the NoSqueeze (N, C, H, W) cases.
@@ -101,42 +102,70 @@ class SqueezeExcite(nn.Module):
             return ops.se_scale(x, None, *self._fc_weights(), self.gate)[0]
         return x * self.gates(x)
 
-    def scale_and_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``residual + x * gates(x)`` in one pass over memory: the released models' fused "Axpy" layer."""
-        if self._fused_backward(x):
-            return ops.se_scale(x, residual, *self._fc_weights(), self.gate)[0]
-        return torch.addcmul(residual, x, self.gates(x))
+    def scale_and_add(
+        self, x: torch.Tensor, residual: torch.Tensor, activation: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``activation(residual + x * gates(x))`` in one pass over memory: the released models' fused "Axpy"
+        layer, with the unit's ReLU fused in too where it is a plain ``nn.ReLU`` (a replaced or hooked
+        activation is called as it is)."""
+        if not self._fused_backward(x):
+            out = torch.addcmul(residual, x, self.gates(x))
+            return activation(out) if activation is not None else out
+        relu = _is_plain_relu(activation)
+        out = ops.se_scale(x, residual, *self._fc_weights(), self.gate, relu)[0]
+        return activation(out) if activation is not None and not relu else out
 
     def norm_scale_and_add(
-        self, c: torch.Tensor, norm: nn.BatchNorm2d, residual: torch.Tensor
+        self, c: torch.Tensor, norm: nn.Module, residual: torch.Tensor, activation: nn.Module | None = None
     ) -> torch.Tensor:
-        """``residual + y * gates(y)`` with ``y = norm(c)``: in training, without keeping y for the backward.
+        """``activation(residual + y * gates(y))`` with ``y = norm(c)``: in training, without keeping y.
 
         Only a plain ``nn.BatchNorm2d`` without hooks is fused: a SyncBatchNorm (its statistics span the DDP
         ranks), a FrozenBatchNorm2d, a subclass or a hooked norm is called as it is, then SE as usual."""
-        # An empty batch (N = 0) steps aside: native_batch_norm refuses it, nn.BatchNorm2d passes it through.
-        if not (
+        if not self._fuses_norm(c, norm):
+            return self.scale_and_add(norm(c), residual, activation)
+        relu = _is_plain_relu(activation)
+        device = c.device.type
+        # Under autocast the operator runs in the autocast dtype, as the convolutions around it do, while the
+        # BatchNorm keeps its fp32 parameters and statistics (as cuDNN's does).
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else c.dtype
+        fc_weights = [w.to(dtype) if w is not None else None for w in self._fc_weights()]
+        with torch.autocast(device, enabled=False):
+            out, mean, invstd, *_ = ops.se_norm_scale(
+                c.to(dtype),
+                residual.to(dtype),
+                norm.weight,
+                norm.bias,
+                norm.eps,
+                *fc_weights,
+                self.gate,
+                relu,
+            )
+        norm.num_batches_tracked.add_(1)
+        count = c.numel() // c.shape[1]
+        ops.update_running_stats(
+            norm.running_mean, norm.running_var, mean, invstd, norm.eps, count, norm.momentum
+        )
+        return activation(out) if activation is not None and not relu else out
+
+    def _fuses_norm(self, c: torch.Tensor, norm: nn.Module) -> bool:
+        """Whether ``norm_scale_and_add`` may compute ``norm`` itself: training a plain BatchNorm2d, and
+        ``recompute_norm`` on (default: where the Triton kernels run or on CPU, where it costs no time)."""
+        return (
             self._fused_backward(c)
-            and c.numel() > 0
+            and c.numel() > 0  # native_batch_norm refuses an empty batch; nn.BatchNorm2d passes it through
             and type(norm) is nn.BatchNorm2d
             and not _has_hooks(norm)
             and norm.training
             and norm.affine
             and norm.track_running_stats
             and norm.momentum is not None
-            and not torch.is_autocast_enabled(c.device.type)  # BatchNorm keeps its fp32 statistics: plain BN
-            and (self.recompute_norm if self.recompute_norm is not None else c.device.type == "cpu")
-        ):
-            return self.scale_and_add(norm(c), residual)
-        out, mean, invstd, *_ = ops.se_norm_scale(
-            c, residual, norm.weight, norm.bias, norm.eps, *self._fc_weights(), self.gate
+            and (
+                self.recompute_norm
+                if self.recompute_norm is not None
+                else c.device.type == "cpu" or ops.triton_kernels(c) is not None
+            )
         )
-        norm.num_batches_tracked.add_(1)
-        count = c.numel() // c.shape[1]
-        ops.update_running_stats(
-            norm.running_mean, norm.running_var, mean, invstd, norm.eps, count, norm.momentum
-        )
-        return out
 
     def _fc_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         return self.fc1.weight.flatten(1), self.fc1.bias, self.fc2.weight.flatten(1), self.fc2.bias
@@ -151,6 +180,11 @@ class SqueezeExcite(nn.Module):
             and torch.is_grad_enabled()
             and isinstance(x, torch.Tensor)  # not a torch.fx proxy being traced
         )
+
+
+def _is_plain_relu(module: nn.Module | None) -> bool:
+    """A ReLU the SE operator may apply itself: exactly ``nn.ReLU``, no hooks that fusing would skip."""
+    return type(module) is nn.ReLU and not _has_hooks(module)
 
 
 def _has_hooks(module: nn.Module) -> bool:

@@ -66,16 +66,16 @@ class _ResidualUnit(nn.Module):
         position = self.se_position if self.se is not None else None
         if position == "pre":
             x = self.se(x)
+        activation = None if self.preact else self.relu  # the SE operator fuses a plain ReLU after the sum
         if position == "standard" and not self.preact:
-            out = self.se.norm_scale_and_add(self.branch_convs(x), self.last_norm, shortcut)
+            out = self.se.norm_scale_and_add(self.branch_convs(x), self.last_norm, shortcut, activation)
         elif position == "standard":
             out = self.se.scale_and_add(self.branch(x), shortcut)
         elif position == "identity":
-            out = self.se.scale_and_add(shortcut, self.branch(x))
+            out = self.se.scale_and_add(shortcut, self.branch(x), activation)
         else:
             out = self.branch(x) + shortcut
-        if not self.preact:
-            out = self.relu(out)
+            out = activation(out) if activation is not None else out
         if position == "post":
             out = self.se(out)
         return out

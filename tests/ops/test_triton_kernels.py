@@ -1,0 +1,172 @@
+"""The SE operators through their Triton kernels (the CUDA path), run on CPU by Triton's interpreter.
+
+Each case is checked against the plain functional ops in float64 on the same values: NCHW and channels_last,
+odd channel counts (not a power of two, more than one block), H*W = 1, N = 1, a residual in another layout,
+the fused ReLU, fp32, fp16 and bf16."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from senet.ops import squeeze_excite as ops
+
+pytest.importorskip("triton")  # tests/conftest.py sets TRITON_INTERPRET=1 on machines without a GPU
+
+GATES = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCES = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+SHAPES = [(2, 5, 3, 7), (1, 70, 4, 4), (3, 6, 1, 1)]
+
+
+@pytest.fixture(autouse=True)
+def triton_on_this_device(monkeypatch):
+    monkeypatch.setattr(ops, "TRITON_DEVICES", {"cuda", DEVICE})
+    kernels = ops.triton_kernels(torch.empty(1, device=DEVICE))
+    if DEVICE == "cpu":
+        assert type(kernels._scale_kernel).__name__ == "InterpretedFunction"
+    return kernels
+
+
+def _leaves(shape, dtype, channels_last, residual_layout, hidden=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    channels = shape[1]
+
+    def make(*size, scale=1.0):
+        return (torch.randn(*size, generator=g) * scale).to(dtype).to(DEVICE)
+
+    x, residual = make(*shape), make(*shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if residual_layout == "channels_last":
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    weights = [
+        make(hidden, channels, scale=0.5),
+        make(hidden),
+        make(channels, hidden, scale=0.5),
+        make(channels),
+    ]
+    return [t.requires_grad_() for t in (x, residual, *weights)]
+
+
+def _reference(x, residual, w1, b1, w2, b2, gate, relu, norm=None):
+    """Eqs. 2-4 (after a training-mode BatchNorm when ``norm`` is given), in float64."""
+    x, residual, w1, b1, w2, b2 = (t.double() for t in (x, residual, w1, b1, w2, b2))
+    if norm is not None:
+        x = F.batch_norm(x, None, None, norm[0].double(), norm[1].double(), training=True, eps=1e-5)
+    s = GATES[gate](F.linear(F.relu(F.linear(x.mean((2, 3)), w1, b1)), w2, b2))
+    out = residual + x * s[:, :, None, None]
+    return out.relu() if relu else out
+
+
+def _check(out, expected, leaves, dtype):
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    tolerance = TOLERANCES[dtype]
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+    got = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
+    want = torch.autograd.grad(expected, leaves, grad_out.double())
+    for name, a, b in zip(("x", "residual", "w1", "b1", "w2", "b2", "bn_weight", "bn_bias"), got, want):
+        # gradients are sums over N*H*W terms: compare relative to their scale
+        scale = b.abs().max().item() + 1
+        torch.testing.assert_close(a.double(), b.double(), rtol=tolerance, atol=tolerance * scale, msg=name)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_se_scale_kernels_match_the_plain_ops(shape, channels_last, relu):
+    leaves = _leaves(shape, torch.float32, channels_last, "contiguous")
+    out = ops.se_scale(leaves[0], leaves[1], *leaves[2:], "sigmoid", relu)[0]
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    _check(out, _reference(*leaves, "sigmoid", relu), leaves, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gate", ["tanh", "relu"])
+def test_se_scale_kernels_in_half_precision_without_residual(dtype, gate):
+    x, _, *weights = _leaves((2, 6, 5, 3), dtype, True, "contiguous")
+    out = ops.se_scale(x, None, *weights, gate, False)[0]
+    assert out.dtype == dtype
+    expected = _reference(x, torch.zeros_like(x), *weights, gate, False)
+    _check(out, expected, [x, *weights], dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_se_norm_scale_kernels_match_batchnorm_then_se(shape, channels_last, dtype):
+    if shape[0] * shape[2] * shape[3] == 1:
+        pytest.skip("BatchNorm needs more than one value per channel")
+    c, residual, *weights = _leaves(
+        shape, dtype, channels_last, "contiguous" if channels_last else "channels_last"
+    )
+    bn_weight = (torch.rand(shape[1]) + 0.5).to(DEVICE).requires_grad_()
+    bn_bias = torch.randn(shape[1]).to(DEVICE).requires_grad_()
+    out, mean, invstd, *_ = ops.se_norm_scale(
+        c, residual, bn_weight, bn_bias, 1e-5, *weights, "sigmoid", True
+    )
+    c64 = c.double()
+    torch.testing.assert_close(mean.double(), c64.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    var = c64.var((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(invstd.double(), (var + 1e-5).rsqrt(), rtol=1e-4, atol=1e-4)
+    expected = _reference(c, residual, *weights, "sigmoid", True, norm=(bn_weight, bn_bias))
+    _check(out, expected, [c, residual, *weights, bn_weight, bn_bias], dtype)
+
+
+def test_batch_statistics_stay_exact_when_the_mean_dwarfs_the_spread():
+    # E[x^2] - E[x]^2 in fp32 would lose every digit of a variance of 1e-4 under a mean of 100.
+    c = (100 + 0.01 * torch.randn(4, 3, 6, 6, dtype=torch.float64)).float().to(DEVICE)
+    _, residual, *weights = _leaves(c.shape, torch.float32, False, "contiguous")
+    bn = torch.ones(3, device=DEVICE), torch.zeros(3, device=DEVICE)
+    _, mean, invstd, *_ = ops.se_norm_scale(c, residual, *bn, 1e-5, *weights, "sigmoid", False)
+    var = c.double().var((0, 2, 3), unbiased=False)
+    torch.testing.assert_close(invstd.double(), (var + 1e-5).rsqrt(), rtol=1e-4, atol=0)
+
+
+def test_the_kernels_are_deterministic_bit_for_bit():
+    results = []
+    for _ in range(2):
+        leaves = _leaves((2, 70, 5, 5), torch.float32, True, "contiguous")
+        out = ops.se_scale(leaves[0], leaves[1], *leaves[2:], "sigmoid", True)[0]
+        results.append((out, *torch.autograd.grad(out.square().sum(), leaves)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_an_empty_batch_goes_through(triton_on_this_device):
+    x, residual, *weights = _leaves((0, 6, 4, 4), torch.float32, False, "contiguous")
+    out = ops.se_scale(x, residual, *weights, "sigmoid", True)[0]
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.shape == x.shape
+
+
+def test_a_training_step_of_a_model_through_the_kernels_equals_the_pytorch_path(monkeypatch):
+    import senet
+
+    def step(model):
+        model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))).square().sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    model = senet.create_model("se_resnet18", num_classes=3, widths=(4, 8, 8, 8))
+    reference = senet.create_model("se_resnet18", num_classes=3, widths=(4, 8, 8, 8))
+    reference.load_state_dict(model.state_dict())
+    calls = []
+    original = ops.triton_kernels
+    monkeypatch.setattr(ops, "triton_kernels", lambda x: calls.append(x.shape) or original(x))
+    grads = step(model)
+    assert len(calls) >= 2 * 8  # every unit's forward and backward took the Triton kernels
+    monkeypatch.setattr(ops, "triton_kernels", lambda x: None)
+    reference_grads = step(reference)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-4, atol=1e-4, msg=name)
+    torch.testing.assert_close(model.layer1[0].bn2.running_var, reference.layer1[0].bn2.running_var)
+
+
+def test_torch_opcheck_accepts_the_kernel_path():
+    # The fake kernels must promise what the Triton implementations return (layouts, stats dtypes) and the
+    # autograd formula must agree with numerical checks, on this path too.
+    x, residual, *weights = _leaves((2, 6, 3, 3), torch.float32, True, "contiguous")
+    torch.library.opcheck(torch.ops.senet.se_scale.default, (x, residual, *weights, "sigmoid", True))
+    bn = (torch.rand(6) + 0.5).to(DEVICE).requires_grad_(), torch.randn(6).to(DEVICE).requires_grad_()
+    torch.library.opcheck(
+        torch.ops.senet.se_norm_scale.default, (x, residual, *bn, 1e-5, *weights, "tanh", False)
+    )

@@ -40,3 +40,9 @@ def test_networks_fx_cannot_trace_have_their_sequential_pairs_folded():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_be_captured():
+    model = senet.create_model("se_resnet20_cifar", widths=(4, 8, 8))
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a model on a CUDA device"):
+        senet.optimize_for_inference(model, cuda_graphs=True)

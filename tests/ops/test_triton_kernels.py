@@ -170,3 +170,19 @@ def test_torch_opcheck_accepts_the_kernel_path():
     torch.library.opcheck(
         torch.ops.senet.se_norm_scale.default, (x, residual, *bn, 1e-5, *weights, "tanh", False)
     )
+
+
+def test_amp_training_goes_through_the_operator_in_the_autocast_dtype(monkeypatch):
+    import senet
+
+    dtype = torch.float16 if DEVICE == "cuda" else torch.bfloat16
+    calls = []
+    original = ops.se_norm_scale
+    monkeypatch.setattr(ops, "se_norm_scale", lambda c, *args: calls.append(c.dtype) or original(c, *args))
+    model = senet.create_model("se_resnet18", num_classes=3, widths=(4, 8, 8, 8)).to(DEVICE)
+    with torch.autocast(DEVICE, dtype=dtype):
+        loss = model(torch.randn(2, 3, 32, 32, device=DEVICE)).float().square().sum()
+    loss.backward()
+    assert calls == [dtype] * 8  # every unit: BatchNorm, SE, the sum and the ReLU in one operator
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert model.layer1[0].bn2.num_batches_tracked.item() == 1

@@ -4,7 +4,10 @@
 arithmetic; float32 results differ by ~1e-6 relative), (ii) switches to channels_last, (iii) compiles with
 torch.compile + Inductor's *freezing* (weights become constants, so Inductor can pre-pack them for oneDNN and
 fuse the SE gate multiply with its neighbours), and (iv) runs in bfloat16 only where the CPU or GPU computes
-it natively (bf16 changes logits by ~1e-2: documented in docs/benchmarks.md).
+it natively (bf16 changes logits by ~1e-2: documented in docs/benchmarks.md), and (v) on CUDA replays the
+compiled network as CUDA graphs (Inductor's ``reduce-overhead``), so small batches are not bound by kernel
+launches. A CUDA-graph output is overwritten by the next call of the same shape: PyTorch raises if an old
+one is read afterwards; ``.clone()`` what you keep.
 """
 
 from __future__ import annotations
@@ -85,10 +88,12 @@ def optimize_for_inference(
     compile: bool = True,
     channels_last: bool = True,
     bf16: bool | None = None,
+    cuda_graphs: bool | None = None,
 ) -> nn.Module:
     """An inference-only version of ``model``: BN folded, channels_last, compiled with freezing, bf16 if native.
 
-    ``bf16=None`` uses bf16 only where the hardware has it. ``example`` (a batch) triggers compilation now
+    ``bf16=None`` uses bf16 only where the hardware has it; ``cuda_graphs=None`` captures CUDA graphs on CUDA
+    (with ``compile``). ``example`` (a batch) triggers compilation now
     rather than at the first call. The original model is left untouched.
     """
     device = next(model.parameters()).device
@@ -97,8 +102,11 @@ def optimize_for_inference(
         optimized = optimized.to(memory_format=torch.channels_last)
     if bf16 if bf16 is not None else native_bf16(device):
         optimized = _CastInput(optimized, torch.bfloat16)
+    if cuda_graphs and (device.type != "cuda" or not compile):
+        raise ValueError("cuda_graphs=True needs a model on a CUDA device and compile=True")
     if compile:
-        optimized = torch.compile(optimized, options={"freezing": True})
+        graphs = cuda_graphs if cuda_graphs is not None else device.type == "cuda"
+        optimized = torch.compile(optimized, options={"freezing": True, "triton.cudagraphs": graphs})
     if example is not None:
         with torch.inference_mode():
             optimized(example.contiguous(memory_format=torch.channels_last) if channels_last else example)

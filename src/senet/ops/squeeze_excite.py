@@ -154,7 +154,7 @@ def se_scale_backward(
         return grad_y, grad_residual if grad_residual is not None else _no_residual_grad(y), *weight_grads
     # No full-size temporaries but the input gradient: ds is a batched dot product, dy one addcmul.
     if out is not None:
-        grad = torch.where(out > 0, grad, 0)
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)  # ReLU's own backward: one pass
     dz, weight_grads = _excitation_backward(
         torch.einsum("nchw,nchw->nc", grad, y), z, hidden, gates, w1, w2, gate, hw
     )

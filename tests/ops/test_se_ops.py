@@ -98,7 +98,8 @@ def test_an_empty_batch_and_one_pixel_maps_work():
         assert x.grad.shape == shape
 
 
-def test_training_under_cpu_autocast_goes_through_the_operator(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_training_under_cpu_autocast_goes_through_the_operator_in_the_chosen_dtype(monkeypatch, dtype):
     calls = []
     original = ops.se_scale
 
@@ -108,10 +109,10 @@ def test_training_under_cpu_autocast_goes_through_the_operator(monkeypatch):
 
     monkeypatch.setattr(ops, "se_scale", counted)
     model = senet.create_model("se_resnet20_cifar", widths=(4, 8, 8))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         loss = model(torch.randn(2, 3, 16, 16)).float().sum()
     loss.backward()
-    assert calls == [torch.bfloat16] * 9  # every SE block of ResNet-20, in the autocast dtype
+    assert calls == [dtype] * 9  # every SE block of ResNet-20, in the autocast dtype the user chose
     assert all(p.grad is not None for p in model.parameters())
 
 
@@ -146,3 +147,13 @@ def test_unknown_gates_are_refused_by_name():
     x, r = _inputs()
     with pytest.raises(ValueError, match="unknown gate 'swish'"):
         ops.se_scale(x, r, *_weights(), "swish")
+
+
+def test_compiled_training_under_autocast_has_no_graph_break():
+    model = senet.create_model("se_resnet18", num_classes=3, widths=(4, 8, 8, 8))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(torch.randn(2, 3, 32, 32))
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16
+    assert all(p.grad is not None for p in model.parameters())

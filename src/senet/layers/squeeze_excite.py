@@ -99,7 +99,8 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused_backward(x):
-            return ops.se_scale(x, None, *self._fc_weights(), self.gate)[0]
+            dtype = _operator_dtype(x)
+            return ops.se_scale(x.to(dtype), None, *self._fc_weights(dtype), self.gate)[0]
         return x * self.gates(x)
 
     def scale_and_add(
@@ -112,7 +113,8 @@ class SqueezeExcite(nn.Module):
             out = torch.addcmul(residual, x, self.gates(x))
             return activation(out) if activation is not None else out
         relu = _is_plain_relu(activation)
-        out = ops.se_scale(x, residual, *self._fc_weights(), self.gate, relu)[0]
+        dtype = _operator_dtype(x)
+        out = ops.se_scale(x.to(dtype), residual.to(dtype), *self._fc_weights(dtype), self.gate, relu)[0]
         return activation(out) if activation is not None and not relu else out
 
     def norm_scale_and_add(
@@ -125,22 +127,9 @@ class SqueezeExcite(nn.Module):
         if not self._fuses_norm(c, norm):
             return self.scale_and_add(norm(c), residual, activation)
         relu = _is_plain_relu(activation)
-        device = c.device.type
-        # Under autocast the operator runs in the autocast dtype, as the convolutions around it do, while the
-        # BatchNorm keeps its fp32 parameters and statistics (as cuDNN's does).
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else c.dtype
-        fc_weights = [w.to(dtype) if w is not None else None for w in self._fc_weights()]
-        with torch.autocast(device, enabled=False):
-            out, mean, invstd, *_ = ops.se_norm_scale(
-                c.to(dtype),
-                residual.to(dtype),
-                norm.weight,
-                norm.bias,
-                norm.eps,
-                *fc_weights,
-                self.gate,
-                relu,
-            )
+        dtype = _operator_dtype(c)  # the BatchNorm keeps its fp32 parameters and statistics, as cuDNN's does
+        weights = (norm.weight, norm.bias, norm.eps, *self._fc_weights(dtype))
+        out, mean, invstd, *_ = ops.se_norm_scale(c.to(dtype), residual.to(dtype), *weights, self.gate, relu)
         norm.num_batches_tracked.add_(1)
         count = c.numel() // c.shape[1]
         ops.update_running_stats(
@@ -167,8 +156,9 @@ class SqueezeExcite(nn.Module):
             )
         )
 
-    def _fc_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        return self.fc1.weight.flatten(1), self.fc1.bias, self.fc2.weight.flatten(1), self.fc2.bias
+    def _fc_weights(self, dtype: torch.dtype | None = None) -> list[torch.Tensor | None]:
+        weights = [self.fc1.weight.flatten(1), self.fc1.bias, self.fc2.weight.flatten(1), self.fc2.bias]
+        return [w.to(dtype) if w is not None and dtype is not None else w for w in weights]
 
     def _fused_backward(self, x: torch.Tensor) -> bool:
         """Training with the paper's average squeeze: the SE operator (senet.ops), with its hand-written backward,
@@ -180,6 +170,13 @@ class SqueezeExcite(nn.Module):
             and torch.is_grad_enabled()
             and isinstance(x, torch.Tensor)  # not a torch.fx proxy being traced
         )
+
+
+def _operator_dtype(x: torch.Tensor) -> torch.dtype:
+    """The SE operator's dtype: under autocast the autocast dtype (fp16 or bf16, as the user chose), as the
+    convolutions around it run; otherwise x's. The layer casts, not a fixed-dtype autocast rule of the op."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def _is_plain_relu(module: nn.Module | None) -> bool:

@@ -4,8 +4,10 @@
 node; ``senet::se_norm_scale``: the same preceded by the branch's BatchNorm in training, keeping the BatchNorm's
 input instead of its output for the backward.
 
-They take tensors, never modules, and have a fake (meta) kernel, an autograd formula and an autocast rule, so
-eager, autocast (the AMP path), channels_last and ``torch.compile`` (no graph break) all go through them. The
+They take tensors, never modules, and have a fake (meta) kernel and an autograd formula, so eager, autocast (the
+AMP path), channels_last and ``torch.compile`` (no graph break) all go through them. They compute in their
+inputs' dtype: under autocast, :class:`senet.SqueezeExcite` passes them the autocast dtype (fp16 or bf16, the
+one the user chose) rather than a fixed-dtype ``register_autocast`` rule. The
 backward is an operator of its own without a derivative: a second derivative raises instead of coming out wrong.
 
 Two implementations compute the same thing: Triton kernels (:mod:`senet.ops._triton_se`) for CUDA tensors,
@@ -383,9 +385,3 @@ def _no_second_derivative(ctx, *grads):
 
 for _backward_op in (se_scale_backward, se_norm_scale_backward):
     _backward_op.register_autograd(_no_second_derivative)
-
-
-# Under autocast the operators run in the autocast dtype, as the convolutions around them do: this is the AMP
-# path (the plain ops would be autocast op by op, with fp32 temporaries between them).
-for _device, _dtype in (("cuda", torch.float16), ("cpu", torch.bfloat16)):
-    torch.library.register_autocast("senet::se_scale", _device, _dtype)

@@ -33,6 +33,7 @@ class TrainConfig:
     balanced_sampling: bool = False
     strict_data: bool = False
     workers: int = 0
+    loader: str = "auto"  # where images are decoded and augmented: auto (gpu on CUDA), cpu, gpu
 
     epochs: int = 10
     batch_size: int = 64  # global: split evenly over the processes of a distributed run
@@ -90,6 +91,8 @@ class TrainConfig:
         for m in self.milestones:
             _check_number("milestones", m, float)
         self.milestones = tuple(float(m) for m in self.milestones)
+        if self.loader not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"unknown loader {self.loader!r}; choose auto (gpu on CUDA), cpu or gpu")
         if self.schedule not in ("step", "multistep", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose step, multistep or cosine")
         for name in _SWITCHES:

@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from senet.data import DataSpec, build_data, build_loader
+from senet.data.device_pipeline import DecodedLoader, build_raw_loader, device_pipeline_datasets
 from senet.models.registry import create_model
 from senet.train.checkpoint import (
     BEST_NAME,
@@ -43,6 +44,7 @@ from senet.train.checkpoint import (
 )
 from senet.train.config import TrainConfig
 from senet.train.control import RunControl, StopRequested, TrainingInterrupted
+from senet.train.feed import DeviceFeeder, FiniteLossCheck, to_device
 from senet.train.rundir import METRICS_NAME, Changes, open_run_dir, prepare_run_dir, reconcile
 
 log = logging.getLogger("senet.train")
@@ -221,6 +223,30 @@ def _build_data(config: TrainConfig) -> DataSpec:
     )
 
 
+def _loaders(config: TrainConfig, ctx: _Dist, device: torch.device, spec: DataSpec, batch: int) -> tuple:
+    """The train and val loaders: images decoded and augmented in the workers (``loader="cpu"``), or only read
+    there and finished on the device (``"gpu"``; ``"auto"``: on CUDA, for image folders)."""
+    cuda = device.type == "cuda"
+    gpu = config.loader == "gpu" or (config.loader == "auto" and cuda and hasattr(spec.train, "samples"))
+    train, val, pipeline = device_pipeline_datasets(spec) if gpu else (spec.train, spec.val, None)
+    make = build_raw_loader if pipeline is not None else build_loader
+    common = dict(batch_size=batch, workers=config.workers, pin_memory=cuda)
+    loaders = (
+        make(
+            train,
+            train=True,
+            seed=config.seed,
+            distributed=ctx.world_size > 1,
+            balanced_targets=spec.train_targets if config.balanced_sampling else None,
+            **common,
+        ),
+        make(val_shard(val, ctx), train=False, **common),
+    )
+    if pipeline is None:
+        return loaders
+    return tuple(DecodedLoader(loader, pipeline, device, config.channels_last) for loader in loaders)
+
+
 def val_shard(dataset: Any, ctx: _Dist) -> Any:
     """Every rank evaluates a disjoint slice; no padding, so summed metrics count each image once."""
     return dataset if ctx.world_size == 1 else Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
@@ -281,15 +307,6 @@ class _Meter:
         }
 
 
-def _to_device(
-    images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    images = images.to(device, non_blocking=True)
-    if channels_last and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets.to(device, non_blocking=True)
-
-
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """bf16 autocast on CPU, fp16 on CUDA (paired with a gradient scaler in training)."""
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -325,7 +342,7 @@ def evaluate(
         meter.skipped += skipped
         if targets.numel() == 0:
             continue
-        images, targets = _to_device(images, targets, device, channels_last)
+        images, targets = to_device(images, targets, device, channels_last)
         with autocast(device, amp):
             scores, are_probs = _forward(model, images)
         if are_probs:
@@ -351,7 +368,7 @@ def predict_proba(
     for images, targets, _ in _progress(loader, "predict", 0, True):
         if targets.numel() == 0:
             continue
-        images, targets = _to_device(images, targets, device, channels_last)
+        images, targets = to_device(images, targets, device, channels_last)
         with autocast(device, amp):
             scores, are_probs = _forward(model, images)
         probs.append((scores if are_probs else scores.softmax(-1)).cpu())
@@ -513,23 +530,7 @@ class _Run:
         seed_everything(config.seed + ctx.rank)  # different augmentation streams per rank
         self.per_rank_batch = config.batch_size // ctx.world_size
         cuda = device.type == "cuda"
-        self.train_loader = build_loader(
-            spec.train,
-            batch_size=self.per_rank_batch,
-            train=True,
-            workers=config.workers,
-            seed=config.seed,
-            distributed=ctx.world_size > 1,
-            balanced_targets=spec.train_targets if config.balanced_sampling else None,
-            pin_memory=cuda,
-        )
-        self.val_loader = build_loader(
-            val_shard(spec.val, ctx),
-            batch_size=self.per_rank_batch,
-            train=False,
-            workers=config.workers,
-            pin_memory=cuda,
-        )
+        self.train_loader, self.val_loader = _loaders(config, ctx, device, spec, self.per_rank_batch)
         self.steps_per_epoch = len(self.train_loader)  # > 0: see _check_batches
         model: nn.Module = torch.compile(net) if config.compile else net
         if ctx.world_size > 1:
@@ -542,6 +543,9 @@ class _Run:
             momentum=config.momentum,
             nesterov=config.nesterov,
             weight_decay=config.weight_decay,
+            # One kernel per step, and GradScaler passes it the scale and the inf flag on the device instead
+            # of reading the flag on the host (a sync per step). CPU keeps the default implementation.
+            fused=True if cuda else None,
         )
         self.lr_factors = [
             _lr_factor(config, self.steps_per_epoch),
@@ -550,6 +554,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factors)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and cuda)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.finite = FiniteLossCheck(device, control.min_over_ranks)
         self.epoch, self.batch, self.step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
@@ -618,6 +623,7 @@ class _Run:
 
         ``rng``: the RNG state at this step boundary (taken before the next batch was drawn).
         """
+        self._check_finite()  # a diverged state is never written
         rngs = self.control.gather(rng if rng is not None else rng_state())
         epoch_state = {**meter.totals(self.ctx), "elapsed_s": elapsed} if meter is not None else {}
         position = (self.epoch, self.batch)
@@ -723,12 +729,11 @@ class _Run:
             self.train_loader, f"epoch {self.epoch + 1}/{config.epochs}", config.log_interval, ctx.is_main
         )
         self._restore_rng()
-        while True:
-            rng = rng_state()  # what the next batch draws from: saved if we stop before training on it
-            try:
-                images, targets, skipped = next(batches)
-            except StopIteration:
-                break
+        feeder = DeviceFeeder(iter(batches), device, config.channels_last)
+        while (batch := feeder.fetch()) is not None:
+            rng, images, targets, skipped = (
+                batch  # rng: what this batch drew from, saved if we stop before it
+            )
             decision = self.control.poll(step=self.step, empty=targets.numel() == 0)
             if decision.stop_signal:
                 self.stop(decision.stop_signal, meter, rng, time.perf_counter() - started)
@@ -745,22 +750,18 @@ class _Run:
                 # The learning rate follows the position in the run, trained on or not.
                 self._move_schedule_to(self.scheduler.last_epoch + 1)
                 continue
-            self._step(images, targets, meter)
+            self._step(*feeder.ready(images, targets), meter)
+        self._check_finite()
         return meter, time.perf_counter() - started
 
     def _step(self, images: torch.Tensor, targets: torch.Tensor, meter: _Meter) -> None:
-        config, device = self.config, self.device
-        images, targets = _to_device(images, targets, device, config.channels_last)
-        with autocast(device, config.amp):
+        """One optimizer step, launched without waiting for the device (see senet.train.feed)."""
+        with autocast(self.device, self.config.amp):
             logits = self.model(images)
             loss = self.criterion(logits.float(), targets)
-        if not self.control.min_over_ranks(int(bool(torch.isfinite(loss)))):
-            checkpoints = list_checkpoints(self.run_dir)
-            last = checkpoints[-1] if checkpoints else "none yet"
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at epoch {self.epoch + 1}, batch {self.batch}; "
-                f"training stopped, last good checkpoint: {last}. Lower --lr or check the data."
-            )
+        self.finite.observe(self.step + 1, loss, (self.epoch + 1, self.batch))
+        if self.finite.due():
+            self._check_finite()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -771,6 +772,20 @@ class _Run:
         self.control.after_step(self.step)
         if self.on_step is not None:
             self.on_step(self.epoch, self.batch)
+
+    def _check_finite(self) -> None:
+        """Stop with the exact step if any loss since the last check was NaN or infinite (every rank)."""
+        bad = self.finite.first_bad()
+        if bad is None:
+            return
+        step, value, where = bad
+        epoch, batch = where if where is not None else (self.epoch + 1, self.batch)
+        checkpoints = list_checkpoints(self.run_dir)
+        last = checkpoints[-1] if checkpoints else "none yet"
+        raise TrainingDiverged(
+            f"loss became {value} at epoch {epoch}, batch {batch} (step {step}); "
+            f"training stopped, last good checkpoint: {last}. Lower --lr or check the data."
+        )
 
     def _end_epoch(self, meter: _Meter, val_metrics: dict[str, float], elapsed: float) -> None:
         config, epoch = self.config, self.epoch

@@ -49,6 +49,7 @@ SCHEDULE_FIELDS = (
 _CONTROL_FIELDS = (
     "device",
     "workers",
+    "loader",
     "output",
     "log_interval",
     "save_every_steps",

@@ -1,0 +1,108 @@
+"""Keeping a GPU busy: the next batch is copied while the current step runs, and nothing waits for the GPU.
+
+On CUDA a training step is launched, not run: the host returns at once unless something reads a GPU value.
+:class:`DeviceFeeder` issues the copy of batch k+1 on a side stream right after step k is launched, so the
+copy overlaps the step; :class:`FiniteLossCheck` keeps the "is the loss finite?" flag on the device and reads
+it every ``every`` steps (and before anything is saved), naming the exact step where it first failed. On CPU
+both do what the plain loop does, at the same points (no behaviour or result changes there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import torch
+
+from senet.train.checkpoint import RngState, rng_state
+
+# Steps between host reads of the on-device loss flag on CUDA: one sync per this many steps (CPU: every step).
+CUDA_CHECK_EVERY = 50
+
+
+def to_device(
+    images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True)
+
+
+class DeviceFeeder:
+    """``(rng, images, targets, skipped)`` for each batch of ``batches``: ``rng`` is every RNG's state before the
+    batch was drawn (what a checkpoint taken before training on it must hold, for exact resume).
+
+    On CUDA the tensors arrive already on the device: :meth:`fetch` is called right after a step is launched
+    and copies on a side stream; :meth:`ready` makes the compute stream wait for that copy only. Elsewhere they
+    stay on the host and :meth:`ready` copies them, as a plain loop would.
+    """
+
+    def __init__(self, batches: Iterator[Any], device: torch.device, channels_last: bool) -> None:
+        self.batches, self.device, self.channels_last = batches, device, channels_last
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def fetch(self) -> tuple[RngState, torch.Tensor, torch.Tensor, int] | None:
+        rng = rng_state()
+        if self.stream is None:
+            return (rng, *batch) if (batch := next(self.batches, None)) is not None else None
+        # A loader that finishes batches on the device (senet.data.device_pipeline) runs its kernels here too.
+        with torch.cuda.stream(self.stream):
+            if (batch := next(self.batches, None)) is None:
+                return None
+            images, targets, skipped = batch
+            if targets.numel():
+                images, targets = to_device(images, targets, self.device, self.channels_last)
+        return rng, images, targets, skipped
+
+    def ready(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stream is None:
+            return to_device(images, targets, self.device, self.channels_last)
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)
+        # The side stream allocated them: tell the allocator the compute stream uses them too.
+        images.record_stream(current)
+        targets.record_stream(current)
+        return images, targets
+
+
+class FiniteLossCheck:
+    """Whether every loss so far was finite, read on the host every ``every`` steps (1 on CPU).
+
+    ``observe`` records the first non-finite step on the device without a sync; ``first_bad`` reads it (one
+    sync) and agrees on it over the ranks through ``min_over_ranks``, so every rank stops at the same check.
+    Call ``first_bad(force=True)`` before saving a checkpoint, so that no diverged state is ever written.
+    """
+
+    def __init__(self, device: torch.device, min_over_ranks: Callable[[int], int], every: int | None = None):
+        self.every = every if every is not None else (CUDA_CHECK_EVERY if device.type == "cuda" else 1)
+        self.min_over_ranks = min_over_ranks
+        self._none = torch.iinfo(torch.int64).max
+        self._first = torch.full((), self._none, dtype=torch.int64, device=device)
+        self._value = torch.zeros((), dtype=torch.float32, device=device)
+        self._where: dict[int, Any] = {}  # step -> where it was (epoch, batch), since the last read
+        self._observed = 0
+
+    def observe(self, step: int, loss: torch.Tensor, where: Any) -> None:
+        bad = ~torch.isfinite(loss.detach()) & (self._first == self._none)
+        self._first = torch.where(bad, torch.full_like(self._first, step), self._first)
+        self._value = torch.where(bad, loss.detach().float(), self._value)
+        self._where[step] = where
+        self._observed += 1
+
+    def due(self) -> bool:
+        return self._observed >= self.every
+
+    def first_bad(self) -> tuple[int, float, Any] | None:
+        """(step, loss, where) of the first non-finite loss on this rank, or of some rank's (then the loss
+        and place are this rank's own view), or None when all were finite. Every rank must call this together."""
+        first = int(self._first.item())
+        self._observed = 0
+        ok = self.min_over_ranks(int(first == self._none))
+        where, self._where = self._where, {}
+        if ok:
+            return None
+        if first == self._none:  # another rank diverged: report the newest step this rank knows
+            step = max(where) if where else -1
+            return step, float("nan"), where.get(step)
+        return first, float(self._value.item()), where.get(first)

@@ -132,6 +132,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    from senet.analysis.ablation import parse_grid, run_ablation
+    from senet.train.config import resolve_config
+
+    overrides = _config_overrides(args)
+    if "output" not in overrides:
+        raise ValueError("senet ablate needs --output DIR: every run of the study is kept there, to resume")
+    config = resolve_config(args.preset, **overrides)
+    command = "senet " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["ablate"] else ""
+    reports, written = run_ablation(
+        args.study, config, config.output, seeds=args.seeds, grid=parse_grid(args.grid), command=command
+    )
+    if written:
+        print(written[0].read_text())
+        print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from senet.train.evaluation import evaluate_runs, write_per_class
 
@@ -234,7 +252,7 @@ def _demo(args: argparse.Namespace) -> int:
     from senet.train.demo import format_demo, run_demo
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "device": args.device}.items() if v is not None}
-    print(format_demo(run_demo(output=args.output, overwrite=args.overwrite, **overrides)))
+    print(format_demo(run_demo(output=args.output, overwrite=args.overwrite, seeds=args.seeds, **overrides)))
     return 0
 
 
@@ -298,6 +316,92 @@ def _bench(args: argparse.Namespace) -> int:
             for r in results
         ]
     print(json.dumps(records, indent=1) if args.format == "json" else "\n\n".join(documents))
+    return 0
+
+
+def _data_pack(args: argparse.Namespace) -> int:
+    from senet.data.shards import pack_folder, read_counts
+
+    def progress(name: str, count: int) -> None:
+        print(f"wrote {name} ({count} images)", file=sys.stderr)
+
+    index = pack_folder(
+        args.folder,
+        args.out,
+        images_per_shard=args.images_per_shard,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        on_shard=progress,
+    )
+    classes, counts = read_counts(str(index))
+    splits = ", ".join(
+        f"{split} {images} images in {shards} shards" for split, (images, shards) in counts.items()
+    )
+    print(f"wrote {index}: {classes} classes; {splits}")
+    return 0
+
+
+def _data_verify(args: argparse.Namespace) -> int:
+    from senet.data.shards import verify_shards
+
+    def progress(report: typing.Any) -> None:
+        print(f"ok {report.name} ({report.samples} images)", file=sys.stderr)
+
+    reports = verify_shards(args.index, on_shard=progress)
+    images = sum(report.samples for report in reports)
+    print(f"{args.index}: all {len(reports)} shards match the index ({images} images)")
+    return 0
+
+
+def _analyze_excitation(args: argparse.Namespace) -> int:
+    from senet.analysis.excitation import analyze_excitation
+
+    stats, written = analyze_excitation(
+        args.checkpoint,
+        args.data,
+        args.output,
+        blocks=args.blocks,
+        classes=args.classes,
+        max_images=args.max_images or None,
+        channels=args.channels,
+        seed=args.seed,
+        data_root=args.data_root,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+    )
+    print(f"{stats.model}: gates of {', '.join(b.name for b in stats.blocks)} on {stats.images} images")
+    print("block      l1_specificity  eta_squared  (chance)  gate mean")
+    for row in stats.specificity():
+        print(
+            f"{row['block']:<10} {row['l1_specificity']:14.4f} {row['eta_squared']:12.4f} "
+            f"{row['eta_squared_chance']:9.4f} {row['gate_mean']:10.4f}"
+        )
+    print(f"wrote {len(written)} files to {args.output}: {', '.join(p.name for p in written)}")
+    return 0
+
+
+def _analyze_remove_se(args: argparse.Namespace) -> int:
+    from senet.analysis.excitation import analyze_se_removal, format_removal_table, write_removal_table
+
+    results, inputs = analyze_se_removal(
+        args.checkpoint,
+        args.data,
+        choices=args.blocks,
+        max_images=args.max_images or None,
+        seed=args.seed,
+        data_root=args.data_root,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+    )
+    model = inputs.model.pretrained_info.model
+    print(f"{model} on {inputs.source}, {results[0].images} validation images; SE blocks removed = gates 1\n")
+    print(format_removal_table(results))
+    if args.output:
+        print(f"\nwrote {write_removal_table(results, args.output)}")
     return 0
 
 
@@ -407,7 +511,8 @@ _FIELD_HELP = {
     "model": "registered model name (senet models)",
     "pretrained": "start from these weights: a senet weights file (senet convert) or a run directory; "
     "a new classifier where the data has another class count (default: none, random initialisation)",
-    "data": "digits, cifar10, cifar100, or an image folder ROOT with train/ and val/",
+    "data": "digits, cifar10, cifar100, an image folder ROOT with train/ and val/, or the index.json of "
+    "its shards (senet data pack; a path or fsspec URL)",
     "data_root": "folder holding the CIFAR files (default: none)",
     "download": "download CIFAR into --data-root when the network allows",
     "image_size": "training crop (default: 32 for digits/CIFAR, 224 for folders, or the preset's)",
@@ -416,6 +521,8 @@ _FIELD_HELP = {
     "balanced_sampling": "class-balanced minibatches (the CVPR paper's data balancing)",
     "strict_data": "stop at the first unreadable image instead of skipping it",
     "workers": "DataLoader worker processes (0: load in the training process)",
+    "loader": "where JPEGs are decoded and augmented: cpu (in the workers), gpu (workers read the bytes and "
+    "draw the crops; the device decodes with nvJPEG and augments), auto (gpu on CUDA for image folders)",
     "epochs": "epochs to train",
     "batch_size": "global batch size, split over the processes of a torchrun job",
     "lr": "learning rate (at --lr-reference-batch when that is set)",
@@ -483,6 +590,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from senet.analysis.paper_ablations import STUDIES  # figures only: no torch import at start-up
+
     parser = _Parser(
         prog="senet", description="Squeeze-and-Excitation Networks: build, count, train, measure."
     )
@@ -525,6 +634,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(train)
     train.set_defaults(run=_train)
+
+    ablate = commands.add_parser(
+        "ablate",
+        help="rerun the paper's ablations (Tables 10-16) on any data: one run per setting and seed, a table "
+        "with the paper's figures beside ours, significance over seeds, a chart",
+    )
+    ablate.add_argument(
+        "--study",
+        required=True,
+        choices=(*STUDIES, "all"),
+        help="which study (all: every one, shared runs once)",
+    )
+    ablate.add_argument(
+        "--seeds", type=_positive_int, default=1, metavar="N", help="seeds per setting (>= 3 for any claim)"
+    )
+    ablate.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="also sweep a build or training option, e.g. lr=0.05,0.1 or se_bias=True,False; repeatable",
+    )
+    ablate.add_argument(
+        "--preset",
+        choices=("demo", "imagenet-paper", "cifar-paper"),
+        default="demo",
+        help="the recipe every run uses (default: demo); every field can still be overridden",
+    )
+    _add_config_arguments(ablate)
+    ablate.set_defaults(run=_ablate)
 
     evaluate = commands.add_parser(
         "eval", help="top-1/top-5 error of trained runs, with multi-crop/scale fusion and ensembles"
@@ -742,7 +881,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     demo = commands.add_parser(
-        "demo", help="train se_resnet20_cifar and resnet20_cifar on the embedded digits"
+        "demo",
+        help="train se_resnet20_cifar and resnet20_cifar on the embedded digits, 3 seeds each, and say "
+        "whether their difference is beyond seed noise",
     )
     demo.add_argument("--output", default="runs/demo", help="folder for the two runs")
     demo.add_argument(
@@ -750,10 +891,133 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     demo.add_argument(
-        "--overwrite", action="store_true", help="replace the runs of an earlier demo in --output"
+        "--overwrite",
+        action="store_true",
+        help="train again instead of reusing the finished runs in --output",
+    )
+    demo.add_argument(
+        "--seeds", type=_positive_int, default=3, metavar="N", help="seeds per network (default: 3)"
     )
     demo.set_defaults(run=_demo)
+
+    data = commands.add_parser(
+        "data", help="pack an image folder into tar shards (to train from), verify them"
+    )
+    data_commands = data.add_subparsers(
+        dest="data_command",
+        required=True,
+        metavar="pack|verify",
+        help="`senet data pack|verify --help` describes its flags",
+    )
+    pack = data_commands.add_parser(
+        "pack", help="ROOT/{train,val}/CLASS/* -> WebDataset-style tar shards and index.json"
+    )
+    pack.add_argument("folder", metavar="FOLDER", help="image folder ROOT with train/ and val/")
+    pack.add_argument("--out", required=True, metavar="DIR", help="folder for the shards and index.json")
+    pack.add_argument(
+        "--images-per-shard", type=_positive_int, default=5000, metavar="N", help="at most N images a shard"
+    )
+    pack.add_argument(
+        "--seed", type=_nonnegative_int, default=0, metavar="S", help="the one shuffle before sharding"
+    )
+    pack.add_argument("--overwrite", action="store_true", help="replace the shards and index in --out")
+    pack.set_defaults(run=_data_pack)
+    verify = data_commands.add_parser(
+        "verify", help="read every shard: SHA-256, size, members and labels against the index"
+    )
+    verify.add_argument("index", metavar="INDEX", help="index.json (or its folder); a path or fsspec URL")
+    verify.set_defaults(run=_data_verify)
+    _add_analyze_parser(commands)
     return parser
+
+
+_BLOCK_NAMES = (
+    "SE_s_b: block b (1-based) of stage s, stages counted as the paper's conv{s}_x with the stem as stage 1 "
+    "(SE-ResNet-50: SE_2_3 = layer1's 3rd block, SE_5_* = layer4; CIFAR ResNets: layer1..3 = SE_2_*..SE_4_*); "
+    "families without stages: module paths (blocks.3.se); wildcards such as SE_5_* accepted"
+)
+
+
+def _add_analyze_parser(commands: typing.Any) -> None:
+    analyze = commands.add_parser(
+        "analyze", help="what the SE blocks of a trained network learn (paper Figs. 6-7), and removing them"
+    )
+    analyze_commands = analyze.add_subparsers(
+        dest="analyze_command",
+        required=True,
+        metavar="excitation|remove-se",
+        help="`senet analyze COMMAND --help` describes its flags",
+    )
+    excitation = analyze_commands.add_parser(
+        "excitation",
+        help="per-class gate statistics of chosen SE blocks: figures, class specificity, CSV and NPZ",
+    )
+    remove = analyze_commands.add_parser(
+        "remove-se", help="top-1/top-5 error with chosen SE blocks replaced by identity (gates 1)"
+    )
+    for sub in (excitation, remove):
+        sub.add_argument(
+            "--checkpoint",
+            required=True,
+            metavar="RUN_DIR|FILE",
+            help="a run directory of `senet train`, one of its checkpoint-*.json, or a senet weights file",
+        )
+        sub.add_argument("--data", help="dataset; its validation split is used (default: the run's own data)")
+        sub.add_argument("--data-root", help="folder holding the CIFAR files (default: the run's own)")
+        sub.add_argument(
+            "--weights",
+            choices=("last", "best"),
+            default="last",
+            help="of a run directory: the last checkpoint or the best epoch's weights",
+        )
+        sub.add_argument(
+            "--seed", type=_nonnegative_int, default=0, metavar="S", help="seed of the image sample"
+        )
+        sub.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="images per batch")
+        sub.add_argument(
+            "--workers", type=_nonnegative_int, default=0, metavar="N", help="DataLoader worker processes"
+        )
+        sub.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    excitation.add_argument("--output", required=True, metavar="DIR", help="folder for figures and tables")
+    excitation.add_argument(
+        "--blocks",
+        action="append",
+        metavar="NAMES",
+        help=f"comma-separated SE blocks, repeatable (default: the last block of each stage). {_BLOCK_NAMES}",
+    )
+    excitation.add_argument(
+        "--classes",
+        action="append",
+        metavar="NAMES",
+        help="comma-separated class names (or ids) to plot, repeatable (default: up to 4, evenly spread)",
+    )
+    excitation.add_argument(
+        "--max-images",
+        type=_nonnegative_int,
+        default=10000,
+        metavar="N",
+        help="a sample of at most N validation images, stratified by class (0: all)",
+    )
+    excitation.add_argument(
+        "--channels", type=_positive_int, default=50, metavar="N", help="evenly spaced channels per plot"
+    )
+    excitation.set_defaults(run=_analyze_excitation)
+    remove.add_argument(
+        "--blocks",
+        action="append",
+        metavar="NAMES",
+        help="one choice: comma-separated SE blocks removed together; repeat for more rows (default: each "
+        f"stage's blocks, then all blocks; the full model is always the first row). {_BLOCK_NAMES}",
+    )
+    remove.add_argument(
+        "--max-images",
+        type=_nonnegative_int,
+        default=0,
+        metavar="N",
+        help="a sample of at most N validation images, stratified by class (0: all)",
+    )
+    remove.add_argument("--output", metavar="FILE", help="also write the table: .csv, else Markdown")
+    remove.set_defaults(run=_analyze_remove_se)
 
 
 class _Terminated(BaseException):

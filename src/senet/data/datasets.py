@@ -76,14 +76,16 @@ def build_data(
         source: ``"digits"`` (scikit-learn's bundled 8 x 8 digits, offline), ``"cifar10"``/``"cifar100"`` (files in
             ``root``), or a directory: CIFAR when it holds ``cifar-10-batches-py``/``cifar-100-python``,
             otherwise an ImageNet-layout image folder (ROOT/train/CLASS/*.jpg, ROOT/val/CLASS/*.jpg; Places365 too).
+            Or the ``index.json`` of tar shards written by ``senet data pack`` (``senet.data.shards``), the folder
+            holding it, or an fsspec URL of either (``file://``, ``s3://``, ...): image-folder data as shards.
         root: the folder holding CIFAR's ``cifar-10-batches-py``/``cifar-100-python``; only the named CIFAR
             sources read it.
         image_size: training crop; 224 for image folders, 32 for digits/CIFAR (another size resizes them).
         eval_crop: evaluation crop; image folders resize to ``round(eval_crop / 0.875)`` then centre-crop
             (the paper's 320 crop: Table 8); digits/CIFAR resize their 32 x 32 images to it. Defaults to
             ``image_size``.
-        ten_crop: image folders only: evaluate ten crops per image, items (10, C, H, W).
-        strict_data: image folders only: an unreadable image stops the run instead of being skipped.
+        ten_crop: image folders (and shards) only: evaluate ten crops per image, items (10, C, H, W).
+        strict_data: image folders (and shards) only: an unreadable image stops the run instead of being skipped.
         download: CIFAR only: fetch the files with torchvision when they are missing.
         cutout: > 0 adds Cutout of that many pixels to the training transform (DeVries & Taylor 2017).
         preprocessing: image folders only: evaluate with this resize, crop, interpolation and normalisation
@@ -125,11 +127,17 @@ def _build_source(
         return _build_cifar(
             source, _cifar_root(source, root), image_size or _SMALL_SIZE, eval_crop, download, cutout
         )
+    from senet.data import shards  # it builds on this module
+
+    index = shards.find_index(source)
+    if index is not None:  # written by `senet data pack`: a local path or an fsspec URL
+        size = image_size or (preprocessing.input_size if preprocessing else _DEFAULT_FOLDER_SIZE)
+        return shards.build_shard_data(index, size, eval_crop, ten_crop, strict_data, cutout, preprocessing)
     path = Path(source).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
-            f"data source {source!r} is neither digits, cifar10, cifar100 nor an existing directory; "
-            f"an image folder needs {_FOLDER_LAYOUT}"
+            f"data source {source!r} is neither digits, cifar10, cifar100, a shard index (senet data pack) "
+            f"nor an existing directory; an image folder needs {_FOLDER_LAYOUT}"
         )
     cifar_name, cifar_root = _detect_cifar(path)
     if cifar_name is not None:
@@ -551,6 +559,25 @@ def _check_folder_layout(root: Path) -> None:
         )
 
 
+def _scan_folder(
+    root: Path,
+    train_transform: Callable[[Any], torch.Tensor],
+    val_transform: Callable[[Any], torch.Tensor],
+    strict: bool,
+) -> tuple[_ImageFolder, _ImageFolder]:
+    """Both splits of an image folder, its layout checked (also what ``senet data pack`` reads)."""
+    _check_folder_layout(root)
+    train = _ImageFolder(root / "train", train_transform, strict=strict)
+    val = _ImageFolder(root / "val", val_transform, strict=strict)
+    empty = train.empty_class_folders() + val.empty_class_folders()
+    if empty:
+        raise FileNotFoundError(
+            f"class folders with no images: {_names(empty)}; every class needs at least one image "
+            f"({' '.join(IMG_EXTENSIONS)}) in both train and val"
+        )
+    return train, val
+
+
 def _build_folder(
     root: Path,
     image_size: int,
@@ -561,17 +588,11 @@ def _build_folder(
     preprocessing: T.Preprocessing | None,
 ) -> DataSpec:
     """ImageNet-layout folders with the paper's augmentation (Sec. 5.1) and resize-then-crop evaluation."""
-    _check_folder_layout(root)
     default = T.Preprocessing(T.IMAGENET_MEAN, T.IMAGENET_STD, image_size)
     preprocessing = (preprocessing or default).at_size(eval_crop or image_size)
-    train = _ImageFolder(root / "train", T.folder_train_transform(image_size, cutout), strict=strict)
-    val = _ImageFolder(root / "val", preprocessing.eval_transform(ten_crop), strict=strict)
-    empty = train.empty_class_folders() + val.empty_class_folders()
-    if empty:
-        raise FileNotFoundError(
-            f"class folders with no images: {_names(empty)}; every class needs at least one image "
-            f"({' '.join(IMG_EXTENSIONS)}) in both train and val"
-        )
+    train, val = _scan_folder(
+        root, T.folder_train_transform(image_size, cutout), preprocessing.eval_transform(ten_crop), strict
+    )
     train.check_decodable()
     val.check_decodable()
     classes = list(train.classes)

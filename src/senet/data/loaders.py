@@ -2,6 +2,7 @@
 
 Every loader yields ``(images, targets, num_skipped)``. Sample order is a pure function of ``(seed, epoch)``
 (the engine calls ``loader.sampler.set_epoch(epoch)`` every epoch), so a resumed run replays epoch e exactly.
+Packed shards (``senet.data.shards.ShardDataset``) are read shard by shard (``_ShardSampler``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 from torch import distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
+
+from senet.data.shards import ShardDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor, int]
 
@@ -114,6 +117,51 @@ class _DistributedEpochSampler(_ResumableSampler, DistributedSampler):
         return self.num_samples
 
 
+class _ShardSampler(_ResumableSampler):
+    """Shard-local order for packed shards: each epoch visits the shards in a shuffled order and the samples of
+    each shard in a shuffled order, so that a store is read one shard at a time (a pure function of
+    ``(seed, epoch)``). Unshuffled: the stored order, shard after shard.
+
+    With several replicas every rank computes the same global order, padded like DistributedSampler's (its
+    first samples repeated) to ``num_replicas * ceil(n / num_replicas)``, and takes its own contiguous
+    ``ceil(n / num_replicas)`` of it: every rank makes the same number of steps, no sample is dropped (a few,
+    fewer than the ranks, count twice per epoch), and each shard is read by one rank, except those that
+    straddle two ranks' parts.
+    """
+
+    def __init__(
+        self, shard_sizes: Sequence[int], *, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+        self.shard_sizes = [int(n) for n in shard_sizes]
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.total = sum(self.shard_sizes)
+        self.num_samples = math.ceil(self.total / num_replicas)
+
+    def _global_order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.total)
+        generator = _generator(self.seed, self.epoch)
+        starts = [0, *np.cumsum(self.shard_sizes)[:-1].tolist()]
+        shards = torch.randperm(len(self.shard_sizes), generator=generator).tolist()
+        parts = [starts[s] + torch.randperm(self.shard_sizes[s], generator=generator) for s in shards]
+        return torch.cat(parts) if parts else torch.arange(0)
+
+    def _order(self) -> list[int]:
+        order = self._global_order()
+        padding = self.num_samples * self.num_replicas - self.total
+        if padding and self.total:
+            order = torch.cat([order, order.repeat(math.ceil(padding / self.total))[:padding]])
+        return order[self.rank * self.num_samples : (self.rank + 1) * self.num_samples].tolist()
+
+    def _full_length(self) -> int:
+        return self.num_samples
+
+
 def _collate_skipping(batch: list[tuple[torch.Tensor, int] | None]) -> Batch:
     """Stack the readable items; the datasets return None for an unreadable image, counted in ``num_skipped``."""
     kept = [item for item in batch if item is not None]
@@ -151,8 +199,10 @@ def _make_sampler(
     seed: int,
     world: tuple[int, int] | None,
     balanced_targets: Sequence[int] | None,
+    shard_sizes: Sequence[int] | None = None,
 ) -> Sampler[int]:
-    """The sampler for ``build_loader``; ``world`` is (num_replicas, rank) when distributed."""
+    """The sampler for ``build_loader``; ``world`` is (num_replicas, rank) when distributed, ``shard_sizes`` the
+    sample counts of packed shards (then read shard by shard)."""
     num_replicas, rank = world or (1, 0)
     if balanced_targets is not None:
         if not train:
@@ -165,6 +215,8 @@ def _make_sampler(
                 "pass the DataSpec's train_targets with its train dataset"
             )
         return _ClassBalancedSampler(balanced_targets, seed=seed, num_replicas=num_replicas, rank=rank)
+    if shard_sizes is not None:
+        return _ShardSampler(shard_sizes, shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank)
     if world is not None:
         # Eval shards are padded by DistributedSampler to equal length: a few items count twice.
         return _DistributedEpochSampler(
@@ -193,13 +245,15 @@ def build_loader(
         train: shuffle (epoch order a function of ``(seed, epoch)``) and, by default, drop the last partial batch.
         workers: loader processes; > 0 keeps them alive across epochs, one torch thread each.
         seed: seeds the sample order and the per-worker augmentation RNG.
-        distributed: shard across the ranks of the initialised process group (DistributedSampler).
+        distributed: shard across the ranks of the initialised process group (DistributedSampler; packed
+            shards: contiguous parts of the shard-local order, see ``_ShardSampler``).
         balanced_targets: the label of every item; draws classes with equal probability (data balancing).
         pin_memory: pin batches for faster host-to-GPU copies.
         drop_last: overrides the ``train`` default.
 
     ``loader.sampler.set_epoch(epoch, start=0)`` exists in every mode (``start``: skip the epoch's first
-    indices, to resume mid-epoch). A batch whose images were all unreadable is
+    indices, to resume mid-epoch). A ``ShardDataset`` is read shard by shard (``_ShardSampler``), unless
+    ``balanced_targets`` asks for class-balanced draws. A batch whose images were all unreadable is
     empty (``targets.numel() == 0``) with ``num_skipped == batch_size``; skip it.
     """
     if batch_size < 1:
@@ -215,6 +269,7 @@ def build_loader(
         seed=seed,
         world=world,
         balanced_targets=balanced_targets,
+        shard_sizes=dataset.shard_sizes if isinstance(dataset, ShardDataset) else None,
     )
     rank = world[1] if world else 0
     return DataLoader(

@@ -256,3 +256,57 @@ def test_second_derivatives_and_function_transforms_raise_instead_of_being_wrong
     se = SqueezeExcite(8, reduction=2)
     with pytest.raises(RuntimeError, match="setup_context"):
         torch.func.grad(lambda t: se(t).sum())(torch.randn(2, 8, 4, 4))
+
+
+def test_se_stages_normalise_to_a_tuple_and_resolve_to_sorted_ints():
+    # One stage may stand for a tuple; lists (JSON, the CLI) are tuples; the family resolves names and order.
+    assert SEConfig(stages=2).stages == (2,) and SEConfig(stages="conv3_x").stages == ("conv3_x",)
+    assert SEConfig(stages=[3, 1]).stages == (3, 1)
+    names = {"conv2_x": 1, "conv3_x": 2, "conv4_x": 3, "conv5_x": 4}
+    resolved = SEConfig(stages=(4, "conv3_x")).resolve_stages("Net", (1, 2, 3, 4), names)
+    assert resolved == SEConfig(stages=(2, 4)) and all(type(s) is int for s in resolved.stages)
+    assert SEConfig().resolve_stages("Net", (1, 2)).stages is None  # None: every stage
+
+
+@pytest.mark.parametrize(
+    "stages, problem",
+    [
+        ((), r"it selects no SE block"),
+        ((5,), "there is no stage 5"),
+        (0, "there is no stage 0"),
+        ((-1,), "there is no stage -1"),
+        ((1, 1), "stage 1 is selected twice"),
+        ((1, "conv2_x"), "stage 1 is selected twice"),
+        (True, "True is not a stage number"),
+        ((2.0,), "2.0 is not a stage number"),
+        ({1, 2}, "give a stage number, a stage name or a tuple of them"),
+        ("layer1", "'layer1' is not a stage name of this network"),
+    ],
+)
+def test_resolve_stages_refuses_in_one_line_naming_the_valid_values(stages, problem):
+    names = {"conv2_x": 1, "conv3_x": 2, "conv4_x": 3, "conv5_x": 4}
+    with pytest.raises(
+        ValueError,
+        match=rf"^Net got se_stages=.*; {problem}.*: use 1, 2, 3, 4 \(layer1..layer4\) or 'conv2_x'",
+    ):
+        SEConfig(stages=stages).resolve_stages("Net", (1, 2, 3, 4), names, "layer1..layer4")
+    with pytest.raises(
+        ValueError, match="the paper's stage names conv2_x..conv5_x are the ImageNet ResNets': use 1, 2"
+    ):
+        SEConfig(stages="conv2_x").resolve_stages("Net", (1, 2))
+
+
+def test_an_unresolved_stage_selection_cannot_place_blocks():
+    # A family that forgot resolve_stages would silently put SE nowhere for a name or a missing stage.
+    with pytest.raises(RuntimeError, match="not resolved by the family"):
+        SEConfig(stages=("conv2_x",)).in_stage(1)
+    assert SEConfig(stages=(2,)).in_stage(2) and not SEConfig(stages=(2,)).in_stage(1)
+
+
+def test_recompute_norm_is_refused_with_a_squeeze_that_never_takes_the_fused_path():
+    for squeeze in ("max", "none"):
+        with pytest.raises(ValueError, match=f"se_recompute_norm=True; .*se_squeeze='{squeeze}' never does"):
+            SEConfig(squeeze=squeeze, recompute_norm=True)
+        with pytest.raises(ValueError, match=f"recompute_norm=False with squeeze='{squeeze}'"):
+            SqueezeExcite(8, squeeze=squeeze, recompute_norm=False)
+    assert SEConfig(recompute_norm=True).recompute_norm is True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 import torch
 from torch import nn
@@ -33,8 +33,8 @@ class SqueezeExcite(nn.Module):
 
     Args:
         channels: C, the number of channels of the input (and output).
-        reduction: r, the excitation bottleneck ratio; the hidden width is ``C // r`` (at least 1).
-            r = 16 is the paper's default (Table 10).
+        reduction: r, the excitation bottleneck ratio; the hidden width is ``C // r`` (at least 1, so on blocks
+            narrower than r different ratios build the same block). r = 16 is the paper's default (Table 10).
         squeeze: ``"avg"`` global average pooling (paper), ``"max"`` global max pooling (Table 11), or
             ``"none"``: no pooling, the FCs act as 1x1 convs on every position (NoSqueeze, Table 16).
         gate: the excitation non-linearity: ``"sigmoid"`` (paper), ``"tanh"`` or ``"relu"`` (Table 12).
@@ -45,7 +45,8 @@ class SqueezeExcite(nn.Module):
             (less memory). ``None``: on CPU, where it is faster too (SE-ResNet-50 step 1.18x -> 1.04x of
             ResNet-50), and wherever the Triton kernels run (CUDA), which never write the BatchNorm's output at
             all. With PyTorch's ops on an H100 it saved the memory (1.27x -> 1.00x) but cost time (1.15x ->
-            1.26x), docs/performance.md: ``True`` forces that path, ``False`` keeps the plain BatchNorm.
+            1.26x), docs/performance.md: ``True`` forces that path, ``False`` keeps the plain BatchNorm. Only the
+            average squeeze takes that path: with ``"max"`` or ``"none"`` it must stay ``None``.
 
     The two FC layers are 1x1 convolutions named ``fc1``/``fc2``, as in the released Caffe models, so
     the same weights serve the squeezed (N, C, 1, 1) and the NoSqueeze (N, C, H, W) cases.
@@ -86,6 +87,11 @@ class SqueezeExcite(nn.Module):
         self._gate_fn = ops.GATE_FUNCTIONS[gate]
         if recompute_norm not in (None, True, False):
             raise ValueError(f"SqueezeExcite got recompute_norm={recompute_norm!r}; use True, False or None")
+        if recompute_norm is not None and squeeze != "avg":  # norm_scale_and_add would silently not recompute
+            raise ValueError(
+                f"SqueezeExcite got recompute_norm={recompute_norm!r} with squeeze={squeeze!r}; only the average "
+                "squeeze's training path recomputes the BatchNorm: leave it None"
+            )
         self.recompute_norm = recompute_norm
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,8 +206,14 @@ def _has_hooks(module: nn.Module) -> bool:
 class SEConfig:
     """How a network uses SE blocks: the block's options plus where the family puts them.
 
-    ``position`` (paper Fig. 5, Tables 14-15) and ``stages`` (Table 13, 1-based, ``None`` = all) are
-    read by the network families; the other fields go to :class:`SqueezeExcite`.
+    ``position`` (paper Fig. 5, Tables 14-15) and ``stages`` (Table 13) are read by the network families; the
+    other fields go to :class:`SqueezeExcite`.
+
+    ``stages`` selects the stages that get SE blocks (``None``: all). A stage number means the same in every
+    family: 1 is the first stage after the stem (``layer1`` of a ResNet, the paper's conv2_x), and so on; each
+    family documents its stages (docs/ablations.md). The ImageNet ResNets also take the paper's names,
+    ``"conv2_x"`` .. ``"conv5_x"``. A single number or name may stand for a tuple. The family that receives the
+    config resolves it with :meth:`resolve_stages`, which refuses what it lacks and stores a sorted tuple of ints.
     """
 
     reduction: int = 16
@@ -209,10 +221,15 @@ class SEConfig:
     gate: Gate = "sigmoid"
     bias: bool = True
     position: Position = "standard"
-    stages: tuple[int, ...] | None = None
+    stages: tuple[int | str, ...] | None = None
     recompute_norm: bool | None = None  # see SqueezeExcite; only where SE follows a BatchNorm it can fuse
 
     def __post_init__(self) -> None:
+        # A single stage stands for a one-stage tuple, a list (JSON, the CLI) for a tuple; the family checks them.
+        if isinstance(self.stages, (str, numbers.Number)):
+            object.__setattr__(self, "stages", (self.stages,))
+        elif isinstance(self.stages, list):
+            object.__setattr__(self, "stages", tuple(self.stages))
         # Fail at build time, in the terms of the se_* build options, rather than deep inside the first block.
         checks = [
             ("reduction", _is_int(self.reduction) and self.reduction >= 1, "use an integer >= 1 (paper: 16)"),
@@ -221,6 +238,12 @@ class SEConfig:
             ("bias", isinstance(self.bias, bool), "use True or False"),  # a truthy string would give biases
             ("position", self.position in POSITIONS, f"choose one of {', '.join(POSITIONS)}"),
             ("recompute_norm", self.recompute_norm in (None, True, False), "use True, False or None (auto)"),
+            (
+                "recompute_norm",
+                self.recompute_norm is None or self.squeeze == "avg",
+                f"only the average squeeze's training path recomputes the BatchNorm; se_squeeze={self.squeeze!r} "
+                "never does: leave it out",
+            ),
         ]
         for name, ok, fix in checks:
             if not ok:
@@ -247,8 +270,69 @@ class SEConfig:
                 "se_position='standard' end their branch in a BatchNorm that SE can recompute: leave it out"
             )
 
+    def resolve_stages(
+        self,
+        family: str,
+        stages: Iterable[int],
+        names: Mapping[str, int] | None = None,
+        meaning: str = "",
+    ) -> SEConfig:
+        """This config with ``stages`` checked against a family's and resolved to a sorted tuple of ints.
+
+        ``stages``: the family's stage numbers that hold blocks SE can go in (1 = the first after the stem);
+        ``names``: the stage names it accepts beside them (``{"conv2_x": 1, ...}`` for the ImageNet ResNets);
+        ``meaning``: what its stages are, for the message (e.g. ``"layer1..layer4"``). Refuses, in one line that
+        names the valid values: a stage the family lacks, a name it does not have, a stage given twice, an empty
+        selection (no SE block at all), bools and other types.
+        """
+        if self.stages is None:
+            return self
+        stages = tuple(stages)
+        names = dict(names or {})
+        valid = ", ".join(map(str, stages)) + (f" ({meaning})" if meaning else "")
+        if names:
+            valid += " or " + ", ".join(map(repr, names))
+
+        def refuse(problem: str) -> ValueError:
+            return ValueError(f"{family} got se_stages={self.stages!r}; {problem}: use {valid}")
+
+        if not isinstance(self.stages, tuple):
+            raise refuse("give a stage number, a stage name or a tuple of them")
+        if not self.stages:
+            raise refuse("it selects no SE block (leave it out for every stage, or use the plain twin)")
+        resolved: list[int] = []
+        for entry in self.stages:
+            if isinstance(entry, str):
+                if entry not in names:
+                    raise refuse(
+                        "the paper's stage names conv2_x..conv5_x are the ImageNet ResNets'"
+                        if entry in PAPER_STAGE_NAMES and not names
+                        else f"{entry!r} is not a stage name of this network"
+                    )
+                stage = names[entry]
+            elif _is_int(entry):
+                stage = int(entry)
+            else:
+                raise refuse(f"{entry!r} is not a stage number (an int >= 1) or a stage name")
+            if stage not in stages:
+                raise refuse(f"there is no stage {stage}")
+            if stage in resolved:
+                raise refuse(f"stage {stage} is selected twice")
+            resolved.append(stage)
+        return replace(self, stages=tuple(sorted(resolved)))
+
     def in_stage(self, stage: int) -> bool:
+        """Whether the blocks of ``stage`` get SE; only on a config the family resolved (:meth:`resolve_stages`)."""
+        if self.stages is not None and not all(_is_int(s) and s >= 1 for s in self.stages):
+            raise RuntimeError(
+                f"se_stages={self.stages!r} was not resolved by the family: call resolve_stages"
+            )
         return self.stages is None or stage in self.stages
+
+    def check_built(self, family: str, model: nn.Module) -> None:
+        """After the family built ``model``: it holds an SE block (a backstop behind :meth:`resolve_stages`)."""
+        if not any(isinstance(m, SqueezeExcite) for m in model.modules()):
+            raise ValueError(f"{family} built no SE block with se_stages={self.stages!r}; use its plain twin")
 
     @classmethod
     def pop_from(cls, options: dict[str, Any], enabled: bool) -> SEConfig | None:
@@ -262,6 +346,8 @@ class SEConfig:
                 names = ", ".join(f"se_{k}" for k in given)
                 raise ValueError(f"{names} given to a network without SE blocks; use its se_ twin")
             return None
-        if "stages" in given and given["stages"] is not None:
-            given["stages"] = tuple(int(s) for s in given["stages"])
         return replace(cls(), **given)
+
+
+# The paper's names of the ImageNet ResNet stages (Table 1; Table 13's "SE Stage 2/3/4" are conv2_x..conv4_x).
+PAPER_STAGE_NAMES: dict[str, int] = {"conv2_x": 1, "conv3_x": 2, "conv4_x": 3, "conv5_x": 4}

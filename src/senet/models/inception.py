@@ -199,6 +199,9 @@ class BNInception(PooledClassifier):
         check_common_options("BNInception", num_classes, in_chans, drop_rate)
         if se is not None:
             se.require_position(type(self).__name__)
+            stages = sorted({spec.stage for spec in modules})  # module group 3x is stage 1, 4x 2, 5x 3
+            meaning = f"modules inception_{stages[0] + 2}x..{stages[-1] + 2}x" if stages else ""
+            se = se.resolve_stages("BNInception", stages, meaning=meaning)
         self.se_config = se
 
         self.conv1 = ConvBN(in_chans, 64, 7, 2, 3, bias=conv_bias)
@@ -216,6 +219,8 @@ class BNInception(PooledClassifier):
             self.module_names.append(f"inception_{spec.name}")
             channels = module.out_channels
         self._make_head(channels, num_classes, drop_rate)
+        if se is not None:
+            se.check_built("BNInception", self)
         init_weights(self)
 
     def inception_modules(self) -> list[InceptionModule]:
@@ -426,6 +431,12 @@ class InceptionResNetV2(PooledClassifier):
             tuple(depths),
             "use integers >= 0 (>= 1 for the last)",
         )
+        if se is not None:
+            # Stage s holds the residual blocks of type A, B, C (s = 1, 2, 3); a type with depth 0 has none.
+            blocks = {1: "A blocks: repeat", 2: "B blocks: repeat_1", 3: "C blocks: repeat_2, block8"}
+            stages = [index + 1 for index, depth in enumerate(depths) if depth > 0]
+            meaning = ", ".join(f"{stage} = {blocks[stage]}" for stage in stages)
+            se = se.resolve_stages("InceptionResNetV2", stages, meaning=meaning)
         self.se_config = se
 
         def stage_se(stage: int) -> SEConfig | None:
@@ -460,6 +471,8 @@ class InceptionResNetV2(PooledClassifier):
         self.block8 = InceptionResNetBlock(c, IRV2_BLOCK8, final_scale, activate=False, se=stage_se(3))
         self.conv2d_7b = conv(c, 1536, 1)
         self._make_head(1536, num_classes, drop_rate)
+        if se is not None:
+            se.check_built("InceptionResNetV2", self)
         init_weights(self)
 
     def residual_blocks(self) -> list[InceptionResNetBlock]:

@@ -119,20 +119,33 @@ class MobileNet(PooledClassifier):
             tuple(units),
             "give (out_channels, stride) pairs of integers >= 1",
         )
+        # Stage 1 starts with the first unit after the stem conv; a new resolution stage starts at each
+        # down-sampling unit after it (v1: 112, 56, 28, 14, 7 at 224x224).
+        unit_stages, stage = [], 1
+        for index, (_, stride) in enumerate(units):
+            stage += int(stride > 1 and index > 0)
+            unit_stages.append(stage)
         if se is not None:
             se.require_position("MobileNet")
+            stages = sorted(set(unit_stages))
+            spans = [[i for i, s in enumerate(unit_stages) if s == stage] for stage in stages]
+            meaning = ", ".join(
+                f"{stage} = blocks.{span[0]}" + (f"-{span[-1]}" if len(span) > 1 else "")
+                for stage, span in zip(stages, spans)
+            )
+            se = se.resolve_stages("MobileNet", stages, meaning=meaning)
         self.se_config = se
         self.stem = nn.Sequential(*_conv_bn(in_chans, stem_width, 3, 2), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
-        channels, stage = stem_width, 1
-        for index, (width, stride) in enumerate(units):
-            if stride > 1 and index > 0:
-                stage += 1  # a new resolution stage starts at each down-sampling unit
+        channels = stem_width
+        for (width, stride), stage in zip(units, unit_stages):
             unit_se = se if se is not None and se.in_stage(stage) else None
             blocks.append(DepthwiseSeparable(channels, width, stride, unit_se))
             channels = width
         self.blocks = nn.Sequential(*blocks)
         self._make_head(channels, num_classes, drop_rate)
+        if se is not None:
+            se.check_built("MobileNet", self)
         init_weights(self, linear_std=0.01)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,6 +283,10 @@ class ShuffleNet(PooledClassifier):
             check_positive("ShuffleNet", option, values)
         if se is not None:
             se.require_position("ShuffleNet", ("standard", "post"))
+            # Stage s is Zhang et al.'s Stage<s+1> (module stage<s+1>): their Stage1 is the stem.
+            stages = range(1, len(depths) + 1)
+            meaning = f"modules stage2..stage{len(depths) + 1}"
+            se = se.resolve_stages("ShuffleNet", stages, meaning=meaning)
         self.se_config = se
         self.stem = nn.Sequential(*_conv_bn(in_chans, stem_width, 3, 2), nn.ReLU(inplace=True))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -291,6 +308,8 @@ class ShuffleNet(PooledClassifier):
             channels = width
         self.num_stages = len(depths)
         self._make_head(channels, num_classes, drop_rate)
+        if se is not None:
+            se.check_built("ShuffleNet", self)
         init_weights(self, linear_std=0.01)
 
     def stages(self) -> list[nn.Sequential]:

@@ -98,7 +98,10 @@ def create_model(
     ``num_classes`` defaults to the model's dataset: 1000 (ImageNet), 10 for the CIFAR networks.
 
     ``options`` are the family's build options, e.g. ``in_chans``, ``drop_rate``, ``stride_in_1x1`` or the
-    SE options ``se_reduction``, ``se_squeeze``, ``se_gate``, ``se_bias``, ``se_stages``, ``se_position``.
+    SE options ``se_reduction``, ``se_squeeze``, ``se_gate``, ``se_bias``, ``se_stages``, ``se_position``,
+    ``se_recompute_norm`` (:class:`senet.layers.SEConfig`; docs/ablations.md). An option the family would
+    ignore or cannot honour is refused, e.g. a stage it lacks: ``se_stages`` numbers stages from 1, the first
+    after the stem (``layer1``, the paper's ``"conv2_x"``, which the ImageNet ResNets also accept).
 
     ``pretrained``: a weights file (``senet convert``) or run directory holding ``name``'s weights, or True for
     the published weights of ``name``; see :func:`senet.load_pretrained`, which this calls. The weights'

@@ -272,11 +272,17 @@ class ResNet(PooledClassifier):
             down_kernel_size=down_kernel_size,
             zero_init_residual=zero_init_residual,
         )
-        self.se_config = se
         if se is not None and (block.preact or se.position != "standard"):
             se.require_no_recompute(
                 ("pre-activation " if block.preact else "") + f"ResNet ({se.position} SE)"
             )
+        if se is not None:
+            # Stage s is layer<s>; with an ImageNet stem (4x down-sampling before layer1) it is the paper's
+            # conv<s+1>_x (Table 1), a name the CIFAR stem's layers do not have.
+            stage_numbers = range(1, len(depths) + 1)
+            names = {f"conv{s + 1}_x": s for s in stage_numbers} if stem != "cifar" else None
+            se = se.resolve_stages("ResNet", stage_numbers, names, f"layer1..layer{len(depths)}")
+        self.se_config = se
 
         self.conv1, stem_out = _make_stem(stem, in_chans, stem_width)
         # He et al. 2016b: a pre-activation net's stem is a bare conv; the first unit's BN-ReLU activates it.
@@ -303,6 +309,8 @@ class ResNet(PooledClassifier):
             nn.Sequential(nn.BatchNorm2d(inplanes), nn.ReLU(inplace=True)) if block.preact else nn.Identity()
         )
         self._make_head(inplanes, num_classes, drop_rate)
+        if se is not None:
+            se.check_built("ResNet", self)
         init_weights(self)
         if zero_init_residual:
             self._zero_init_residual()

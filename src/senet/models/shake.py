@@ -285,6 +285,8 @@ class ShakeResNet(PooledClassifier):
             raise ValueError(f"unknown shake_level {shake_level!r}; choose one of {', '.join(LEVELS)}")
         if se is not None:
             se.require_position("Shake-Shake")  # SE on the combined residual
+            stages = range(1, len(depths) + 1)  # stage s is layer<s>, as in the ResNets
+            se = se.resolve_stages("ShakeResNet", stages, meaning=f"layer1..layer{len(depths)}")
         self.se_config = se
 
         preact = branch == "basic"
@@ -313,6 +315,8 @@ class ShakeResNet(PooledClassifier):
         # Basic blocks end without a ReLU; Gastaldi adds one before pooling.
         self.final_act = nn.ReLU(inplace=True) if preact else nn.Identity()
         self._make_head(in_channels, num_classes, drop_rate)
+        if se is not None:
+            se.check_built("ShakeResNet", self)
         init_weights(self)  # Gastaldi's N(0, sqrt(2 / (k * k * out))) is He init with mode="fan_out"
 
     def stages(self) -> list[nn.Sequential]:

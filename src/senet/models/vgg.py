@@ -50,7 +50,8 @@ class VGG(nn.Module):
         mlp_width: width of the two hidden FC layers (4096 in VGG).
         pool_size: side of the adaptive average pool before the MLP (7, as torchvision; at 224x224 input it
             is the identity, and smaller inputs are up-sampled to it).
-        se: SE blocks after every conv's ReLU (``se.stages`` selects stages, 1-based); ``None`` for plain VGG.
+        se: SE blocks after every conv's ReLU; ``None`` for plain VGG. VGG has no stem: ``se.stages`` counts the
+            blocks of convs between max-pools from 1 (VGG's conv1_x is stage 1, unlike ResNet's conv2_x).
         num_classes, in_chans: classifier size and input channels.
         drop_rate: the probability of both dropout layers of the MLP (0.5 in VGG and torchvision).
 
@@ -81,6 +82,9 @@ class VGG(nn.Module):
             check_positive("VGG", option, values)
         if se is not None:
             se.require_position("VGG")  # SE after every conv's ReLU
+            # VGG has no stem: stage s is the s-th block of convs between max-pools (VGG's conv<s>_1, ...).
+            stages = range(1, len(depths) + 1)
+            se = se.resolve_stages("VGG", stages, meaning=f"the conv blocks 1..{len(depths)} between pools")
         self.num_classes = num_classes
         self.se_config = se
 
@@ -94,6 +98,8 @@ class VGG(nn.Module):
                 channels = width
             layers.append(nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*layers)
+        if se is not None:
+            se.check_built("VGG", self)
         self.feature_channels = channels
         self.num_features = mlp_width
 

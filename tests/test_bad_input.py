@@ -95,12 +95,6 @@ def _weights_file(path: Path) -> None:
     save_weights_file(path, net.state_dict(), info)
 
 
-def _earlier_plain_demo_run(folder: Path) -> None:
-    """``run/`` holds the plain twin's run of an earlier ``senet demo --output run``."""
-    (folder / "run" / "resnet20_cifar").mkdir()
-    (folder / "run" / "resnet20_cifar" / "config.json").write_text("{}")
-
-
 CASES = [
     # runs: never clobbered, never resumed into something else, damaged files named
     Case(
@@ -376,12 +370,23 @@ CASES = [
     ),
     # demo
     Case("demo-epochs-0", ["demo", "--epochs", "0", "--output", "run"], expect=("--epochs", ">= 1")),
-    # the second model's run exists: refused before the first model trains
+    Case("demo-seeds-0", ["demo", "--seeds", "0", "--output", "run"], expect=("--seeds", ">= 1")),
+    # ablate: the study and its output are checked before anything trains
     Case(
-        "demo-existing-runs",
-        ["demo", "--output", "run", "--epochs", "1", "--device", "cpu"],
-        setup=_earlier_plain_demo_run,
-        expect=("already holds a run",),
+        "ablate-unknown-study",
+        ["ablate", "--study", "width", "--output", "s"],
+        expect=("--study", "reduction"),
+    ),
+    Case(
+        "ablate-plain-model",
+        ["ablate", "--study", "reduction", "--model", "resnet50", "--output", "s"],
+        expect=("resnet50 has no SE blocks to study",),
+    ),
+    Case("ablate-no-output", ["ablate", "--study", "squeeze"], expect=("--output DIR",)),
+    Case(
+        "ablate-bad-grid",
+        ["ablate", "--study", "squeeze", "--grid", "lr", "--output", "s"],
+        expect=("KEY=V1,V2",),
     ),
 ]
 

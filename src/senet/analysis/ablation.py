@@ -232,21 +232,21 @@ def summarize(
     return reports
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return mean, spread
 
 
 def _error_cell(values: Sequence[float]) -> str:
-    mean, spread = _mean_std(values)
+    mean, spread = mean_std(values)
     return f"{mean:.2f} ± {spread:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
 def _verdict(result: SettingResult, reference: SettingResult | None, seeds: int) -> str:
     if reference is None or result is reference:
         return "reference" if result is reference else ""
-    delta = _mean_std(result.top1)[0] - _mean_std(reference.top1)[0]
+    delta = mean_std(result.top1)[0] - mean_std(reference.top1)[0]
     if seeds < MIN_SEEDS_FOR_CLAIMS or result.p_value is None:
         return f"{delta:+.2f} ({seeds} seed(s), fewer than {MIN_SEEDS_FOR_CLAIMS}: no claim)"
     beyond = result.p_value < SIGNIFICANCE
@@ -319,7 +319,7 @@ def _plot(report: StudyReport, output: Path) -> Path:
     from matplotlib import pyplot as plt
 
     labels = [r.setting.label for r in report.results]
-    means, spreads = zip(*(_mean_std(r.top1) for r in report.results))
+    means, spreads = zip(*(mean_std(r.top1) for r in report.results))
     colours = ["tab:orange" if r.setting.name == report.reference else "tab:blue" for r in report.results]
     figure, axes = plt.subplots(figsize=(1.2 + 1.1 * len(labels), 3.6))
     axes.bar(range(len(labels)), means, yerr=spreads, capsize=4, color=colours)

@@ -923,33 +923,20 @@ def load_for_analysis(
     own data by default, with its evaluation transform; a weights file on an image folder with its recorded
     preprocessing. Refuses a network without SE blocks and data whose classes are not the network's."""
     from senet.data import build_data
-    from senet.train.config import TrainConfig
     from senet.train.engine import resolve_device
-    from senet.weights.pretrained import load_pretrained
+    from senet.train.evaluation import load_with_data_source
 
-    is_run = Path(checkpoint).is_dir() or Path(checkpoint).suffix == ".json"
-    model = load_pretrained(checkpoint, weights=weights if is_run else "last").eval()
+    model, source, root, options, config = load_with_data_source(checkpoint, data, data_root, weights)
     info = model.pretrained_info
     if not se_blocks(model):
         raise ValueError(f"{checkpoint} holds {info.model}, which has no SE blocks; {_NO_SE_FIX}")
-    if is_run:
-        config = TrainConfig.from_dict(info.source["config"])
-        source, root = data or config.data, data_root if data is not None else config.data_root
-        options = dict(image_size=config.image_size, eval_crop=config.eval_crop, preprocessing=None)
-    elif data is None:
-        raise ValueError(
-            f"{checkpoint} is a weights file: give the data to analyse it on (--data IMAGE_FOLDER)"
-        )
-    else:
-        source, root = data, data_root
-        options = dict(image_size=None, eval_crop=None, preprocessing=info.preprocessing)
-    spec = build_data(source, root=root, **options)
+    spec = build_data(source, root=root, eval_crop=config.eval_crop if config else None, **options)
     if spec.num_classes != info.num_classes:
         raise ValueError(
             f"{checkpoint} predicts {info.num_classes} classes; {source} has {spec.num_classes}: give the data "
             "it was trained on (--data)"
         )
-    if is_run and info.labels and list(spec.classes) != list(info.labels):
+    if config is not None and info.labels and list(spec.classes) != list(info.labels):
         differ = next(i for i, (a, b) in enumerate(zip(spec.classes, info.labels)) if a != b)
         raise ValueError(
             f"{checkpoint} was trained on other classes than {source} holds (class {differ}: "

@@ -475,6 +475,29 @@ def _load_cifar(cifar: _Cifar, root: Path, *, train: bool, transform: Callable[[
 # ----------------------------------------------------------------------------------------- image folders
 
 
+def report_unreadable(
+    what: str,
+    error: BaseException,
+    *,
+    strict: bool,
+    warned: set[str],
+    fix: str = "fix or delete the file",
+) -> None:
+    """An image that does not decode: fatal under ``strict`` (naming it; raised in a loader worker, the
+    DataLoader re-raises it with this message inside), else a warning once per image (``warned``, per process)."""
+    reason = f"{type(error).__name__}: {error}"
+    if strict:
+        raise ValueError(
+            f"unreadable image {what} ({reason}); --strict-data made this fatal: "
+            f"{fix}, or drop --strict-data to skip unreadable images with a warning"
+        ) from error
+    if what not in warned:
+        warned.add(what)
+        _LOG.warning(
+            "skipping unreadable image %s (%s); pass --strict-data to make this an error", what, reason
+        )
+
+
 class _ImageFolder(ImageFolder):
     """ImageFolder whose unreadable images are skipped (None, warned once per path) or fatal (``strict``)."""
 
@@ -495,18 +518,7 @@ class _ImageFolder(ImageFolder):
         return self.transform(image), target
 
     def _unreadable(self, path: str, error: BaseException) -> None:
-        reason = f"{type(error).__name__}: {error}"
-        if self.strict:
-            # Raised in a loader worker, the DataLoader re-raises it with this message inside: keep the path here.
-            raise ValueError(
-                f"unreadable image {path} ({reason}); --strict-data made this fatal: "
-                "fix or delete the file, or drop --strict-data to skip unreadable images with a warning"
-            ) from error
-        if path not in self._warned:
-            self._warned.add(path)
-            _LOG.warning(
-                "skipping unreadable image %s (%s); pass --strict-data to make this an error", path, reason
-            )
+        report_unreadable(path, error, strict=self.strict, warned=self._warned)
 
     def check_decodable(self) -> None:
         """Refuse a small split (``_PROBE_LIMIT``) in which no image decodes; stops at the first good one."""

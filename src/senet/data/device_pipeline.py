@@ -47,7 +47,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
 
-from senet.data.datasets import DataSpec
+from senet.data.datasets import DataSpec, report_unreadable
 from senet.data.loaders import build_loader
 from senet.data.transforms import Cutout
 
@@ -287,7 +287,7 @@ class RawImageDataset(Dataset[RawItem | None]):
         return self.transform(image), target, ImageParams(path, self.train, fallback=True)
 
     def _unreadable(self, path: str, error: BaseException) -> None:
-        _report_unreadable(path, error, self.strict, self._warned)
+        report_unreadable(path, error, strict=self.strict, warned=self._warned)
         return None
 
 
@@ -301,20 +301,6 @@ def _jpeg_size(data: bytearray) -> tuple[int, int] | None:
     except Exception:  # whatever PIL makes of it, the CPU path decides (and reports) the same
         return None
     return None
-
-
-def _report_unreadable(path: str, error: BaseException, strict: bool, warned: set[str]) -> None:
-    reason = f"{type(error).__name__}: {error}"
-    if strict:
-        raise ValueError(
-            f"unreadable image {path} ({reason}); --strict-data made this fatal: "
-            "fix or delete the file, or drop --strict-data to skip unreadable images with a warning"
-        ) from error
-    if path not in warned:
-        warned.add(path)
-        _LOG.warning(
-            "skipping unreadable image %s (%s); pass --strict-data to make this an error", path, reason
-        )
 
 
 # -------------------------------------------------------------------------------------------------- collate
@@ -443,7 +429,7 @@ class DeviceBatchPipeline:
         for k, (image, params) in enumerate(zip(images, batch.params)):
             if image is not None and tuple(image.shape[-2:]) != params.size:
                 error = ValueError(f"decoded {tuple(image.shape[-2:])}, but its header says {params.size}")
-                _report_unreadable(params.path, error, self.strict, self._warned)
+                report_unreadable(params.path, error, strict=self.strict, warned=self._warned)
                 images[k] = None
         return images
 
@@ -457,7 +443,7 @@ class DeviceBatchPipeline:
             except Exception as failure:  # nvjpeg and libjpeg raise RuntimeError; anything else too
                 error = failure
         assert error is not None
-        _report_unreadable(path, error, self.strict, self._warned)
+        report_unreadable(path, error, strict=self.strict, warned=self._warned)
         return None
 
     # -- the transform

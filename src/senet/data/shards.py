@@ -40,7 +40,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from senet.data import transforms as T
-from senet.data.datasets import _DECODE_ERRORS, _FOLDER_LAYOUT, _PROBE_LIMIT, DataSpec, _scan_folder
+from senet.data.datasets import (
+    _DECODE_ERRORS,
+    _FOLDER_LAYOUT,
+    _PROBE_LIMIT,
+    DataSpec,
+    _scan_folder,
+    report_unreadable,
+)
 
 _LOG = logging.getLogger("senet.data")
 
@@ -504,20 +511,9 @@ class ShardDataset(Dataset[Any]):
 
     def _unreadable(self, index: int, error: BaseException) -> None:
         shard, key = self.locate(index)
-        reason = f"{type(error).__name__}: {error}"
-        if self.strict:
-            raise ValueError(
-                f"unreadable image {key} in shard {self.shard_urls[shard]} ({reason}); --strict-data made this "
-                "fatal: re-pack it from a fixed image folder, or drop --strict-data to skip it with a warning"
-            ) from error
-        if key not in self._warned:
-            self._warned.add(key)
-            _LOG.warning(
-                "skipping unreadable image %s in shard %s (%s); pass --strict-data to make this an error",
-                key,
-                self.shard_urls[shard],
-                reason,
-            )
+        what = f"{key} in shard {self.shard_urls[shard]}"
+        fix = "re-pack it from a fixed image folder"
+        report_unreadable(what, error, strict=self.strict, warned=self._warned, fix=fix)
 
     def _handle(self, shard: int) -> Any:
         if self._pid != os.getpid():  # a forked worker: the parent's handles share its file positions

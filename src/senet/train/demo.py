@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from senet.analysis.ablation import SIGNIFICANCE, Setting, _mean_std, run_settings, welch_p
+from senet.analysis.ablation import SIGNIFICANCE, Setting, mean_std, run_settings, welch_p
 from senet.train.config import resolve_config
 
 DEMO_SEEDS = 3
@@ -50,14 +50,14 @@ def format_demo(rows: list[DemoRow]) -> str:
     seeds = len(rows[0].val_top1_err)
     lines = [f"{'model':<20} {'params':>8}  {'val top-1 err, mean ± std':>26}  per seed"]
     for row in rows:
-        mean, spread = _mean_std(row.val_top1_err)
+        mean, spread = mean_std(row.val_top1_err)
         per_seed = " ".join(f"{v:.2f}" for v in row.val_top1_err)
         lines.append(
             f"{row.model:<20} {row.params / 1e6:>7.3f}M  {mean:>14.2f}% ± {spread:.2f}%{'':>6}{per_seed}"
         )
     if len(rows) == 2:
         (a, b), p = rows, welch_p(rows[0].val_top1_err, rows[1].val_top1_err)
-        delta = _mean_std(a.val_top1_err)[0] - _mean_std(b.val_top1_err)[0]
+        delta = mean_std(a.val_top1_err)[0] - mean_std(b.val_top1_err)[0]
         if p is None:
             verdict = (
                 f"with {seeds} seed(s) per network no test is possible: run more seeds before reading it"

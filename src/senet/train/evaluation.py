@@ -32,6 +32,30 @@ def topk_errors(probs: torch.Tensor, targets: torch.Tensor) -> tuple[float, floa
     return 100 * (1 - top[:, 0].float().mean().item()), 100 * (1 - top.any(1).float().mean().item())
 
 
+def load_with_data_source(
+    path: str | Path, data: str | None, data_root: str | None, weights: str
+) -> tuple[torch.nn.Module, str, str | None, dict, TrainConfig | None]:
+    """A trained network (eval mode) and what to evaluate it on, as ``senet eval`` decides it: a run directory
+    (or one of its checkpoint JSONs) on its own data unless ``data`` is given, with its data's transform; a
+    weights file only on given ``data``, with its recorded preprocessing.
+
+    Returns the model, the data source and root, ``build_data`` options (all but the crop) and the run's
+    config (None for a weights file)."""
+    from senet.weights.pretrained import load_pretrained
+
+    is_run = Path(path).is_dir() or Path(path).suffix == ".json"
+    model = load_pretrained(path, weights=weights if is_run else "last").eval()
+    info = model.pretrained_info
+    if is_run:
+        config = TrainConfig.from_dict(info.source["config"])
+        source, root = data or config.data, data_root if data is not None else config.data_root
+        return model, source, root, dict(image_size=config.image_size, strict_data=config.strict_data), config
+    if data is None:
+        raise ValueError(f"{path} is a weights file: give the data to evaluate it on (--data IMAGE_FOLDER)")
+    options = dict(image_size=None, strict_data=False, preprocessing=info.preprocessing)
+    return model, data, data_root, options, None
+
+
 def evaluate_runs(
     checkpoints: Sequence[str | Path],
     data: str | None = None,
@@ -51,7 +75,6 @@ def evaluate_runs(
     A weights file is evaluated on an image folder with its own recorded preprocessing (converted timm weights
     as timm evaluates them); a run with its data's evaluation transform.
     """
-    from senet.weights.pretrained import load_pretrained
 
     if not checkpoints:
         raise ValueError("give at least one --checkpoint RUN_DIR|FILE")
@@ -60,20 +83,8 @@ def evaluate_runs(
     targets: torch.Tensor | None = None
     classes: list[str] = []
     for path in checkpoints:
-        is_run = Path(path).is_dir() or Path(path).suffix == ".json"
-        model = load_pretrained(path, weights=weights if is_run else "last").eval()
+        model, source, root, options, _ = load_with_data_source(path, data, data_root, weights)
         info = model.pretrained_info
-        if is_run:
-            config = TrainConfig.from_dict(info.source["config"])
-            source, root = data or config.data, data_root if data is not None else config.data_root
-            options = dict(image_size=config.image_size, strict_data=config.strict_data, preprocessing=None)
-        elif data is None:
-            raise ValueError(
-                f"{path} is a weights file: give the data to evaluate it on (--data IMAGE_FOLDER)"
-            )
-        else:
-            source, root = data, data_root
-            options = dict(image_size=None, strict_data=False, preprocessing=info.preprocessing)
         for scale in scales or [None]:
             spec = build_data(source, root=root, eval_crop=scale, ten_crop=ten_crop, **options)
             if spec.num_classes != info.num_classes:

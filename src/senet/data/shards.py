@@ -26,10 +26,9 @@ import math
 import os
 import re
 import tarfile
-import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +39,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from senet.data import transforms as T
+from senet.train.checkpoint import atomic_write, fsync_dir
 from senet.data.datasets import (
     _DECODE_ERRORS,
     _FOLDER_LAYOUT,
@@ -143,14 +143,13 @@ def pack_folder(
         "images_per_shard": images_per_shard,
         "splits": splits,
     }
-    _fsync_dir(out)  # the shards' renames are durable before the index that lists them
-    with _atomic_file(index_path) as handle:
-        handle.write(json.dumps(index, separators=(",", ":")).encode())
+    # atomic_write made every shard's rename durable before this index that lists them
+    atomic_write(index_path, json.dumps(index, separators=(",", ":")).encode())
     written = {shard["name"] for split in splits.values() for shard in split["shards"]}
     for name in old_shards:  # the earlier pack's shards that this one did not rewrite
         if name not in written and _SHARD_NAME.match(name):
             (out / name).unlink(missing_ok=True)
-    _fsync_dir(out)
+    fsync_dir(out)
     return index_path
 
 
@@ -214,16 +213,22 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> int:
 
 def _write_shard(path: Path, samples: list[tuple[str, int, str, str]]) -> dict[str, Any]:
     keys, labels, offsets, sizes = [], [], [], []
-    with _atomic_file(path) as handle:
-        writer = _HashingWriter(handle)
-        with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for file, label, key, extension in samples:
-                data = Path(file).read_bytes()
-                offsets.append(_add(tar, f"{key}.{extension}", data))
-                _add(tar, f"{key}.cls", str(label).encode("ascii"))
-                keys.append(key)
-                labels.append(label)
-                sizes.append(len(data))
+    writers: list[_HashingWriter] = []
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            writers.append(_HashingWriter(handle))
+            with tarfile.open(fileobj=writers[0], mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for file, label, key, extension in samples:
+                    data = Path(file).read_bytes()
+                    offsets.append(_add(tar, f"{key}.{extension}", data))
+                    _add(tar, f"{key}.cls", str(label).encode("ascii"))
+                    keys.append(key)
+                    labels.append(label)
+                    sizes.append(len(data))
+
+    atomic_write(path, write)  # hidden temporary file beside it, fsynced, renamed once whole
+    writer = writers[0]
     return {
         "name": path.name,
         "samples": len(samples),
@@ -234,38 +239,6 @@ def _write_shard(path: Path, samples: list[tuple[str, int, str, str]]) -> dict[s
         "offsets": offsets,
         "sizes": sizes,
     }
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A file written under a hidden temporary name beside ``path``, fsynced and renamed to ``path`` on success;
-    removed if anything goes wrong (an exception, or SIGTERM turned into one by the CLI)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------- locating

@@ -100,10 +100,10 @@ def atomic_write(path: Path, data: bytes | Callable[[Path], None], suffix: str =
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename durable: without this a power loss may forget that it happened."""
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -353,6 +353,12 @@ def _data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analysis_options(args: argparse.Namespace) -> dict[str, typing.Any]:
+    """The loading and sampling flags both ``senet analyze`` commands share."""
+    names = ("seed", "data_root", "weights", "batch_size", "workers", "device")
+    return {"max_images": args.max_images or None, **{name: getattr(args, name) for name in names}}
+
+
 def _analyze_excitation(args: argparse.Namespace) -> int:
     from senet.analysis.excitation import analyze_excitation
 
@@ -362,14 +368,8 @@ def _analyze_excitation(args: argparse.Namespace) -> int:
         args.output,
         blocks=args.blocks,
         classes=args.classes,
-        max_images=args.max_images or None,
         channels=args.channels,
-        seed=args.seed,
-        data_root=args.data_root,
-        weights=args.weights,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
+        **_analysis_options(args),
     )
     print(f"{stats.model}: gates of {', '.join(b.name for b in stats.blocks)} on {stats.images} images")
     print("block      l1_specificity  eta_squared  (chance)  gate mean")
@@ -386,16 +386,7 @@ def _analyze_remove_se(args: argparse.Namespace) -> int:
     from senet.analysis.excitation import analyze_se_removal, format_removal_table, write_removal_table
 
     results, inputs = analyze_se_removal(
-        args.checkpoint,
-        args.data,
-        choices=args.blocks,
-        max_images=args.max_images or None,
-        seed=args.seed,
-        data_root=args.data_root,
-        weights=args.weights,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
+        args.checkpoint, args.data, choices=args.blocks, **_analysis_options(args)
     )
     model = inputs.model.pretrained_info.model
     print(f"{model} on {inputs.source}, {results[0].images} validation images; SE blocks removed = gates 1\n")

@@ -39,7 +39,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from senet.data import transforms as T
-from senet.train.checkpoint import atomic_write, fsync_dir
 from senet.data.datasets import (
     _DECODE_ERRORS,
     _FOLDER_LAYOUT,
@@ -143,6 +142,8 @@ def pack_folder(
         "images_per_shard": images_per_shard,
         "splits": splits,
     }
+    from senet.train.checkpoint import atomic_write, fsync_dir  # here: senet.train imports senet.data
+
     # atomic_write made every shard's rename durable before this index that lists them
     atomic_write(index_path, json.dumps(index, separators=(",", ":")).encode())
     written = {shard["name"] for split in splits.values() for shard in split["shards"]}
@@ -226,6 +227,8 @@ def _write_shard(path: Path, samples: list[tuple[str, int, str, str]]) -> dict[s
                     keys.append(key)
                     labels.append(label)
                     sizes.append(len(data))
+
+    from senet.train.checkpoint import atomic_write  # here: senet.train imports senet.data
 
     atomic_write(path, write)  # hidden temporary file beside it, fsynced, renamed once whole
     writer = writers[0]

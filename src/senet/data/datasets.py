@@ -590,6 +590,16 @@ def _scan_folder(
     return train, val
 
 
+def folder_transforms(
+    image_size: int, eval_crop: int | None, ten_crop: bool, cutout: int, preprocessing: T.Preprocessing | None
+) -> tuple[Any, Any, T.Preprocessing]:
+    """The train and eval transforms of ImageNet-style images (folders and their shards) and the preprocessing
+    recorded with the weights: the paper's, or ``preprocessing`` (e.g. converted weights'), at the eval crop."""
+    default = T.Preprocessing(T.IMAGENET_MEAN, T.IMAGENET_STD, image_size)
+    preprocessing = (preprocessing or default).at_size(eval_crop or image_size)
+    return T.folder_train_transform(image_size, cutout), preprocessing.eval_transform(ten_crop), preprocessing
+
+
 def _build_folder(
     root: Path,
     image_size: int,
@@ -600,11 +610,10 @@ def _build_folder(
     preprocessing: T.Preprocessing | None,
 ) -> DataSpec:
     """ImageNet-layout folders with the paper's augmentation (Sec. 5.1) and resize-then-crop evaluation."""
-    default = T.Preprocessing(T.IMAGENET_MEAN, T.IMAGENET_STD, image_size)
-    preprocessing = (preprocessing or default).at_size(eval_crop or image_size)
-    train, val = _scan_folder(
-        root, T.folder_train_transform(image_size, cutout), preprocessing.eval_transform(ten_crop), strict
+    train_transform, eval_transform, preprocessing = folder_transforms(
+        image_size, eval_crop, ten_crop, cutout, preprocessing
     )
+    train, val = _scan_folder(root, train_transform, eval_transform, strict)
     train.check_decodable()
     val.check_decodable()
     classes = list(train.classes)

@@ -45,6 +45,7 @@ from senet.data.datasets import (
     _PROBE_LIMIT,
     DataSpec,
     _scan_folder,
+    folder_transforms,
     report_unreadable,
 )
 
@@ -571,12 +572,11 @@ def build_shard_data(
 ) -> DataSpec:
     """The DataSpec of packed shards: the transforms, checks and facts of the image folder they came from."""
     index = _read_index(index_url)
-    default = T.Preprocessing(T.IMAGENET_MEAN, T.IMAGENET_STD, image_size)
-    preprocessing = (preprocessing or default).at_size(eval_crop or image_size)
-    train = ShardDataset(
-        index_url, index, "train", T.folder_train_transform(image_size, cutout), strict=strict
+    train_transform, eval_transform, preprocessing = folder_transforms(
+        image_size, eval_crop, ten_crop, cutout, preprocessing
     )
-    val = ShardDataset(index_url, index, "val", preprocessing.eval_transform(ten_crop), strict=strict)
+    train = ShardDataset(index_url, index, "train", train_transform, strict=strict)
+    val = ShardDataset(index_url, index, "val", eval_transform, strict=strict)
     _check_shards(index_url, [train, val])
     train.check_decodable()
     val.check_decodable()

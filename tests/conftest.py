@@ -1,4 +1,7 @@
+import faulthandler
+import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -68,3 +71,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A child process left running (a DataLoader worker that ignores SIGTERM, a stuck rank) makes the
+    # interpreter's exit wait on it forever: CI would time out after passing. Name it, kill it, fail the run.
+    leftovers = multiprocessing.active_children()
+    for child in leftovers:
+        child.kill()
+        child.join()
+    if leftovers:
+        print(f"\nchild processes still running after the tests (killed): {leftovers}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The last guard against a hang at exit: stacks of every thread and exit code 1 after 5 minutes.
+    faulthandler.dump_traceback_later(300, exit=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -177,3 +179,27 @@ def test_with_workers_a_resumed_epoch_keeps_the_sample_order():
     loader = build_loader(_Indices(23), batch_size=4, train=True, seed=5, workers=2)
     loader.sampler.set_epoch(3, start=8)
     assert _order(loader) == full[8:]
+
+
+_LOADER_LEFT_ALIVE_AT_EXIT = """
+import sys
+from senet.data import build_data, build_loader
+
+spec = build_data("digits")
+loader = build_loader(spec.train, batch_size=8, train=True, workers=2)
+next(iter(loader))
+# An exception's traceback that refers to the loader keeps it (and its persistent workers) alive until exit,
+# as pytest.raises does; the workers ignore SIGTERM, so multiprocessing's exit handler cannot terminate them.
+try:
+    raise RuntimeError(loader)
+except RuntimeError as error:
+    kept = error
+sys.exit(0)
+"""
+
+
+def test_workers_still_running_at_exit_do_not_hang_the_interpreter():
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADER_LEFT_ALIVE_AT_EXIT], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

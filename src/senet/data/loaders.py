@@ -7,8 +7,10 @@ Packed shards (``senet.data.shards.ShardDataset``) are read shard by shard (``_S
 
 from __future__ import annotations
 
+import atexit
 import math
 import signal
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -172,6 +174,34 @@ def _collate_skipping(batch: list[tuple[torch.Tensor, int] | None]) -> Batch:
     return images, targets, skipped
 
 
+# Workers ignore SIGTERM (below), so neither torch's fallback nor multiprocessing's exit handler can terminate
+# them: a loader still alive at exit (kept by a traceback, a global) would hang the interpreter in
+# multiprocessing's join of its children. Every loader with workers is shut down here first (atexit runs the
+# last registered first; multiprocessing registered its handler when torch imported it).
+_LOADERS_WITH_WORKERS: weakref.WeakSet[DataLoader[Any]] = weakref.WeakSet()
+
+
+def shutdown_workers(loader: DataLoader[Any]) -> None:
+    """Stop ``loader``'s persistent workers now, rather than whenever the loader is garbage-collected; the next
+    iteration starts new ones. Workers that do not leave on the shutdown message are killed."""
+    iterator = loader._iterator  # where a persistent-workers loader keeps its workers (as Lightning does)
+    loader._iterator = None
+    if iterator is None or not hasattr(iterator, "_shutdown_workers"):
+        return
+    workers = list(iterator._workers)
+    iterator._shutdown_workers()
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
+@atexit.register
+def _shutdown_every_loader() -> None:
+    for loader in list(_LOADERS_WITH_WORKERS):
+        shutdown_workers(loader)
+
+
 def _init_worker(worker_id: int) -> None:
     # The DataLoader already seeds torch, random and numpy per worker from its generator; one thread each
     # keeps `workers` processes from oversubscribing the cores.
@@ -272,7 +302,7 @@ def build_loader(
         shard_sizes=dataset.shard_sizes if isinstance(dataset, ShardDataset) else None,
     )
     rank = world[1] if world else 0
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -286,3 +316,6 @@ def build_loader(
         # keeps the ranks' workers from drawing the same augmentations.
         generator=_generator(seed, rank),
     )
+    if workers > 0:
+        _LOADERS_WITH_WORKERS.add(loader)
+    return loader

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Subset
 
 from senet.data import DataSpec, build_data, build_loader
 from senet.data.device_pipeline import DecodedLoader, build_raw_loader, device_pipeline_datasets
+from senet.data.loaders import shutdown_workers
 from senet.models.registry import create_model
 from senet.train.checkpoint import (
     BEST_NAME,
@@ -453,6 +454,7 @@ def train(
     if ctx.is_main:
         open_run_dir(run_dir, config, checkpoint)
     handlers = _setup_logging(run_dir) if ctx.is_main else []
+    run = None
     try:
         with RunControl(ctx.world_size, config.save_every_steps, config.save_every_minutes) as control:
             run = _Run(config, ctx, device, run_dir, spec, net, control, on_step)
@@ -460,6 +462,9 @@ def train(
                 run.restore(checkpoint, changes)
             return run.run()
     finally:
+        if run is not None:  # the loaders' workers end with the run, not whenever the loaders are collected
+            for loader in (run.train_loader, run.val_loader):
+                shutdown_workers(getattr(loader, "loader", loader))  # a DecodedLoader wraps its loader
         for handler in handlers:
             log.removeHandler(handler)
             handler.close()

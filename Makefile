@@ -3,6 +3,8 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP_INSTALL := $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+# Test processes (pytest-xdist), one torch thread each (tests/conftest.py): 2 fills CI's 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint models bench clean
 
@@ -14,7 +16,7 @@ demo: install
 	$(VENV)/bin/senet demo
 
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff format --check src tests

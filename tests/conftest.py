@@ -12,6 +12,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # `make test` runs one test process per core (pytest-xdist)
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -53,6 +56,22 @@ def make_folder(tmp_path: Path) -> MakeFolder:
         return root
 
     return make
+
+
+@pytest.fixture
+def fused_norm_calls(monkeypatch) -> list[int]:
+    """``[n]``: how many times the SE block's fused BatchNorm operator (``ops.se_norm_scale``) ran since."""
+    from senet.ops import squeeze_excite as ops
+
+    calls = [0]
+    original = ops.se_norm_scale
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(ops, "se_norm_scale", counted)
+    return calls
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

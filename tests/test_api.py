@@ -6,6 +6,7 @@ from senet.weights.pretrained import load_pretrained
 def test_the_public_api_is_the_package_top_level():
     assert set(senet.__all__) == {
         "SqueezeExcite",
+        "add_se",
         "create_model",
         "list_models",
         "load_pretrained",

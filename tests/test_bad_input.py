@@ -95,6 +95,55 @@ def _weights_file(path: Path) -> None:
     save_weights_file(path, net.state_dict(), info)
 
 
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# A detector of a few hundred thousand parameters on 64 px images (tests/detection/test_detection_engine.py).
+_TINY_DETECTOR = [
+    *"--device cpu --epochs 1 --backbone resnet20_cifar --backbone-opt widths=(8,16,32) --out-indices 2,3".split(),
+    *"--fpn-channels 32 --box-head-size 128 --min-size 64 --max-size 64 --log-interval 0".split(),
+]
+
+
+def _detect(*extra: str) -> list[str]:
+    """``senet detect train`` of a tiny detector for one epoch, into the pre-existing ``run/``."""
+    return ["detect", "train", *_TINY_DETECTOR, "--output", "run", *extra]
+
+
+@functools.cache
+def _finished_detection_run() -> Path:
+    """One finished tiny detection run on a shapes data set (both made once per test session)."""
+    from senet.detection.shapes import make_shapes
+
+    root = Path(tempfile.mkdtemp(prefix="senet-bad-input-detect-"))
+    shapes = make_shapes(root / "shapes", train=8, val=2, size=64)
+    argv = ["detect", "train", *_TINY_DETECTOR, "--batch-size", "4", "--data", str(shapes)]
+    assert main([*argv, "--output", str(root / "run")]) == 0
+    return root / "run"
+
+
+def _with_detection_run(folder: Path) -> None:
+    """Copy the finished detection run into ``det/``."""
+    shutil.copytree(_finished_detection_run(), folder / "det")
+
+
+def _other_categories(folder: Path) -> None:
+    _with_detection_run(folder)
+    _write(
+        folder / "other.json",
+        json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}),
+    )
+    (folder / "other").mkdir()
+
+
+def _tiny_shapes(folder: Path) -> None:
+    from senet.detection.shapes import make_shapes
+
+    make_shapes(folder / "shapes", train=4, val=1, size=32, crowd_every=0)
+
+
 CASES = [
     # runs: never clobbered, never resumed into something else, damaged files named
     Case(
@@ -168,6 +217,11 @@ CASES = [
     # models
     Case("models-unknown-pattern", ["models", "no_such_model*"], expect=("no model matches",)),
     Case("models-bad-format", ["models", "--format", "xml"], expect=("--format", "invalid choice")),
+    Case(
+        "models-features-unknown",
+        ["models", "se_resnt50", "--features"],
+        expect=("unknown model", "se_resnet50"),
+    ),
     Case("no-command", [], expect=("required",)),
     Case("unknown-command", ["frobnicate"], expect=("invalid choice",)),
     # train: names and model options
@@ -195,6 +249,28 @@ CASES = [
     ),
     Case(
         "train-model-opt-set-by-data", _train("--model-opt", "num_classes=3"), expect=("set by the dataset",)
+    ),
+    # train: senet.add_se on torchvision:NAME models
+    Case("train-add-se-on-an-se-model", _train("--add-se"), expect=("add_se", "has SE blocks already")),
+    Case(
+        "train-se-where-without-add-se",
+        _train("--model", "torchvision:resnet18", "--se-where", "conv"),
+        expect=("se_where given without add_se=True",),
+    ),
+    Case(
+        "train-add-se-twice",
+        _train("--model", "torchvision:resnet18", "--add-se", "--model-opt", "add_se=True"),
+        expect=("add_se given as a flag and as --model-opt",),
+    ),
+    Case(
+        "train-unknown-torchvision-model",
+        _train("--model", "torchvision:resnet5"),
+        expect=("unknown model", "closest: torchvision:resnet50"),
+    ),
+    Case(
+        "train-add-se-nothing-found",
+        "train --device cpu --epochs 1 --output run --model torchvision:vgg11 --add-se".split(),
+        expect=("no residual addition", "where='conv'"),
     ),
     Case("train-unknown-preset", _train("--preset", "imagenet"), expect=("--preset", "invalid choice")),
     Case("train-unknown-schedule", _train("--schedule", "linear"), expect=("unknown schedule",)),
@@ -387,6 +463,153 @@ CASES = [
         "ablate-bad-grid",
         ["ablate", "--study", "squeeze", "--grid", "lr", "--output", "s"],
         expect=("KEY=V1,V2",),
+    ),
+    # data shapes: a data set already there (perhaps a real COCO copy) is never overwritten unasked
+    Case(
+        "data-shapes-over-a-data-set",
+        ["data", "shapes", "coco"],
+        setup=lambda folder: _write(folder / "coco" / "annotations" / "instances_val2017.json", "{}"),
+        expect=("instances_val2017.json exists", "--overwrite"),
+    ),
+    Case("data-shapes-into-a-file", ["data", "shapes", "keep.txt"], expect=("keep.txt is a file",)),
+    Case("data-shapes-size-8", ["data", "shapes", "out", "--size", "8"], expect=("--size", ">= 32")),
+    # detect train: options, data and runs are all checked before anything is written
+    Case(
+        "detect-train-unknown-backbone", _detect("--backbone", "se_resnet5"), expect=("closest: se_resnet50",)
+    ),
+    Case(
+        "detect-train-no-data", _detect("--output", "new_run"), expect=("no train annotations", "--data ROOT")
+    ),
+    Case(
+        "detect-train-missing-data",
+        _detect("--output", "new_run", "--data", "nowhere"),
+        expect=("--data nowhere: no such directory",),
+    ),
+    Case(
+        "detect-train-data-not-in-cocos-layout",
+        _detect("--output", "new_run", "--data", "run"),
+        expect=("annotations/instances_train2017.json: no such file", "--train-ann FILE"),
+    ),
+    Case(
+        "detect-train-batch-larger-than-the-data",
+        _detect("--output", "new_run", "--data", "shapes", "--batch-size", "8"),
+        setup=_tiny_shapes,
+        expect=("4 training images give no full batch of 8",),
+    ),
+    Case(
+        "detect-train-schedule-and-epochs",
+        _detect("--schedule", "2x"),
+        expect=("one of --schedule and --epochs",),
+    ),
+    Case(
+        "detect-train-unknown-schedule", _detect("--schedule", "3x"), expect=("--schedule", "invalid choice")
+    ),
+    Case(
+        "detect-train-unknown-detector-opt",
+        _detect("--detector-opt", "rpn_batch=3"),
+        expect=("unknown FasterRCNN options rpn_batch",),
+    ),
+    Case(
+        "detect-train-backbone-opt-of-a-flag",
+        _detect("--backbone-opt", "norm=bn"),
+        expect=("backbone option norm", "--norm"),
+    ),
+    Case("detect-train-unknown-backbone-opt", _detect("--backbone-opt", "nonsense=1"), expect=("nonsense",)),
+    Case(
+        "detect-train-out-indices-beyond-the-backbone",
+        _detect("--out-indices", "2,9"),
+        expect=("out_indices",),
+    ),
+    Case(
+        "detect-train-max-size-below-min-size",
+        _detect("--min-size", "128", "--max-size", "64"),
+        expect=("max_size must be an integer >= every --min-size",),
+    ),
+    Case(
+        "detect-train-warmup-negative", _detect("--warmup-iters", "-1"), expect=("warmup_iters must be >= 0",)
+    ),
+    Case("detect-train-lr-0", _detect("--lr", "0"), expect=("lr must be > 0",)),
+    Case("detect-train-flip-prob-2", _detect("--flip-prob", "2"), expect=("flip_prob must be in [0, 1]",)),
+    Case("detect-train-unknown-norm", _detect("--norm", "gn"), expect=("--norm", "invalid choice")),
+    Case(
+        "detect-train-existing-run",
+        _detect("--output", "det"),
+        setup=_with_detection_run,
+        expect=("already holds a run",),
+    ),
+    Case(
+        "detect-train-resume-other-backbone",
+        ["detect", "train", "--resume", "det", "--backbone", "se_resnet20_cifar"],
+        setup=_with_detection_run,
+        expect=("belongs to another run", "backbone"),
+    ),
+    Case(
+        "detect-train-resume-changed-epochs",
+        ["detect", "train", "--resume", "det", "--epochs", "3"],
+        setup=_with_detection_run,
+        expect=("--extend-schedule",),
+    ),
+    Case(
+        "detect-train-resume-a-classification-run",
+        ["detect", "train", "--resume", "done"],
+        setup=_with_run(),
+        expect=("not a detection run's checkpoint",),
+    ),
+    # detect eval / predict, and the classification commands on a detection run
+    Case(
+        "detect-eval-a-classification-run",
+        ["detect", "eval", "--checkpoint", "done", "--device", "cpu"],
+        setup=_with_run(),
+        expect=("not a detection run's checkpoint", "senet eval"),
+    ),
+    Case(
+        "detect-eval-missing-checkpoint",
+        ["detect", "eval", "--checkpoint", "nowhere"],
+        expect=("no checkpoint in",),
+    ),
+    Case(
+        "detect-eval-other-categories",
+        [
+            "detect",
+            "eval",
+            "--checkpoint",
+            "det",
+            "--val-ann",
+            "other.json",
+            "--val-images",
+            "other",
+            "--device",
+            "cpu",
+        ],
+        setup=_other_categories,
+        expect=("categories ['cat']", "the detector of"),
+    ),
+    Case(
+        "eval-a-detection-run",
+        ["eval", "--checkpoint", "det", "--device", "cpu"],
+        setup=_with_detection_run,
+        expect=("is a detection run", "senet detect eval"),
+    ),
+    Case(
+        "detect-predict-score-threshold-2",
+        ["detect", "predict", "--checkpoint", "det", "keep.txt", "--score-threshold", "2"],
+        expect=("score_threshold must be a number in [0, 1]",),
+    ),
+    Case(
+        "detect-predict-output-is-a-file",
+        ["detect", "predict", "--checkpoint", "det", "keep.txt", "--output", "keep.txt"],
+        expect=("keep.txt is a file",),
+    ),
+    Case(
+        "detect-predict-max-detections-0",
+        ["detect", "predict", "--checkpoint", "det", "keep.txt", "--max-detections", "0"],
+        expect=("--max-detections", ">= 1"),
+    ),
+    Case(
+        "plot-detection-run-without-the-metric",
+        ["plot", "det", "--metric", "top1_err", "--out", "curves.png"],
+        setup=_with_detection_run,
+        expect=("records no 'top1_err'", "AP50"),
     ),
 ]
 

@@ -2,12 +2,14 @@
 
 from senet.deploy.optimize import optimize_for_inference
 from senet.layers.squeeze_excite import SqueezeExcite
+from senet.models.add_se import add_se
 from senet.models.registry import create_model, list_models, model_info
 from senet.weights.pretrained import load_pretrained
 
 __version__ = "0.1.0"
 __all__ = [
     "SqueezeExcite",
+    "add_se",
     "create_model",
     "list_models",
     "load_pretrained",

@@ -29,7 +29,50 @@ def _flops(gflops: float | None) -> str:
     return f"{gflops * 1000:.0f}M" if gflops < 1 else f"{gflops:.2f}G"
 
 
+def _model_stages(args: argparse.Namespace) -> int:
+    """``senet models NAME --features``: the maps ``create_model(NAME, features_only=True)`` can return."""
+    import torch
+
+    from senet.models.registry import create_model, list_models, model_info
+
+    wildcard = any(c in args.pattern for c in "*?[")
+    names = list_models(args.pattern) if wildcard else [model_info(args.pattern).name]
+    if not names:
+        raise ValueError(f"no model matches {args.pattern!r}; see `senet models` for the list")
+    rows = []
+    for name in names:
+        with torch.device("meta"):  # the layout alone: nothing is initialised
+            model = create_model(name)
+        if not hasattr(model, "feature_stages"):
+            raise ValueError(f"{name} describes no stages: it cannot be a backbone (features_only=True)")
+        for stage in model.feature_stages():
+            runs = stage.modules if len(stage.modules) <= 3 else (stage.modules[0], "..", stage.modules[-1])
+            row = dict(model=name, index=stage.index, module=stage.module, channels=stage.channels)
+            rows.append({**row, "stride": stage.reduction, "runs": " ".join(runs)})
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        table = [tuple(rows[0])] + [tuple(str(v) for v in row.values()) for row in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        for n, line in enumerate(table):
+            print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+            if n == 0:
+                print("  ".join("-" * w for w in widths))
+        print(
+            "\nindex: out_indices of create_model(model, features_only=True); 0 is the stem's output. stride: input"
+            "\nside / map side. runs: the modules that compute the stage (docs/backbones.md)."
+        )
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
+    if args.features:
+        return _model_stages(args)
     from senet.analysis.complexity import complexity_table
 
     rows = complexity_table(args.pattern)
@@ -102,6 +145,14 @@ def _config_overrides(args: argparse.Namespace) -> dict:
     }
     if args.model_opt:
         overrides["model_options"] = parse_model_options(args.model_opt)
+    se_flags = {key: getattr(args, key, None) for key in ("add_se", "se_where", "se_init")}
+    se_flags = {key: value for key, value in se_flags.items() if value is not None}
+    if se_flags:  # senet.add_se's options (torchvision:NAME models), saved with the other build options
+        options = overrides.setdefault("model_options", {})
+        twice = sorted(set(se_flags) & set(options))
+        if twice:
+            raise ValueError(f"{', '.join(twice)} given as a flag and as --model-opt; give it once")
+        options.update(se_flags)
     return overrides
 
 
@@ -353,6 +404,125 @@ def _data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_shapes(args: argparse.Namespace) -> int:
+    from senet.detection.shapes import make_shapes
+
+    root = make_shapes(
+        args.out,
+        train=args.train,
+        val=args.val,
+        size=args.size,
+        seed=args.seed,
+        image_format=args.format,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {root}: {args.train} train and {args.val} val images ({args.size} px), COCO's layout")
+    return 0
+
+
+def _detect_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
+    """The DetectionConfig fields given as flags (``--backbone-opt`` / ``--detector-opt`` as dicts)."""
+    from senet.detection.engine import DetectionConfig
+    from senet.train.config import parse_model_options
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(DetectionConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    for flag, name in (("backbone_opt", "backbone_options"), ("detector_opt", "detector_options")):
+        if getattr(args, flag):
+            pairs = parse_model_options(getattr(args, flag))
+            overrides[name] = pairs
+    return overrides
+
+
+def _detect_train(args: argparse.Namespace) -> int:
+    from senet.detection.engine import DetectionConfig, detection_checkpoint, train
+    from senet.train.checkpoint import list_checkpoints
+    from senet.train.rundir import checkpoint_to_resume
+
+    overrides = _detect_overrides(args)
+    resume = args.resume
+    if resume == "auto":  # the run in --output if it saved anything, else a new one there
+        output = overrides.get("output")
+        resume = output if output and list_checkpoints(output) else "auto"
+    if resume is not None and resume != "auto":
+        resume = detection_checkpoint(checkpoint_to_resume(resume))
+        saved = dict(resume.meta["config"])
+        if "epochs" in overrides or "schedule" in overrides:  # the one given now replaces both
+            saved.pop("epochs", None)
+            saved.pop("schedule", None)
+        config = DetectionConfig.from_dict({**saved, "output": str(resume.run_dir), **overrides})
+    else:
+        config = DetectionConfig(**overrides)
+    result = train(config, resume=resume, overwrite=args.overwrite, extend_schedule=args.extend_schedule)
+    if result.best:
+        print(
+            f"best val AP {result.best['val_AP']:.4f} (AP50 {result.best['val_AP50']:.4f}, epoch "
+            f"{result.best['epoch']}); run: {result.run_dir}"
+        )
+    return 0
+
+
+def _detect_eval(args: argparse.Namespace) -> int:
+    from senet.detection.engine import evaluate_run
+    from senet.detection.metrics import METRICS
+
+    result = evaluate_run(
+        args.checkpoint,
+        data=args.data,
+        val_ann=args.val_ann,
+        val_images=args.val_images,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        strict_data=args.strict_data,
+    )
+    if args.format == "json":
+        print(json.dumps(result))
+    else:
+        print(
+            "  ".join(f"{name} {result[name]:.4f}" for name in METRICS[:6]) + f"  ({result['images']} images)"
+        )
+        print("  ".join(f"{name} {result[name]:.4f}" for name in METRICS[6:]))
+    return 0
+
+
+def _detect_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from senet.detection.predict import predict
+
+    results = predict(
+        args.checkpoint,
+        args.inputs,
+        output=args.output,
+        score_threshold=args.score_threshold,
+        nms_threshold=args.nms_threshold,
+        max_detections=args.max_detections,
+        device=args.device,
+        weights=args.weights,
+    )
+    done = failed = 0
+    for result in results:
+        if result.error is not None:
+            failed += 1
+            tqdm.write(f"senet detect predict: skipped {result.path}: {result.error}", file=sys.stderr)
+            continue
+        done += 1
+        for record in result.records():
+            print(json.dumps(record))
+        sys.stdout.flush()  # each image's detections as soon as they are known, also through a pipe
+    if not done:
+        raise ValueError(f"none of the {failed} inputs could be read (each is named above)")
+    if args.output:
+        print(f"drew {done} image(s) into {args.output}", file=sys.stderr)
+    return 0
+
+
 def _analysis_options(args: argparse.Namespace) -> dict[str, typing.Any]:
     """The loading and sampling flags both ``senet analyze`` commands share."""
     names = ("seed", "data_root", "weights", "batch_size", "workers", "device")
@@ -487,6 +657,18 @@ def _epoch_list(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def _se_where(text: str) -> str | list[str]:
+    """``residual`` / ``conv``, or comma-separated module names -> a list of them."""
+    if text in ("residual", "conv"):
+        return text
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(
+            f"expected residual, conv or module names such as layer1.0,layer2.0; got {text!r}"
+        )
+    return names
+
+
 def _model_opt(text: str) -> str:
     from senet.train.config import parse_model_options
 
@@ -578,10 +760,31 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         type=_model_opt,
         help="model build option, e.g. se_reduction=8 or se_stages=(1,2); repeatable",
     )
+    parser.add_argument(
+        "--add-se",
+        action="store_true",
+        default=None,
+        help="insert SE blocks into another project's model (--model torchvision:NAME; senet.add_se), "
+        "with --model-opt se_reduction=R (default 16)",
+    )
+    parser.add_argument(
+        "--se-where",
+        type=_se_where,
+        metavar="residual|conv|NAMES",
+        help="with --add-se: on each residual branch before the sum (residual, default), after each conv "
+        "block of a plain network (conv), or after the comma-separated modules NAMES",
+    )
+    parser.add_argument(
+        "--se-init",
+        choices=("paper", "identity"),
+        help="with --add-se: the paper's blocks (paper, default), or blocks that start as the identity "
+        "(2 * sigmoid gate, last FC zero) to fine-tune a trained plain network from its exact outputs",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from senet.analysis.paper_ablations import STUDIES  # figures only: no torch import at start-up
+    from senet.train.plot import METRICS as PLOT_METRICS
 
     parser = _Parser(
         prog="senet", description="Squeeze-and-Excitation Networks: build, count, train, measure."
@@ -599,6 +802,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("pattern", nargs="?", default="*", help="shell-style name filter, e.g. 'se_*'")
     models.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    models.add_argument(
+        "--features",
+        action="store_true",
+        help="each stage a backbone returns (features_only=True): index, module, channels, stride",
+    )
     models.set_defaults(run=_models)
 
     train = commands.add_parser(
@@ -773,7 +981,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of `senet train`")
     plot.add_argument("--out", default="curves.png", help="image file to write")
     plot.add_argument(
-        "--metric", choices=("top1_err", "top5_err", "loss"), default="top1_err", help="what to plot"
+        "--metric",
+        choices=PLOT_METRICS,
+        default=None,
+        help="what to plot (default: top1_err for runs of senet train, AP for runs of senet detect train)",
     )
     plot.set_defaults(run=_plot)
 
@@ -892,13 +1103,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     data = commands.add_parser(
-        "data", help="pack an image folder into tar shards (to train from), verify them"
+        "data",
+        help="pack an image folder into tar shards (to train from), verify them; make the shapes data set",
     )
     data_commands = data.add_subparsers(
         dest="data_command",
         required=True,
-        metavar="pack|verify",
-        help="`senet data pack|verify --help` describes its flags",
+        metavar="pack|verify|shapes",
+        help="`senet data pack|verify|shapes --help` describes its flags",
     )
     pack = data_commands.add_parser(
         "pack", help="ROOT/{train,val}/CLASS/* -> WebDataset-style tar shards and index.json"
@@ -918,7 +1130,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("index", metavar="INDEX", help="index.json (or its folder); a path or fsspec URL")
     verify.set_defaults(run=_data_verify)
+    shapes = data_commands.add_parser(
+        "shapes",
+        help="write a small COCO-format detection data set of drawn shapes (to try senet's detection offline)",
+    )
+    shapes.add_argument(
+        "out", metavar="OUT", help="folder: OUT/annotations/instances_{train,val}2017.json, ..."
+    )
+    shapes.add_argument("--train", type=_positive_int, default=64, metavar="N", help="training images")
+    shapes.add_argument("--val", type=_positive_int, default=16, metavar="M", help="validation images")
+    shapes.add_argument("--size", type=_int_at_least(32), default=128, metavar="PX", help="image side")
+    shapes.add_argument("--seed", type=_nonnegative_int, default=0, metavar="S", help="same seed, same files")
+    shapes.add_argument("--format", choices=("png", "jpg"), default="png", help="image files (default: png)")
+    shapes.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT")
+    shapes.set_defaults(run=_data_shapes)
     _add_analyze_parser(commands)
+    _add_detect_parser(commands)
     return parser
 
 
@@ -927,6 +1154,166 @@ _BLOCK_NAMES = (
     "(SE-ResNet-50: SE_2_3 = layer1's 3rd block, SE_5_* = layer4; CIFAR ResNets: layer1..3 = SE_2_*..SE_4_*); "
     "families without stages: module paths (blocks.3.se); wildcards such as SE_5_* accepted"
 )
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    """``"2,3"`` -> ``(2, 3)``."""
+    try:
+        return tuple(int(p) for p in (p.strip() for p in text.split(",")) if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 2,3; got {text!r}"
+        ) from None
+
+
+def _add_detect_parser(commands: typing.Any) -> None:
+    from senet.detection.engine import FIELD_HELP, DetectionConfig
+
+    detect = commands.add_parser(
+        "detect",
+        help="object detection: Faster R-CNN + FPN on our backbones, COCO data and metrics (train, eval, predict)",
+    )
+    detect_commands = detect.add_subparsers(
+        dest="detect_command",
+        required=True,
+        metavar="train|eval|predict",
+        help="`senet detect COMMAND --help` describes its flags",
+    )
+    train = detect_commands.add_parser(
+        "train",
+        help="train a detector on COCO-format data (torchrun --nproc_per_node=N -m senet detect train ... for DDP)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a run from its newest complete checkpoint; auto: the run in --output if it has one, "
+        "else start it there",
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
+    train.add_argument(
+        "--extend-schedule",
+        action="store_true",
+        help="with --resume: allow a changed schedule, epochs, lr or batch size, recomputed from where the run stands",
+    )
+    hints = typing.get_type_hints(DetectionConfig)
+    choices = {"schedule": ("1x", "2x"), "norm": ("bn", "frozen_bn")}
+    paths = {"pretrained": "W", "data": "ROOT", "train_ann": "FILE", "val_ann": "FILE", "output": "RUN_DIR"}
+    paths.update(train_images="DIR", val_images="DIR")
+    for f in dataclasses.fields(DetectionConfig):
+        if f.name in ("backbone_options", "detector_options"):
+            continue
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if type(None) in args:
+            kind = next(a for a in args if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        help_text = FIELD_HELP[f.name]
+        if "default" not in help_text:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = "on" if default is True else "off" if default is False else default
+            if default is None:
+                default = "none"
+            elif isinstance(default, tuple):
+                default = ",".join(map(str, default))
+            elif isinstance(default, float):
+                default = f"{default:.4g}"
+            help_text += f" (default: {default})"
+        help_text = help_text.replace("%", "%%")
+        if kind is bool:
+            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(kind) is tuple:
+            train.add_argument(flag, type=_ints, default=None, metavar="N1,N2", help=help_text)
+        elif f.name in choices:
+            train.add_argument(flag, choices=choices[f.name], default=None, help=help_text)
+        else:
+            metavar = "N" if kind is int else "X" if kind is float else paths.get(f.name)
+            train.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
+    train.add_argument(
+        "--backbone-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        type=_model_opt,
+        help="build option of the backbone network, e.g. se_reduction=8 or widths=(8,16,32); repeatable",
+    )
+    train.add_argument(
+        "--detector-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        type=_model_opt,
+        help="option of torchvision's FasterRCNN, e.g. rpn_batch_size_per_image=64 or "
+        "box_batch_size_per_image=128; repeatable",
+    )
+    train.set_defaults(run=_detect_train)
+
+    evaluate = detect_commands.add_parser(
+        "eval", help="COCO's AP, AP50, AP75, APs/m/l and ARs of a trained detector (pycocotools)"
+    )
+    evaluate.add_argument(
+        "--checkpoint", required=True, metavar="RUN_DIR", help="a run directory of `senet detect train`"
+    )
+    evaluate.add_argument("--data", help="COCO's layout ROOT; its val2017 split (default: the run's own)")
+    evaluate.add_argument("--val-ann", metavar="FILE", help="validation annotations, instead of --data's")
+    evaluate.add_argument("--val-images", metavar="DIR", help="validation images, instead of --data's")
+    evaluate.add_argument(
+        "--weights",
+        choices=("last", "best"),
+        default="last",
+        help="the last checkpoint or the best epoch's weights",
+    )
+    evaluate.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="images per forward pass (per process)",
+    )
+    evaluate.add_argument(
+        "--workers", type=_nonnegative_int, default=0, metavar="N", help="DataLoader worker processes"
+    )
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--amp", action="store_true", help="mixed precision: bf16 on CPU, fp16 on CUDA")
+    evaluate.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="stop at the first malformed annotation or unreadable image",
+    )
+    evaluate.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    evaluate.set_defaults(run=_detect_eval)
+
+    predict = detect_commands.add_parser(
+        "predict",
+        help="boxes, categories and scores in image files: JSON lines, and the boxes drawn on PNG copies",
+    )
+    predict.add_argument(
+        "--checkpoint", required=True, metavar="RUN_DIR", help="a run directory of `senet detect train`"
+    )
+    predict.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, and folders searched recursively"
+    )
+    predict.add_argument(
+        "--output", default="detections", metavar="DIR", help="folder for the drawn images (<image stem>.png)"
+    )
+    predict.add_argument(
+        "--score-threshold", type=float, default=0.5, metavar="S", help="keep detections scoring at least S"
+    )
+    predict.add_argument(
+        "--nms-threshold", type=float, default=0.5, metavar="IOU", help="per-category NMS at this IoU"
+    )
+    predict.add_argument(
+        "--max-detections",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="at most N detections per image",
+    )
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument(
+        "--weights",
+        choices=("last", "best"),
+        default="last",
+        help="the last checkpoint or the best epoch's weights",
+    )
+    predict.set_defaults(run=_detect_predict)
 
 
 def _add_analyze_parser(commands: typing.Any) -> None:

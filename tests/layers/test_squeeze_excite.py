@@ -187,29 +187,15 @@ def test_fused_path_passes_gradcheck_and_works_in_channels_last():
     torch.testing.assert_close(x_cl.grad, torch.autograd.grad((x * se.gates(x)).sum(), x)[0])
 
 
-def _count_fused_norm_calls(monkeypatch) -> list[int]:
-    from senet.ops import squeeze_excite as ops
-
-    calls = [0]
-    original = ops.se_norm_scale
-
-    def counted(*args):
-        calls[0] += 1
-        return original(*args)
-
-    monkeypatch.setattr(ops, "se_norm_scale", counted)
-    return calls
-
-
 def _post_activation_se_resnet(**options):
     """A tiny post-activation SE-ResNet: its units' branches end in a BatchNorm the SE block can fuse."""
     return senet.create_model("se_resnet18", widths=(4, 4, 8, 8), num_classes=3, **options)
 
 
-def test_only_a_plain_hookless_batchnorm_is_fused_and_the_switch_is_a_build_option(monkeypatch):
+def test_only_a_plain_hookless_batchnorm_is_fused_and_the_switch_is_a_build_option(fused_norm_calls):
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    calls = _count_fused_norm_calls(monkeypatch)
+    calls = fused_norm_calls
     x = torch.randn(2, 3, 32, 32)
     _post_activation_se_resnet(se_recompute_norm=True)(x).sum().backward()
     assert calls[0] == 8  # every unit of ResNet-18's layout

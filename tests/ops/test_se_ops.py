@@ -9,7 +9,12 @@ import torch.nn.functional as F
 import senet
 from senet.ops import squeeze_excite as ops
 
-GATES = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
+GATES = {
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "2sigmoid": lambda t: 2 * torch.sigmoid(t),
+}
 
 
 def _weights(channels=6, hidden=3, bias=True, dtype=torch.float64):
@@ -36,7 +41,7 @@ def _inputs(shape=(2, 6, 5, 3), channels_last=False, residual=True, dtype=torch.
     return x.requires_grad_(), (r.requires_grad_() if r is not None else None)
 
 
-@pytest.mark.parametrize("gate", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("gate", ["sigmoid", "tanh", "relu", "2sigmoid"])
 @pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -499,7 +499,7 @@ def collect_excitations(
         device: where to run (default: where the model's parameters are).
         progress: a tqdm bar on a terminal.
     """
-    from senet.train.engine import _progress
+    from senet.train.engine import progress_bar
 
     chosen = _as_blocks(model, blocks)
     if not chosen:
@@ -515,7 +515,7 @@ def collect_excitations(
     model.eval()
     try:
         with _recording(chosen) as records:
-            for batch in _progress(loader, "excitation", 0, progress):
+            for batch in progress_bar(loader, "excitation", 0, progress):
                 images, targets = batch[0], batch[1]
                 if targets.numel() == 0:
                     continue

@@ -11,7 +11,7 @@ import atexit
 import math
 import signal
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -266,6 +266,7 @@ def build_loader(
     balanced_targets: list[int] | None = None,
     pin_memory: bool = False,
     drop_last: bool | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader[Any]:
     """A DataLoader over ``dataset`` yielding ``(images, targets, num_skipped)`` batches.
 
@@ -280,6 +281,8 @@ def build_loader(
         balanced_targets: the label of every item; draws classes with equal probability (data balancing).
         pin_memory: pin batches for faster host-to-GPU copies.
         drop_last: overrides the ``train`` default.
+        collate_fn: turns a list of items (None where unreadable) into a batch; default: stacked images and
+            labels, unreadable items dropped and counted (``senet.detection.data.collate`` for detection).
 
     ``loader.sampler.set_epoch(epoch, start=0)`` exists in every mode (``start``: skip the epoch's first
     indices, to resume mid-epoch). A ``ShardDataset`` is read shard by shard (``_ShardSampler``), unless
@@ -307,7 +310,7 @@ def build_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=_collate_skipping,
+        collate_fn=collate_fn or _collate_skipping,
         pin_memory=pin_memory,
         drop_last=train if drop_last is None else drop_last,
         worker_init_fn=_init_worker if workers > 0 else None,

@@ -16,11 +16,11 @@ from torch import nn
 from senet.ops import squeeze_excite as ops
 
 Squeeze = Literal["avg", "max", "none"]
-Gate = Literal["sigmoid", "tanh", "relu"]
+Gate = Literal["sigmoid", "tanh", "relu", "2sigmoid"]
 Position = Literal["standard", "pre", "post", "identity", "3x3"]
 
 SQUEEZES: tuple[str, ...] = ("avg", "max", "none")
-GATES: tuple[str, ...] = ("sigmoid", "tanh", "relu")
+GATES: tuple[str, ...] = ("sigmoid", "tanh", "relu", "2sigmoid")
 POSITIONS: tuple[str, ...] = ("standard", "pre", "post", "identity", "3x3")
 
 
@@ -37,7 +37,9 @@ class SqueezeExcite(nn.Module):
             narrower than r different ratios build the same block). r = 16 is the paper's default (Table 10).
         squeeze: ``"avg"`` global average pooling (paper), ``"max"`` global max pooling (Table 11), or
             ``"none"``: no pooling, the FCs act as 1x1 convs on every position (NoSqueeze, Table 16).
-        gate: the excitation non-linearity: ``"sigmoid"`` (paper), ``"tanh"`` or ``"relu"`` (Table 12).
+        gate: the excitation non-linearity: ``"sigmoid"`` (paper), ``"tanh"`` or ``"relu"`` (Table 12), or
+            ``"2sigmoid"`` (2 * sigmoid: with ``fc2`` zeroed the block starts as the identity, for SE blocks
+            added to a trained plain network by :func:`senet.add_se` with ``init="identity"``).
         bias: whether ``fc1``/``fc2`` have biases. The released models have them; the ResNet ablations
             drop them (Sec. 6).
         hidden_channels: explicit hidden width, overriding ``channels // reduction``.

@@ -1,8 +1,10 @@
-"""What every network family shares: the pooled classifier head with its API, and weight initialisation."""
+"""What every network family shares: the pooled classifier head with its API, weight initialisation, and the
+description of its stages that makes it a backbone (:class:`FeatureStage`, :class:`StagedNetwork`)."""
 
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -73,11 +75,65 @@ def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
             nn.init.zeros_(module.bias)
 
 
+@dataclass(frozen=True)
+class FeatureStage:
+    """One stage of a network seen as a backbone (``senet.models.features``; docs/backbones.md).
+
+    ``index``: 0 for the stem's output, s >= 1 for stage s, the numbering of ``se_stages`` (1 is the first
+    stage after the stem). ``modules``: dotted paths into the network, called one after the other on the
+    previous stage's output; all stages' modules in order compute ``forward_features``. ``channels`` and
+    ``reduction`` (input side / map side, where the network's paddings divide it exactly) describe the output,
+    which is taken at ``modules[-1]``.
+    """
+
+    index: int
+    modules: tuple[str, ...]
+    channels: int
+    reduction: int
+
+    @property
+    def module(self) -> str:
+        """The module whose output is the stage's feature map."""
+        return self.modules[-1]
+
+
+def present(network: nn.Module, *paths: str) -> tuple[str, ...]:
+    """``paths`` less the ``nn.Identity`` ones (an absent pooling, a pre-activation stem's BN and ReLU)."""
+    return tuple(p for p in paths if not isinstance(network.get_submodule(p), nn.Identity))
+
+
+class StagedNetwork(nn.Module):
+    """What every family offers besides its head: its stages (:meth:`feature_stages`) and, once
+    ``senet.models.features.freeze_stages`` has frozen the first of them (``frozen_stages``: mmdet's rule,
+    -1 none, 0 the stem, k the stem and stages 1..k), keeping those in evaluation mode through ``train()``."""
+
+    frozen_stages: int = -1
+
+    def feature_stages(self) -> list[FeatureStage]:
+        """The network's stages in order, the stem's (index 0) first where it has a stem."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> "StagedNetwork":
+        super().train(mode)
+        if self.frozen_stages >= 0:
+            keep_frozen_in_eval(self, self.feature_stages(), self.frozen_stages)
+        return self
+
+
+def keep_frozen_in_eval(network: nn.Module, stages: Iterable[FeatureStage], frozen_stages: int) -> None:
+    """Put the modules of the frozen stages (index <= ``frozen_stages``) in evaluation mode: their BatchNorms
+    use and keep their running statistics, whatever mode the rest of the network trains in."""
+    for stage in stages:
+        if stage.index <= frozen_stages:
+            for path in stage.modules:
+                network.get_submodule(path).eval()
+
+
 def _linear_or_identity(num_features: int, num_classes: int) -> nn.Module:
     return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
-class PooledClassifier(nn.Module):
+class PooledClassifier(StagedNetwork):
     """Global average pooling -> dropout -> linear classifier, and the classifier API every family offers
     (``forward_features``, ``forward_head``, ``get_classifier``, ``reset_classifier``, as in timm).
 

@@ -49,7 +49,13 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
-from senet.models.base import PooledClassifier, check_common_options, check_option, init_weights
+from senet.models.base import (
+    FeatureStage,
+    PooledClassifier,
+    check_common_options,
+    check_option,
+    init_weights,
+)
 from senet.models.registry import PaperFigures, register_model
 
 IntPair = Union[int, tuple[int, int]]
@@ -136,7 +142,7 @@ class InceptionModule(nn.Module):
         self, in_channels: int, spec: InceptionSpec, *, se: SEConfig | None = None, conv_bias: bool = False
     ):
         super().__init__()
-        s = spec.stride
+        s = self.stride = spec.stride
 
         def conv(cin: int, cout: int, kernel: int, stride: int = 1) -> ConvBN:
             return ConvBN(cin, cout, kernel, stride, kernel // 2, bias=conv_bias)
@@ -225,6 +231,23 @@ class BNInception(PooledClassifier):
 
     def inception_modules(self) -> list[InceptionModule]:
         return [getattr(self, name) for name in self.module_names]
+
+    def feature_stages(self) -> list[FeatureStage]:
+        """One stage per resolution, as timm's Inception-v3: 0 is the stem up to conv2 (1/4, before pool2);
+        stage 1 is pool2 and the modules at 1/8 (3a, 3b); each stride-2 module starts the next stage (3c-4d at
+        1/16, 4e-5b at 1/32): each map is the last one at its resolution. ``se_stages`` groups the modules by
+        name instead (3a-3c, 4a-4e, 5a-5b)."""
+        width = self.conv2.conv.out_channels
+        stages = [FeatureStage(0, ("conv1", "pool1", "conv2_reduce", "conv2"), width, 4)]
+        modules, channels, reduction = ["pool2"], width, 8
+        for name, module in zip(self.module_names, self.inception_modules()):
+            if module.stride > 1 and modules != ["pool2"]:
+                stages.append(FeatureStage(len(stages), tuple(modules), channels, reduction))
+                modules = []
+            modules.append(name)
+            channels, reduction = module.out_channels, reduction * module.stride
+        stages.append(FeatureStage(len(stages), tuple(modules), channels, reduction))
+        return stages
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, before global pooling: (N, 1024, H/32, W/32)."""
@@ -477,6 +500,19 @@ class InceptionResNetV2(PooledClassifier):
 
     def residual_blocks(self) -> list[InceptionResNetBlock]:
         return [*self.repeat, *self.repeat_1, *self.repeat_2, self.block8]
+
+    def feature_stages(self) -> list[FeatureStage]:
+        """timm's stages less its first (``conv2d_2b``, 1/2): 0 is the stem up to ``conv2d_4a`` (1/4); stage s
+        holds the residual blocks of ``se_stages``'s stage s and the reduction before them (1/8, 1/16, 1/32),
+        the last one ending with ``conv2d_7b``. Unpadded convs make the maps a little smaller than the nominal
+        reductions (35, 17, 8 at 299)."""
+        stem = ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a")
+        return [
+            FeatureStage(0, stem, self.conv2d_4a.conv.out_channels, 4),
+            FeatureStage(1, ("maxpool_5a", "mixed_5b", "repeat"), self.mixed_5b.out_channels, 8),
+            FeatureStage(2, ("mixed_6a", "repeat_1"), self.mixed_6a.out_channels, 16),
+            FeatureStage(3, ("mixed_7a", "repeat_2", "block8", "conv2d_7b"), self.num_features, 32),
+        ]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, before global pooling: (N, 1536, 8, 8) at 299x299."""

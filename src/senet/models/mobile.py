@@ -27,6 +27,7 @@ from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
 from senet.models.base import (
+    FeatureStage,
     PooledClassifier,
     check_common_options,
     check_option,
@@ -119,12 +120,7 @@ class MobileNet(PooledClassifier):
             tuple(units),
             "give (out_channels, stride) pairs of integers >= 1",
         )
-        # Stage 1 starts with the first unit after the stem conv; a new resolution stage starts at each
-        # down-sampling unit after it (v1: 112, 56, 28, 14, 7 at 224x224).
-        unit_stages, stage = [], 1
-        for index, (_, stride) in enumerate(units):
-            stage += int(stride > 1 and index > 0)
-            unit_stages.append(stage)
+        unit_stages = _unit_stages([stride for _, stride in units])
         if se is not None:
             se.require_position("MobileNet")
             stages = sorted(set(unit_stages))
@@ -148,9 +144,32 @@ class MobileNet(PooledClassifier):
             se.check_built("MobileNet", self)
         init_weights(self, linear_std=0.01)
 
+    def feature_stages(self) -> list[FeatureStage]:
+        """0: the stem conv (1/2); stage s: the units of ``se_stages``'s stage s, one per output stride (v1:
+        ``blocks.0`` at 1/2, ``1-2`` at 1/4 ... ``11-12`` at 1/32; timm's ``mobilenetv1_100`` stages 0-4)."""
+        stages = [FeatureStage(0, ("stem",), self.stem[0].out_channels, 2)]
+        reduction = 2
+        strides = [unit.conv_dw.stride[0] for unit in self.blocks]
+        for index, (unit, stage, stride) in enumerate(zip(self.blocks, _unit_stages(strides), strides)):
+            reduction *= stride
+            earlier = stages.pop().modules if stages[-1].index == stage else ()
+            modules = (*earlier, f"blocks.{index}")
+            stages.append(FeatureStage(stage, modules, unit.conv_pw.out_channels, reduction))
+        return stages
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, before pooling: (N, num_features, H/32, W/32) for MobileNet v1."""
         return self.blocks(self.stem(x))
+
+
+def _unit_stages(strides: Sequence[int]) -> list[int]:
+    """Each MobileNet unit's stage: 1 from the first unit after the stem conv, a new resolution stage at each
+    down-sampling unit after it (v1: 112, 56, 28, 14, 7 at 224x224)."""
+    stages, stage = [], 1
+    for index, stride in enumerate(strides):
+        stage += int(stride > 1 and index > 0)
+        stages.append(stage)
+    return stages
 
 
 # Howard et al. Table 1. Its last depthwise row reads "s2" at 7x7 input, a known typo: the output stays 7x7
@@ -307,6 +326,7 @@ class ShuffleNet(PooledClassifier):
             self.add_module(f"stage{index + 2}", nn.Sequential(*units))  # Zhang et al. name them Stage2..4
             channels = width
         self.num_stages = len(depths)
+        self._widths = tuple(widths)
         self._make_head(channels, num_classes, drop_rate)
         if se is not None:
             se.check_built("ShuffleNet", self)
@@ -314,6 +334,15 @@ class ShuffleNet(PooledClassifier):
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"stage{i + 2}") for i in range(self.num_stages)]
+
+    def feature_stages(self) -> list[FeatureStage]:
+        """0: the stem conv (1/2, before the max-pool, as ResNet's); stage s: Zhang et al.'s Stage<s+1> (1/8,
+        1/16, 1/32), stage 1 starting with the stem's max-pool."""
+        stages = [FeatureStage(0, ("stem",), self.stem[0].out_channels, 2)]
+        for s, width in enumerate(self._widths, start=1):
+            modules = ("maxpool", "stage2") if s == 1 else (f"stage{s + 1}",)
+            stages.append(FeatureStage(s, modules, width, 2 ** (s + 2)))
+        return stages
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, before pooling: (N, num_features, H/32, W/32) for three stages."""

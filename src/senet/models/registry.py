@@ -103,6 +103,12 @@ def create_model(
     ignore or cannot honour is refused, e.g. a stage it lacks: ``se_stages`` numbers stages from 1, the first
     after the stem (``layer1``, the paper's ``"conv2_x"``, which the ImageNet ResNets also accept).
 
+    Backbone options, every family (:mod:`senet.models.features`, docs/backbones.md): ``features_only=True``
+    returns a :class:`~senet.models.features.FeatureNet` whose forward gives the maps of ``out_indices`` (stage
+    numbers as ``se_stages``'s, 0 the stem's output; default all) as a list, described by its ``feature_info``;
+    ``frozen_stages=k`` freezes the stem and stages 1..k (-1: nothing; mmdet's rule); ``norm="frozen_bn"``
+    makes every BatchNorm a ``FrozenBatchNorm2d``.
+
     ``pretrained``: a weights file (``senet convert``) or run directory holding ``name``'s weights, or True for
     the published weights of ``name``; see :func:`senet.load_pretrained`, which this calls. The weights'
     recorded build options win over the builder's defaults; a ``num_classes`` other than theirs gets a new,
@@ -114,8 +120,15 @@ def create_model(
         source = name if pretrained is True else pretrained
         return load_pretrained(source, model=name, num_classes=num_classes, **options)
     info = model_info(name)
+    from senet.models.add_se import refuse_add_se_options
+
+    refuse_add_se_options(info.name, info.family, options)  # add_se is for torchvision:NAME models
+    from senet.models.features import apply_backbone_options, pop_backbone_options
+
+    backbone = pop_backbone_options(options)
     try:
-        return info.builder(num_classes=info.num_classes if num_classes is None else num_classes, **options)
+        model = info.builder(num_classes=info.num_classes if num_classes is None else num_classes, **options)
+        return apply_backbone_options(model, **backbone) if backbone else model
     except TypeError as error:
         # An unknown keyword surfaces from deep inside the family class: say it in the user's terms.
         message = str(error)
@@ -139,5 +152,12 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
-    """The registry entry of ``name`` (aliases resolve); unknown names fail with the closest known ones."""
+    """The registry entry of ``name`` (aliases resolve); unknown names fail with the closest known ones.
+
+    ``torchvision:NAME`` is torchvision's classification model NAME (weights=None), with SE blocks on request
+    (``add_se=True``, ``se_reduction``, ``se_where``, ``se_init``: :mod:`senet.models.add_se`)."""
+    if name.startswith("torchvision:"):
+        from senet.models.add_se import torchvision_model_info
+
+        return torchvision_model_info(name)
     return _MODELS[_resolve(name)]

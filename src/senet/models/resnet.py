@@ -23,11 +23,13 @@ from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
 from senet.models.base import (
+    FeatureStage,
     PooledClassifier,
     check_common_options,
     check_option,
     check_positive,
     init_weights,
+    present,
 )
 from senet.models.registry import PaperFigures, register_model
 
@@ -289,6 +291,8 @@ class ResNet(PooledClassifier):
         self.bn1 = nn.Identity() if block.preact else nn.BatchNorm2d(stem_out)
         self.relu = nn.Identity() if block.preact else nn.ReLU(inplace=True)
         self.maxpool = _make_stem_pool(stem, stem_pool)
+        self._stem_stride = 1 if stem == "cifar" else 2
+        self._stage_channels = [stem_out]  # the stem's and each stage's output width, for feature_stages
 
         self._block = block
         self._unit_options = dict(
@@ -304,6 +308,7 @@ class ResNet(PooledClassifier):
             stage_se = se if se is not None and se.in_stage(stage) else None
             layer, inplanes = self._make_stage(inplanes, planes, depth, stride, stage_se, down_kernel_size)
             self.add_module(f"layer{stage}", layer)
+            self._stage_channels.append(inplanes)
         self.num_stages = len(depths)
         self.final_act = (
             nn.Sequential(nn.BatchNorm2d(inplanes), nn.ReLU(inplace=True)) if block.preact else nn.Identity()
@@ -340,6 +345,20 @@ class ResNet(PooledClassifier):
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def feature_stages(self) -> list[FeatureStage]:
+        """0: the stem's conv-BN-ReLU, before its max-pool (timm's ``act1``; a bare conv in pre-activation
+        networks); s: ``layer<s>``, stage 1 starting with the stem's max-pool; the last stage ends with the
+        pre-activation networks' final BN-ReLU."""
+        reduction = self._stem_stride
+        stages = [FeatureStage(0, present(self, "conv1", "bn1", "relu"), self._stage_channels[0], reduction)]
+        for s in range(1, self.num_stages + 1):
+            first = present(self, "maxpool") if s == 1 else ()
+            last = present(self, "final_act") if s == self.num_stages else ()
+            reduction *= 2 ** len(first) if s == 1 else 2
+            modules = (*first, f"layer{s}", *last)
+            stages.append(FeatureStage(s, modules, self._stage_channels[s], reduction))
+        return stages
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, before global pooling: (N, num_features, H/32, W/32) at default strides."""

@@ -40,7 +40,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig
-from senet.models.base import PooledClassifier, check_common_options, check_positive, init_weights
+from senet.models.base import (
+    FeatureStage,
+    PooledClassifier,
+    check_common_options,
+    check_positive,
+    init_weights,
+    present,
+)
 from senet.models.registry import PaperFigures, register_model
 
 BranchType = Literal["basic", "bottleneck"]
@@ -312,6 +319,7 @@ class ShakeResNet(PooledClassifier):
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
             in_channels = out_channels
         self.num_stages = len(depths)
+        self._widths = (stem_width, *widths)
         # Basic blocks end without a ReLU; Gastaldi adds one before pooling.
         self.final_act = nn.ReLU(inplace=True) if preact else nn.Identity()
         self._make_head(in_channels, num_classes, drop_rate)
@@ -321,6 +329,15 @@ class ShakeResNet(PooledClassifier):
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def feature_stages(self) -> list[FeatureStage]:
+        """0: the 3x3 stem conv-BN(-ReLU) at full resolution; s: ``layer<s>`` (1, 1/2, 1/4), the last one ending
+        with the basic networks' final ReLU."""
+        stages = [FeatureStage(0, present(self, "conv1", "bn1", "relu"), self._widths[0], 1)]
+        for s in range(1, self.num_stages + 1):
+            last = present(self, "final_act") if s == self.num_stages else ()
+            stages.append(FeatureStage(s, (f"layer{s}", *last), self._widths[s], 2 ** (s - 1)))
+        return stages
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, before global pooling: (N, num_features, H/4, W/4)."""

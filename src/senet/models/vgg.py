@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from senet.layers.squeeze_excite import SEConfig, SqueezeExcite
-from senet.models.base import check_common_options, check_num_classes, check_positive, init_weights
+from senet.models.base import (
+    FeatureStage,
+    StagedNetwork,
+    check_common_options,
+    check_num_classes,
+    check_positive,
+    init_weights,
+)
 from senet.models.registry import PaperFigures, register_model
 
 
@@ -41,7 +48,7 @@ class ReLUThenSE(nn.Module):
         return self.se(self.relu(x))
 
 
-class VGG(nn.Module):
+class VGG(StagedNetwork):
     """The VGG family with BN: stages of 3x3 conv-BN-ReLU separated by 2x2 max-pools, then a 3-layer MLP.
 
     Args:
@@ -119,6 +126,21 @@ class VGG(nn.Module):
     def se_blocks(self) -> list[SqueezeExcite]:
         """The SE blocks in network order (13 in SE-VGG-16)."""
         return [m.se for m in self.features if isinstance(m, ReLUThenSE)]
+
+    def feature_stages(self) -> list[FeatureStage]:
+        """No stem: stage s is the s-th block of conv-BN-ReLU ending with its max-pool (mmdet's VGG stages; timm
+        taps the same blocks before their pools, at half the reduction)."""
+        stages: list[FeatureStage] = []
+        modules: list[str] = []
+        channels = 0
+        for index, layer in enumerate(self.features):
+            modules.append(f"features.{index}")
+            channels = layer.out_channels if isinstance(layer, nn.Conv2d) else channels
+            if isinstance(layer, nn.MaxPool2d):
+                stage = len(stages) + 1
+                stages.append(FeatureStage(stage, tuple(modules), channels, 2**stage))
+                modules = []
+        return stages
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, before pooling: (N, feature_channels, H/32, W/32) for five stages."""

@@ -22,11 +22,20 @@ from typing import Any, Optional
 import torch
 from torch.nn import functional as F
 
-GATE_FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
+
+def _two_sigmoid(x: Tensor) -> Tensor:
+    """``2 * sigmoid(x)``: 1 at x = 0, so an SE block whose last FC is zero starts as the identity
+    (``senet.add_se(..., init="identity")``); its range (0, 2) can also amplify a channel."""
+    return 2 * torch.sigmoid(x)
+
+
+GATE_FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "2sigmoid": _two_sigmoid}
+# Each gate's derivative, written in its output g (what the backward keeps).
 _GATE_DERIVATIVES = {
     "sigmoid": lambda g: g * (1 - g),
     "tanh": lambda g: 1 - g * g,
     "relu": lambda g: (g > 0).to(g.dtype),
+    "2sigmoid": lambda g: g * (1 - g / 2),  # g = 2s: d(2s)/dx = 2s(1 - s) = g(1 - g/2)
 }
 Tensor = torch.Tensor
 

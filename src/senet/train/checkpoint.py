@@ -355,7 +355,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     if not candidates:
         raise FileNotFoundError(
             f"no checkpoint in {path}: expected checkpoint-e*-b*.json files "
-            "(a run directory of `senet train`)"
+            "(a run directory of `senet train` or `senet detect train`)"
         )
     first_error: Exception | None = None
     for meta_path in reversed(candidates):

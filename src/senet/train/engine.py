@@ -5,6 +5,11 @@ after every epoch, writes one JSON line per epoch and a checkpoint per epoch (an
 minutes) into the run directory, and resumes exactly from any checkpoint. SIGINT, SIGTERM and SIGUSR1 stop
 it at a step boundary after a checkpoint (see ``control.py``). Under ``torchrun`` each process trains on its
 shard of the data, DDP averages the gradients, metrics are summed over all processes, and only rank 0 writes.
+
+The detection engine (``senet.detection.engine``) runs on the same machinery: :func:`setup_device`,
+:class:`TrainingRun` (position, resume, checkpoints, stop signals, the finite-loss check), :class:`Meter`,
+:func:`progress_bar`, :func:`setup_logging`, :func:`check_batches`, :func:`finished_run`, :func:`val_shard`
+and :func:`autocast`.
 """
 
 from __future__ import annotations
@@ -64,7 +69,9 @@ class RunResult:
 
 
 @dataclass(frozen=True)
-class _Dist:
+class Dist:
+    """Where this process stands in a run: its rank, the number of processes, its GPU's index on the node."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -82,13 +89,15 @@ class _Dist:
 # -- set-up -------------------------------------------------------------------------------------------
 
 
-def _init_distributed(device_type: str) -> _Dist:
+def init_distributed(device_type: str) -> Dist:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) the default process group (nccl on CUDA, gloo on CPU); else one
+    process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return _Dist()
+        return Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -109,13 +118,23 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def setup_device(name: str) -> tuple[Dist, torch.device]:
+    """The process group (under ``torchrun``) and this process's device for ``--device name``; on CUDA the
+    device is made the current one (NCCL, RNG state)."""
+    ctx = init_distributed(resolve_device(name).type)
+    device = resolve_device(name, ctx.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return ctx, device
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def _setup_logging(run_dir: Path) -> list[logging.Handler]:
+def setup_logging(run_dir: Path) -> list[logging.Handler]:
     """Rank 0 logs to stdout and to ``train.log`` in the run directory; other ranks stay quiet."""
     handlers: list[logging.Handler] = [
         logging.StreamHandler(sys.stdout),
@@ -224,7 +243,7 @@ def _build_data(config: TrainConfig) -> DataSpec:
     )
 
 
-def _loaders(config: TrainConfig, ctx: _Dist, device: torch.device, spec: DataSpec, batch: int) -> tuple:
+def _loaders(config: TrainConfig, ctx: Dist, device: torch.device, spec: DataSpec, batch: int) -> tuple:
     """The train and val loaders: images decoded and augmented in the workers (``loader="cpu"``), or only read
     there and finished on the device (``"gpu"``; ``"auto"``: on CUDA, for image folders)."""
     cuda = device.type == "cuda"
@@ -248,7 +267,7 @@ def _loaders(config: TrainConfig, ctx: _Dist, device: torch.device, spec: DataSp
     return tuple(DecodedLoader(loader, pipeline, device, config.channels_last) for loader in loaders)
 
 
-def val_shard(dataset: Any, ctx: _Dist) -> Any:
+def val_shard(dataset: Any, ctx: Dist) -> Any:
     """Every rank evaluates a disjoint slice; no padding, so summed metrics count each image once."""
     return dataset if ctx.world_size == 1 else Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
 
@@ -271,21 +290,19 @@ def _topk_correct(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     return hits[:, 0].sum(), hits.any(dim=1).sum()
 
 
-class _Meter:
-    """Sums of loss, top-1/top-5 hits and counts, reduced over ranks at the end."""
+class Meter:
+    """``width`` sums over an epoch's batches (float64, on the device) and the unreadable images skipped,
+    reduced over the ranks when read; a resumed epoch starts from the sums saved mid-epoch (``state``, as
+    :meth:`totals` returned them). Subclasses say what they sum (``add``) and what it means (``result``)."""
+
+    width = 4
 
     def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
-        # loss*n, top1 hits, top5 hits, n; a resumed epoch starts from the sums saved mid-epoch.
-        sums = state["sums"] if state else [0.0] * 4
+        sums = state["sums"] if state else [0.0] * self.width
         self.sums = torch.tensor(sums, dtype=torch.float64, device=device)
         self.skipped = state["skipped"] if state else 0
 
-    def add(self, loss: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        top1, top5 = _topk_correct(scores.detach(), targets)
-        n = torch.tensor(float(targets.numel()), dtype=torch.float64, device=self.sums.device)
-        self.sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), n])
-
-    def totals(self, ctx: _Dist) -> dict[str, Any]:
+    def totals(self, ctx: Dist) -> dict[str, Any]:
         """The sums over all ranks, as saved in a checkpoint (every rank must call this)."""
         sums = ctx.sum(
             torch.cat(
@@ -295,7 +312,16 @@ class _Meter:
         *totals, skipped = sums.tolist()
         return {"sums": totals, "skipped": int(skipped)}
 
-    def result(self, ctx: _Dist, prefix: str) -> dict[str, float]:
+
+class _Meter(Meter):
+    """Sums of loss, top-1/top-5 hits and counts: loss*n, top1 hits, top5 hits, n."""
+
+    def add(self, loss: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        top1, top5 = _topk_correct(scores.detach(), targets)
+        n = torch.tensor(float(targets.numel()), dtype=torch.float64, device=self.sums.device)
+        self.sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), n])
+
+    def result(self, ctx: Dist, prefix: str) -> dict[str, float]:
         totals = self.totals(ctx)
         loss, top1, top5, n = totals["sums"]
         seen = max(n, 1.0)
@@ -322,7 +348,7 @@ def evaluate(
     *,
     amp: bool = False,
     channels_last: bool = False,
-    ctx: _Dist = _Dist(),
+    ctx: Dist = Dist(),
     prefix: str = "val",
     log_interval: int = 0,
     control: RunControl | None = None,
@@ -336,7 +362,7 @@ def evaluate(
     # Ranks' shards may differ by a batch: they agree on stopping only over the batches all of them have.
     polls = control.min_over_ranks(len(loader)) if control is not None else 0
     for index, (images, targets, skipped) in enumerate(
-        _progress(loader, f"{prefix}", log_interval, ctx.is_main)
+        progress_bar(loader, f"{prefix}", log_interval, ctx.is_main)
     ):
         if index < polls:
             control.check_stop()  # type: ignore[union-attr]
@@ -366,7 +392,7 @@ def predict_proba(
     """Softmax outputs (averaged over crops for multi-crop batches) and targets of a whole loader, on CPU."""
     model.eval()
     probs, labels = [], []
-    for images, targets, _ in _progress(loader, "predict", 0, True):
+    for images, targets, _ in progress_bar(loader, "predict", 0, True):
         if targets.numel() == 0:
             continue
         images, targets = to_device(images, targets, device, channels_last)
@@ -380,7 +406,7 @@ def predict_proba(
 # -- progress -----------------------------------------------------------------------------------------
 
 
-def _progress(iterable: Iterable, desc: str, log_interval: int, enabled: bool) -> Iterator:
+def progress_bar(iterable: Iterable, desc: str, log_interval: int, enabled: bool) -> Iterator:
     """A tqdm bar on a terminal; plain lines every ``log_interval`` batches otherwise (CI logs, files)."""
     total = len(iterable) if hasattr(iterable, "__len__") else None
     if not enabled:
@@ -423,10 +449,7 @@ def train(
     :class:`TrainingDiverged` on a NaN/inf loss, and :class:`TrainingInterrupted` when SIGINT, SIGTERM or
     SIGUSR1 stopped training at a step boundary (after saving a checkpoint there).
     """
-    ctx = _init_distributed(resolve_device(config.device).type)
-    device = resolve_device(config.device, ctx.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # this process's GPU is "the current one" (NCCL, RNG state)
+    ctx, device = setup_device(config.device)
     run_dir, checkpoint = prepare_run_dir(config, resume, overwrite)
     config = with_pretrained_options(config, checkpoint)
     changes = Changes({})
@@ -439,7 +462,7 @@ def train(
         )
     seed_everything(config.seed)  # same initial weights on every rank
     spec = _build_data(config)
-    _check_batches(config, spec, ctx)
+    check_batches(config.batch_size, len(spec.train), ctx)
     net = build_model(config, spec, pretrained=checkpoint is None).to(device)
     if checkpoint is not None:
         if checkpoint.meta["num_classes"] != spec.num_classes:
@@ -448,12 +471,12 @@ def train(
             )
         load_weights_into(net, checkpoint.model_state(), str(checkpoint.path))
         if checkpoint.position >= (config.epochs, 0):
-            return _finished(config, run_dir, checkpoint, net, ctx)
+            return finished_run(config, run_dir, checkpoint, net, ctx)
     if ctx.world_size > 1:
         dist.barrier()  # every rank has read the run directory before rank 0 changes it
     if ctx.is_main:
         open_run_dir(run_dir, config, checkpoint)
-    handlers = _setup_logging(run_dir) if ctx.is_main else []
+    handlers = setup_logging(run_dir) if ctx.is_main else []
     run = None
     try:
         with RunControl(ctx.world_size, config.save_every_steps, config.save_every_minutes) as control:
@@ -470,20 +493,18 @@ def train(
             handler.close()
 
 
-def _check_batches(config: TrainConfig, spec: DataSpec, ctx: _Dist) -> None:
+def check_batches(batch_size: int, train_images: int, ctx: Dist) -> None:
     """The global batch splits over the processes and the training split fills at least one batch."""
-    if config.batch_size % ctx.world_size:
-        raise ValueError(f"batch size {config.batch_size} does not split over {ctx.world_size} processes")
-    per_rank = config.batch_size // ctx.world_size
-    if math.ceil(len(spec.train) / ctx.world_size) < per_rank:  # each rank's shard, as the samplers cut it
+    if batch_size % ctx.world_size:
+        raise ValueError(f"batch size {batch_size} does not split over {ctx.world_size} processes")
+    per_rank = batch_size // ctx.world_size
+    if math.ceil(train_images / ctx.world_size) < per_rank:  # each rank's shard, as the samplers cut it
         raise ValueError(
-            f"{len(spec.train)} training images give no full batch of {config.batch_size}; lower --batch-size"
+            f"{train_images} training images give no full batch of {batch_size}; lower --batch-size"
         )
 
 
-def _finished(
-    config: TrainConfig, run_dir: Path, checkpoint: Checkpoint, net: nn.Module, ctx: _Dist
-) -> RunResult:
+def finished_run(config: Any, run_dir: Path, checkpoint: Checkpoint, net: nn.Module, ctx: Dist) -> RunResult:
     """A resumed run that has nothing left to do says so and leaves its files as they are."""
     epoch, batches = checkpoint.position
     if (epoch, batches) > (config.epochs, 0):
@@ -501,7 +522,7 @@ def _finished(
 
 
 def _schedule_plan(
-    config: TrainConfig, steps_per_epoch: int, epoch: int, batch: int, factor: Callable[[int], float]
+    config: Any, steps_per_epoch: int, epoch: int, batch: int, factor: Callable[[int], float]
 ) -> str:
     """'lr 0.05 now; at the start of epoch 5: 0.04, ...': what the learning rate does from here."""
     lr = config.scaled_lr()
@@ -513,53 +534,34 @@ def _schedule_plan(
     return f"lr {now:.4g} now" + (f"; at the start of {', '.join(upcoming[:5])}{more}" if upcoming else "")
 
 
-class _Run:
-    """One run's model, optimizer, data and position (epoch, batches done, optimizer steps), and its loop."""
+class TrainingRun:
+    """What every training loop of the library shares (classification here, detection in
+    ``senet.detection.engine``): the position in the run (epoch, batches done, optimizer steps), exact resume
+    (optimizer, schedule, RNG of every rank, the epoch's sums), checkpoints gathered from every rank and
+    written by rank 0, the stop at a step boundary, and the finite-loss check.
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        ctx: _Dist,
-        device: torch.device,
-        run_dir: Path,
-        spec: DataSpec,
-        net: nn.Module,
-        control: RunControl,
-        on_step: Callable[[int, int], None] | None,
-    ) -> None:
-        self.config, self.ctx, self.device, self.run_dir, self.spec = config, ctx, device, run_dir, spec
-        self.control, self.on_step = control, on_step
-        if config.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        self.net = net
-        seed_everything(config.seed + ctx.rank)  # different augmentation streams per rank
-        self.per_rank_batch = config.batch_size // ctx.world_size
-        cuda = device.type == "cuda"
-        self.train_loader, self.val_loader = _loaders(config, ctx, device, spec, self.per_rank_batch)
-        self.steps_per_epoch = len(self.train_loader)  # > 0: see _check_batches
-        model: nn.Module = torch.compile(net) if config.compile else net
-        if ctx.world_size > 1:
-            model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-        self.model = model
-        other, bn = _split_bn_params(net)
-        self.optimizer = torch.optim.SGD(
-            [{"params": other}, {"params": bn}],
-            lr=config.scaled_lr(),
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-            # One kernel per step, and GradScaler passes it the scale and the inf flag on the device instead
-            # of reading the flag on the host (a sync per step). CPU keeps the default implementation.
-            fused=True if cuda else None,
-        )
-        self.lr_factors = [
-            _lr_factor(config, self.steps_per_epoch),
-            _bn_lr_factor(config, self.steps_per_epoch),
-        ]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factors)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and cuda)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.finite = FiniteLossCheck(device, control.min_over_ranks)
+    A subclass sets ``config`` (with ``keep``, ``seed``, ``epochs`` and ``scaled_lr()``), ``ctx``, ``device``,
+    ``run_dir``, ``control``, ``net``, ``optimizer``, ``scheduler`` (a per-step ``LambdaLR`` over
+    ``lr_factors``), ``scaler``, ``finite`` and ``steps_per_epoch``, calls :meth:`_start_position`, and writes
+    ``_meta`` and its epochs. A meter passed to :meth:`save` has ``totals(ctx)`` (its sums over the ranks).
+    """
+
+    command = "senet train"  # what continues a stopped run, named in the stop message
+
+    config: Any
+    ctx: Dist
+    device: torch.device
+    run_dir: Path
+    control: RunControl
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    lr_factors: list[Callable[[int], float]]
+    scaler: torch.amp.GradScaler
+    finite: FiniteLossCheck
+    steps_per_epoch: int
+
+    def _start_position(self) -> None:
         self.epoch, self.batch, self.step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
@@ -621,9 +623,7 @@ class _Run:
         else:  # more processes than the saved run (at an epoch boundary): a fresh stream for this rank
             seed_everything(self.config.seed + self.ctx.rank + 1_000_003 * self.epoch)
 
-    def save(
-        self, meter: _Meter | None = None, rng: RngState | None = None, elapsed: float = 0.0
-    ) -> Path | None:
+    def save(self, meter: Any = None, rng: RngState | None = None, elapsed: float = 0.0) -> Path | None:
         """Checkpoint the current position on rank 0; every rank calls this (it gathers every rank's state).
 
         ``rng``: the RNG state at this step boundary (taken before the next batch was drawn).
@@ -655,6 +655,90 @@ class _Run:
         return path
 
     def _meta(self, epoch_state: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint's JSON holds besides the tensors (see checkpoint._SCHEMA): each task's own."""
+        raise NotImplementedError
+
+    def stop(self, signum: int, meter: Any = None, rng: RngState | None = None, elapsed: float = 0.0) -> None:
+        """Save at this step boundary and raise :class:`TrainingInterrupted` (on every rank)."""
+        name = signal.Signals(signum).name
+        where = f"epoch {self.epoch + 1}, batch {self.batch} (step {self.step})"
+        try:
+            self.save(meter, rng, elapsed)
+        except ValueError as error:
+            raise TrainingInterrupted(signum, False, f"stopped by {name} at {where}, but {error}") from None
+        message = (
+            f"stopped by {name} at {where}; saved in {self.run_dir}: continue with "
+            f"`{self.command} --resume {self.run_dir}`"
+        )
+        if self.ctx.is_main:
+            log.info(message)
+        raise TrainingInterrupted(signum, True, message)
+
+    def _check_finite(self) -> None:
+        """Stop with the exact step if any loss since the last check was NaN or infinite (every rank)."""
+        bad = self.finite.first_bad()
+        if bad is None:
+            return
+        step, value, where = bad
+        epoch, batch = where if where is not None else (self.epoch + 1, self.batch)
+        checkpoints = list_checkpoints(self.run_dir)
+        last = checkpoints[-1] if checkpoints else "none yet"
+        raise TrainingDiverged(
+            f"loss became {value} at epoch {epoch}, batch {batch} (step {step}); "
+            f"training stopped, last good checkpoint: {last}. Lower --lr or check the data."
+        )
+
+
+class _Run(TrainingRun):
+    """One classification run's model, optimizer, data and position, and its loop."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        ctx: Dist,
+        device: torch.device,
+        run_dir: Path,
+        spec: DataSpec,
+        net: nn.Module,
+        control: RunControl,
+        on_step: Callable[[int, int], None] | None,
+    ) -> None:
+        self.config, self.ctx, self.device, self.run_dir, self.spec = config, ctx, device, run_dir, spec
+        self.control, self.on_step = control, on_step
+        if config.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        seed_everything(config.seed + ctx.rank)  # different augmentation streams per rank
+        self.per_rank_batch = config.batch_size // ctx.world_size
+        cuda = device.type == "cuda"
+        self.train_loader, self.val_loader = _loaders(config, ctx, device, spec, self.per_rank_batch)
+        self.steps_per_epoch = len(self.train_loader)  # > 0: see check_batches
+        model: nn.Module = torch.compile(net) if config.compile else net
+        if ctx.world_size > 1:
+            model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        self.model = model
+        other, bn = _split_bn_params(net)
+        self.optimizer = torch.optim.SGD(
+            [{"params": other}, {"params": bn}],
+            lr=config.scaled_lr(),
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+            # One kernel per step, and GradScaler passes it the scale and the inf flag on the device instead
+            # of reading the flag on the host (a sync per step). CPU keeps the default implementation.
+            fused=True if cuda else None,
+        )
+        self.lr_factors = [
+            _lr_factor(config, self.steps_per_epoch),
+            _bn_lr_factor(config, self.steps_per_epoch),
+        ]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factors)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and cuda)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.finite = FiniteLossCheck(device, control.min_over_ranks)
+        self._start_position()
+
+    def _meta(self, epoch_state: dict[str, Any]) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
             "model": self.config.model,
@@ -671,24 +755,6 @@ class _Run:
             "best": self.best,
             "epoch_state": epoch_state,
         }
-
-    def stop(
-        self, signum: int, meter: _Meter | None = None, rng: RngState | None = None, elapsed: float = 0.0
-    ) -> None:
-        """Save at this step boundary and raise :class:`TrainingInterrupted` (on every rank)."""
-        name = signal.Signals(signum).name
-        where = f"epoch {self.epoch + 1}, batch {self.batch} (step {self.step})"
-        try:
-            self.save(meter, rng, elapsed)
-        except ValueError as error:
-            raise TrainingInterrupted(signum, False, f"stopped by {name} at {where}, but {error}") from None
-        message = (
-            f"stopped by {name} at {where}; saved in {self.run_dir}: continue with "
-            f"`senet train --resume {self.run_dir}`"
-        )
-        if self.ctx.is_main:
-            log.info(message)
-        raise TrainingInterrupted(signum, True, message)
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -730,7 +796,7 @@ class _Run:
         meter = _Meter(device, self.epoch_state or None)
         started = time.perf_counter() - self.epoch_state.get("elapsed_s", 0.0)
         self.epoch_state = {}
-        batches = _progress(
+        batches = progress_bar(
             self.train_loader, f"epoch {self.epoch + 1}/{config.epochs}", config.log_interval, ctx.is_main
         )
         self._restore_rng()
@@ -777,20 +843,6 @@ class _Run:
         self.control.after_step(self.step)
         if self.on_step is not None:
             self.on_step(self.epoch, self.batch)
-
-    def _check_finite(self) -> None:
-        """Stop with the exact step if any loss since the last check was NaN or infinite (every rank)."""
-        bad = self.finite.first_bad()
-        if bad is None:
-            return
-        step, value, where = bad
-        epoch, batch = where if where is not None else (self.epoch + 1, self.batch)
-        checkpoints = list_checkpoints(self.run_dir)
-        last = checkpoints[-1] if checkpoints else "none yet"
-        raise TrainingDiverged(
-            f"loss became {value} at epoch {epoch}, batch {batch} (step {step}); "
-            f"training stopped, last good checkpoint: {last}. Lower --lr or check the data."
-        )
 
     def _end_epoch(self, meter: _Meter, val_metrics: dict[str, float], elapsed: float) -> None:
         config, epoch = self.config, self.epoch

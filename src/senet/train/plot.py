@@ -1,4 +1,8 @@
-"""Training curves of several runs on one chart: the paper's Fig. 4 (SE network vs its baseline)."""
+"""Training curves of several runs on one chart: the paper's Fig. 4 (SE network vs its baseline).
+
+Classification runs (``senet train``) record ``train_`` and ``val_`` loss and top-1/top-5 errors; detection runs
+(``senet detect train``) the training losses and the validation COCO metrics (``val_AP``, ``val_AP50``, ...).
+Each metric is drawn for whichever of the two splits a run records."""
 
 from __future__ import annotations
 
@@ -15,8 +19,15 @@ def read_history(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str = "top1_err") -> Path:
-    """Draw train (dashed) and val (solid) ``metric`` against epochs for every run; save to ``out``."""
+# What `senet plot --metric` offers: classification's errors and loss, detection's COCO metrics.
+METRICS = ("top1_err", "top5_err", "loss", "AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str | None = None) -> Path:
+    """Draw train (dashed) and val (solid) ``metric`` against epochs for every run; save to ``out``.
+
+    ``metric`` None: ``top1_err`` for classification runs, ``AP`` for detection runs (by the first run). A run
+    that records ``metric`` for neither split is a one-line ``ValueError``."""
     try:
         import matplotlib
     except ImportError:
@@ -24,22 +35,38 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str = "to
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    histories = [(run_dir, read_history(run_dir)) for run_dir in run_dirs]
+    if metric is None:
+        first = histories[0][1][0] if histories and histories[0][1] else {}
+        metric = "top1_err" if "val_top1_err" in first or not first else "AP"
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for run_dir in run_dirs:
-        history = read_history(run_dir)
-        config_path = Path(run_dir) / "config.json"
-        label = json.loads(config_path.read_text())["model"] if config_path.is_file() else Path(run_dir).name
+    for run_dir, history in histories:
+        label = _label(Path(run_dir))
         epochs = [r["epoch"] for r in history]
-        (line,) = axes.plot(epochs, [r[f"val_{metric}"] for r in history], label=f"{label} val")
-        axes.plot(
-            epochs,
-            [r[f"train_{metric}"] for r in history],
-            "--",
-            color=line.get_color(),
-            label=f"{label} train",
-        )
+        splits = [s for s in ("val", "train") if all(f"{s}_{metric}" in r for r in history)]
+        if history and not splits:
+            recorded = sorted(
+                {k.split("_", 1)[1] for r in history for k in r if k.startswith(("train_", "val_"))}
+            )
+            raise ValueError(
+                f"{run_dir} records no {metric!r} (it has {', '.join(recorded)}); choose another --metric"
+            )
+        color = None
+        for split in splits:
+            (line,) = axes.plot(
+                epochs,
+                [r[f"{split}_{metric}"] for r in history],
+                "-" if split == "val" else "--",
+                color=color,
+                label=f"{label} {split}",
+            )
+            color = line.get_color()
     axes.set_xlabel("epoch")
-    axes.set_ylabel(metric.replace("_", " ").replace("err", "error (%)"))
+    axes.set_ylabel(
+        metric.replace("_", " ").replace("err", "error (%)")
+        if "err" in metric or metric == "loss"
+        else f"COCO {metric}"
+    )
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -48,3 +75,14 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str = "to
     figure.savefig(out, dpi=120)
     plt.close(figure)
     return out
+
+
+def _label(run_dir: Path) -> str:
+    """A run's model (classification) or ``faster_rcnn_<backbone>`` (detection), else its folder's name."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        return run_dir.name
+    config = json.loads(config_path.read_text())
+    if "backbone" in config:
+        return f"faster_rcnn_{config['backbone']}"
+    return str(config.get("model", run_dir.name))

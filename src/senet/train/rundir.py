@@ -3,6 +3,10 @@
 Everything here decides before anything is written: a new run refuses a directory that already holds files
 (unless told to overwrite a run), a resumed run refuses a config that trains something else or changes the
 schedule without saying so, and only then does :func:`open_run_dir` create or tidy the directory.
+
+Classification (``senet train``) and detection (``senet detect train``) runs share all of it: a config is any
+dataclass with ``output``, ``model`` (the default run name) and ``to_dict()``, and :class:`ResumeRules` say
+which of its fields a resume may change.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import shutil
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from senet.train.checkpoint import (
     BEST_NAME,
@@ -22,13 +26,26 @@ from senet.train.checkpoint import (
     load_checkpoint,
     remove_stale_files,
 )
-from senet.train.config import TrainConfig
+
+
+class RunConfig(Protocol):
+    """What a run's config must offer here (``TrainConfig``, ``senet.detection.engine.DetectionConfig``)."""
+
+    @property
+    def output(self) -> str | None: ...
+
+    @property
+    def model(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 LOG_NAME = "train.log"
 # What `senet train` writes into a run directory; --overwrite deletes these and nothing else.
-_RUN_FILE_PATTERNS = (CONFIG_NAME, METRICS_NAME, LOG_NAME, BEST_NAME, "checkpoint-*", ".*.tmp")
+# (eval-*.json: what `senet detect eval` writes into the run it evaluated.)
+_RUN_FILE_PATTERNS = (CONFIG_NAME, METRICS_NAME, LOG_NAME, BEST_NAME, "checkpoint-*", ".*.tmp", "eval-*.json")
 
 # A checkpoint whose values of these differ trains another network on other data: never resumed.
 IDENTITY_FIELDS = ("model", "model_options", "pretrained", "data")
@@ -59,11 +76,24 @@ _CONTROL_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class ResumeRules:
+    """Which fields of a config a resumed run may not change (``identity``: another network or other data),
+    may change only with ``extend_schedule`` (``schedule``), or changes freely and silently (``control``)."""
+
+    identity: tuple[str, ...]
+    schedule: tuple[str, ...]
+    control: tuple[str, ...]
+
+
+CLASSIFICATION = ResumeRules(IDENTITY_FIELDS, SCHEDULE_FIELDS, _CONTROL_FIELDS)
+
+
 def _run_files(run_dir: Path) -> list[Path]:
     return sorted({p for pattern in _RUN_FILE_PATTERNS for p in run_dir.glob(pattern)})
 
 
-def new_run_dir(config: TrainConfig) -> Path:
+def new_run_dir(config: RunConfig) -> Path:
     if config.output:
         return Path(config.output)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -71,7 +101,7 @@ def new_run_dir(config: TrainConfig) -> Path:
 
 
 def prepare_run_dir(
-    config: TrainConfig, resume: str | Path | Checkpoint | None, overwrite: bool
+    config: RunConfig, resume: str | Path | Checkpoint | None, overwrite: bool
 ) -> tuple[Path, Checkpoint | None]:
     """The run directory and the checkpoint to continue from, checked but not yet touched.
 
@@ -119,7 +149,7 @@ def checkpoint_to_resume(resume: str | Path) -> Checkpoint:
         raise
 
 
-def _resumed_run_dir(config: TrainConfig, checkpoint: Checkpoint) -> tuple[Path, Checkpoint]:
+def _resumed_run_dir(config: RunConfig, checkpoint: Checkpoint) -> tuple[Path, Checkpoint]:
     if config.output and Path(config.output).resolve() != checkpoint.run_dir.resolve():
         raise ValueError(
             f"--output {config.output} differs from the resumed run {checkpoint.run_dir}; "
@@ -138,32 +168,39 @@ class Changes:
     """What a resumed run changes in its saved config (run-control fields such as ``workers`` left out)."""
 
     fields: dict[str, tuple[Any, Any]]  # name -> (saved, now)
+    schedule_fields: tuple[str, ...] = SCHEDULE_FIELDS
 
     @property
     def schedule(self) -> bool:
-        return any(name in SCHEDULE_FIELDS for name in self.fields)
+        return any(name in self.schedule_fields for name in self.fields)
 
     def __str__(self) -> str:
         return "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in self.fields.items())
 
 
 def reconcile(
-    saved: dict[str, Any], config: TrainConfig, *, extend_schedule: bool, mid_epoch: bool
+    saved: dict[str, Any],
+    config: Any,
+    *,
+    extend_schedule: bool,
+    mid_epoch: bool,
+    rules: ResumeRules = CLASSIFICATION,
 ) -> Changes:
-    """Check that ``config`` may continue a run saved with ``saved``, and say what it changes.
+    """Check that ``config`` (a dataclass) may continue a run saved with ``saved``, and say what it changes.
 
-    Refuses another model, options or data, and a changed schedule unless ``extend_schedule``.
+    Refuses another model, options or data (``rules.identity``), and a changed schedule (``rules.schedule``)
+    unless ``extend_schedule``.
     """
     ours = json.loads(json.dumps(config.to_dict()))  # as the checkpoint stored it (tuples become lists)
-    changed = [f.name for f in fields(TrainConfig) if f.name in saved and saved[f.name] != ours[f.name]]
+    changed = [f.name for f in fields(config) if f.name in saved and saved[f.name] != ours[f.name]]
     differs = [
         f"{name}: checkpoint {saved.get(name)!r} vs {ours[name]!r}"
-        for name in IDENTITY_FIELDS
+        for name in rules.identity
         if saved.get(name) != ours[name]
     ]
     if differs:
         raise ValueError(f"checkpoint belongs to another run ({'; '.join(differs)})")
-    schedule = [f"{name} {saved[name]!r} -> {ours[name]!r}" for name in changed if name in SCHEDULE_FIELDS]
+    schedule = [f"{name} {saved[name]!r} -> {ours[name]!r}" for name in changed if name in rules.schedule]
     if schedule and not extend_schedule:
         raise ValueError(
             f"resuming with a changed schedule ({', '.join(schedule)}); pass --extend-schedule to "
@@ -174,10 +211,12 @@ def reconcile(
             "the batch size can only change at an epoch boundary; resume from an epoch-end "
             "checkpoint, or keep --batch-size"
         )
-    return Changes({name: (saved[name], ours[name]) for name in changed if name not in _CONTROL_FIELDS})
+    return Changes(
+        {name: (saved[name], ours[name]) for name in changed if name not in rules.control}, rules.schedule
+    )
 
 
-def open_run_dir(run_dir: Path, config: TrainConfig, checkpoint: Checkpoint | None) -> None:
+def open_run_dir(run_dir: Path, config: RunConfig, checkpoint: Checkpoint | None) -> None:
     """Create or tidy the run directory (rank 0 only): stale temp files go, metrics match the checkpoint."""
     if checkpoint is None:
         for path in _run_files(run_dir) if run_dir.is_dir() else []:

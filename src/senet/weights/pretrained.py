@@ -30,6 +30,10 @@ def _from_run(path: Path, weights: str) -> tuple[WeightsInfo, dict[str, torch.Te
 
     checkpoint = load_checkpoint(path)
     meta = checkpoint.meta
+    if meta.get("task") == "detection":  # a detector, not a classifier: its own commands rebuild it
+        raise ValueError(
+            f"{path} is a detection run (senet detect train); use senet detect eval / predict --checkpoint {path}"
+        )
     config = TrainConfig.from_dict(meta["config"])
     if "preprocessing" in meta:
         preprocessing = Preprocessing.from_dict(meta["preprocessing"])
@@ -149,14 +153,18 @@ def load_pretrained(
             loaded, and a warning names what was re-initialised.
         weights: for a run directory, its ``last`` checkpoint or its ``best`` epoch.
         options: further build options (e.g. ``drop_rate``); one that contradicts the recorded options, which
-            the weights need, is refused.
+            the weights need, is refused. The backbone options (``features_only``, ``out_indices``,
+            ``frozen_stages``, ``norm``; :mod:`senet.models.features`) apply once the whole network is loaded
+            strictly: a backbone drops the classifier's and the unused stages' tensors, nothing else.
 
     The model comes back in training mode, as ``create_model`` gives it, with ``model.pretrained_info`` (a
     :class:`WeightsInfo`: preprocessing, labels, source) attached.
     """
+    from senet.models.features import apply_backbone_options, pop_backbone_options
     from senet.models.registry import create_model
     from senet.train.checkpoint import load_weights_into
 
+    backbone = pop_backbone_options(options)
     info, state, origin = read_pretrained(source, weights)
     if model is not None:
         _check_model(model, info, origin)
@@ -170,14 +178,24 @@ def load_pretrained(
     left = [name for name, t in (*network.named_parameters(), *network.named_buffers()) if t.is_meta]
     if left:  # a tensor outside the state dict (a non-persistent buffer) would stay unmaterialised
         raise ValueError(f"{info.model} has tensors that no weights file holds: {', '.join(left[:3])}")
-    if num_classes is not None and num_classes != info.num_classes:
-        head = network.get_classifier()
-        names = [n for n, m in network.named_modules() if m is head]
-        network.reset_classifier(num_classes)
+    if num_classes is not None and num_classes != info.num_classes and not backbone.get("features_only"):
+        if hasattr(network, "reset_classifier"):
+            head = network.get_classifier()
+            names = [n for n, m in network.named_modules() if m is head]
+            network.reset_classifier(num_classes)
+        else:  # another project's network (torchvision:NAME): its last Linear
+            from senet.models.add_se import reset_last_linear
+
+            names = [reset_last_linear(network, num_classes)]
         _log.warning(
             f"{info.model} weights from {origin}: new classifier {names[0] if names else 'head'} "
             f"({info.num_classes} -> {num_classes} classes), randomly initialised; every other tensor loaded"
         )
         info = replace(info, num_classes=num_classes, labels=None)
+    if backbone:
+        try:
+            network = apply_backbone_options(network, **backbone)
+        except ValueError as error:
+            raise ValueError(f"{info.model}: {error}") from error
     network.pretrained_info = info
     return network

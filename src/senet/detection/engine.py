@@ -843,22 +843,8 @@ class _DetectionRun(TrainingRun):
             if (batch := next(batches, None)) is None:
                 break
             images, targets, skipped = batch
-            decision = self.control.poll(step=self.step, empty=not images)
-            if decision.stop_signal:
-                self.stop(decision.stop_signal, meter, rng, time.perf_counter() - started)
-            if decision.save:
-                self.save(meter, rng, time.perf_counter() - started)
-            self.batch += 1
-            meter.skipped += skipped
-            if decision.skip:  # no readable image in this batch on some rank: every rank steps over it
-                if self.ctx.is_main:
-                    log.info(
-                        f"  epoch {self.epoch + 1} batch {self.batch}: no readable image on some process; "
-                        "batch skipped on all"
-                    )
-                self._move_schedule_to(self.scheduler.last_epoch + 1)
-                continue
-            self._step(*_to_device(images, targets, self.device), meter)
+            if self._enter_batch(meter, rng, skipped, not images, started):
+                self._step(*_to_device(images, targets, self.device), meter)
         self._check_finite()
         return meter, time.perf_counter() - started
 
@@ -867,41 +853,15 @@ class _DetectionRun(TrainingRun):
             losses = self.model(images, targets)
         loss = sum(value.float() for value in losses.values())
         assert isinstance(loss, torch.Tensor)
-        self.finite.observe(self.step + 1, loss, (self.epoch + 1, self.batch))
-        if self.finite.due():
-            self._check_finite()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.step += 1
+        self._optimize(loss)
         meter.add(losses, loss, len(images))
-        self.control.after_step(self.step)
-        if self.on_step is not None:
-            self.on_step(self.epoch, self.batch)
+        self._after_step()
 
     def _end_epoch(
         self, meter: _LossMeter, val_metrics: dict[str, Any], elapsed: float, eval_time: float
     ) -> None:
         epoch = self.epoch
-        train_metrics = meter.result(self.ctx, "train")
-        for split, metrics in (("train", train_metrics), ("val", val_metrics)):
-            if metrics[f"{split}_images"] == 0:
-                raise ValueError(
-                    f"no {split} image could be used in epoch {epoch + 1} ({metrics[f'{split}_skipped']} "
-                    f"unreadable, skipped): fix or replace the {split} images"
-                )
-        record = {
-            "epoch": epoch + 1,
-            "step": self.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            **train_metrics,
-            **val_metrics,
-            "images_per_s": train_metrics["train_images"] / max(elapsed, 1e-9),
-            "epoch_time_s": elapsed,
-            "eval_time_s": eval_time,
-        }
+        record = {**self._epoch_record(meter, val_metrics, elapsed, "images"), "eval_time_s": eval_time}
         self.history.append(record)
         if not self.best or record["val_AP"] > self.best["val_AP"]:
             self.best = {"epoch": epoch + 1, "val_AP": record["val_AP"], "val_AP50": record["val_AP50"]}

@@ -560,6 +560,7 @@ class TrainingRun:
     scaler: torch.amp.GradScaler
     finite: FiniteLossCheck
     steps_per_epoch: int
+    on_step: Callable[[int, int], None] | None
 
     def _start_position(self) -> None:
         self.epoch, self.batch, self.step = 0, 0, 0
@@ -568,6 +569,67 @@ class TrainingRun:
         self.epoch_state: dict[str, Any] = {}  # train sums and time of the epoch in progress, when resumed
         self.resumed_from: Checkpoint | None = None
         self.saved_at: tuple[int, int] | None = None
+
+    # -- one batch ---------------------------------------------------------------------------------------
+
+    def _enter_batch(self, meter: Any, rng: Any, skipped: int, empty: bool, started: float) -> bool:
+        """What every rank does before a batch, together (``control.poll``): stop (saving at this step), save,
+        count the batch; False where some rank has no readable image in it, so every rank steps over it."""
+        decision = self.control.poll(step=self.step, empty=empty)
+        if decision.stop_signal:
+            self.stop(decision.stop_signal, meter, rng, time.perf_counter() - started)
+        if decision.save:
+            self.save(meter, rng, time.perf_counter() - started)
+        self.batch += 1
+        meter.skipped += skipped
+        if not decision.skip:
+            return True
+        if self.ctx.is_main:
+            log.info(
+                f"  epoch {self.epoch + 1} batch {self.batch}: no readable image on some process; "
+                "batch skipped on all"
+            )
+        self._move_schedule_to(self.scheduler.last_epoch + 1)  # the rate follows the position, trained or not
+        return False
+
+    def _optimize(self, loss: torch.Tensor) -> None:
+        """One optimizer step on ``loss``, launched without waiting for the device (see senet.train.feed): the
+        finite-loss flag is read only when due; the schedule moves with the step."""
+        self.finite.observe(self.step + 1, loss, (self.epoch + 1, self.batch))
+        if self.finite.due():
+            self._check_finite()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+
+    def _epoch_record(self, meter: Any, val_metrics: dict[str, Any], elapsed: float, what: str) -> dict:
+        """The epoch's line of metrics.jsonl (position, rate, train sums over the ranks, validation, speed);
+        an epoch in which no train or no val image could be read is refused, naming the ``what`` to fix."""
+        train_metrics = meter.result(self.ctx, "train")
+        for split, metrics in (("train", train_metrics), ("val", val_metrics)):
+            if metrics[f"{split}_images"] == 0:
+                raise ValueError(
+                    f"no {split} image could be used in epoch {self.epoch + 1} "
+                    f"({metrics[f'{split}_skipped']} unreadable, skipped): fix or replace the {split} {what}"
+                )
+        return {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **train_metrics,
+            **val_metrics,
+            "images_per_s": train_metrics["train_images"] / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+        }
+
+    def _after_step(self) -> None:
+        """Once the step is counted in the meter: periodic saves, then the caller's ``on_step``."""
+        self.control.after_step(self.step)
+        if self.on_step is not None:
+            self.on_step(self.epoch, self.batch)
 
     # -- resume and save ---------------------------------------------------------------------------------
 
@@ -805,23 +867,8 @@ class _Run(TrainingRun):
             rng, images, targets, skipped = (
                 batch  # rng: what this batch drew from, saved if we stop before it
             )
-            decision = self.control.poll(step=self.step, empty=targets.numel() == 0)
-            if decision.stop_signal:
-                self.stop(decision.stop_signal, meter, rng, time.perf_counter() - started)
-            if decision.save:
-                self.save(meter, rng, time.perf_counter() - started)
-            self.batch += 1
-            meter.skipped += skipped
-            if decision.skip:  # no readable image in this batch on some rank: every rank steps over it
-                if ctx.is_main:
-                    log.info(
-                        f"  epoch {self.epoch + 1} batch {self.batch}: no readable image on some process; "
-                        "batch skipped on all"
-                    )
-                # The learning rate follows the position in the run, trained on or not.
-                self._move_schedule_to(self.scheduler.last_epoch + 1)
-                continue
-            self._step(*feeder.ready(images, targets), meter)
+            if self._enter_batch(meter, rng, skipped, targets.numel() == 0, started):
+                self._step(*feeder.ready(images, targets), meter)
         self._check_finite()
         return meter, time.perf_counter() - started
 
@@ -830,39 +877,13 @@ class _Run(TrainingRun):
         with autocast(self.device, self.config.amp):
             logits = self.model(images)
             loss = self.criterion(logits.float(), targets)
-        self.finite.observe(self.step + 1, loss, (self.epoch + 1, self.batch))
-        if self.finite.due():
-            self._check_finite()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.step += 1
+        self._optimize(loss)
         meter.add(loss, logits.float(), targets)
-        self.control.after_step(self.step)
-        if self.on_step is not None:
-            self.on_step(self.epoch, self.batch)
+        self._after_step()
 
     def _end_epoch(self, meter: _Meter, val_metrics: dict[str, float], elapsed: float) -> None:
         config, epoch = self.config, self.epoch
-        train_metrics = meter.result(self.ctx, "train")
-        for split, metrics in (("train", train_metrics), ("val", val_metrics)):
-            if metrics[f"{split}_images"] == 0:
-                raise ValueError(
-                    f"no {split} image could be used in epoch {epoch + 1} "
-                    f"({metrics[f'{split}_skipped']} unreadable, skipped): fix or replace the "
-                    f"{split} data of {self.spec.name}"
-                )
-        record = {
-            "epoch": epoch + 1,
-            "step": self.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            **train_metrics,
-            **val_metrics,
-            "images_per_s": train_metrics["train_images"] / max(elapsed, 1e-9),
-            "epoch_time_s": elapsed,
-        }
+        record = self._epoch_record(meter, val_metrics, elapsed, f"data of {self.spec.name}")
         self.history.append(record)
         improved = not self.best or record["val_top1_err"] < self.best["val_top1_err"]
         if improved:

@@ -13,7 +13,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # `make test` runs one test process per core (pytest-xdist)
+    # `make test` runs one test process per core (pytest-xdist). Child processes (a CLI run a test kills and
+    # compares with an in-process run) take the same single thread: thread counts change the order of sums.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -50,7 +50,6 @@ from senet.train.checkpoint import (
     load_weights_file,
     load_weights_into,
     rng_state,
-    save_weights,
 )
 from senet.train.config import _check_number
 from senet.train.control import RunControl, StopRequested
@@ -69,7 +68,7 @@ from senet.train.engine import (
     val_shard,
 )
 from senet.train.feed import FiniteLossCheck
-from senet.train.rundir import METRICS_NAME, Changes, ResumeRules, open_run_dir, prepare_run_dir, reconcile
+from senet.train.rundir import Changes, ResumeRules, open_run_dir, prepare_run_dir, reconcile
 
 log = logging.getLogger("senet.train")
 
@@ -860,22 +859,12 @@ class _DetectionRun(TrainingRun):
     def _end_epoch(
         self, meter: _LossMeter, val_metrics: dict[str, Any], elapsed: float, eval_time: float
     ) -> None:
-        epoch = self.epoch
         record = {**self._epoch_record(meter, val_metrics, elapsed, "images"), "eval_time_s": eval_time}
-        self.history.append(record)
-        if not self.best or record["val_AP"] > self.best["val_AP"]:
-            self.best = {"epoch": epoch + 1, "val_AP": record["val_AP"], "val_AP50": record["val_AP50"]}
-            if self.ctx.is_main:
-                save_weights(self.run_dir / BEST_NAME, self.net)
-        self.epoch, self.batch = epoch + 1, 0
-        self.save()  # the commit point of the epoch; the metrics line follows, rewritten from it on resume
-        if self.ctx.is_main:
-            with open(self.run_dir / METRICS_NAME, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            skipped = record["train_skipped"] + record["val_skipped"]
-            log.info(
-                f"epoch {epoch + 1}/{self.config.epochs}  loss {record['train_loss']:.4f}  "
-                f"val AP {record['val_AP']:.4f}  AP50 {record['val_AP50']:.4f}  AP75 {record['val_AP75']:.4f}  "
-                f"lr {record['lr']:.4g}  {record['images_per_s']:.1f} img/s  eval {eval_time:.1f}s"
-                + (f"  skipped {skipped} unreadable images" if skipped else "")
-            )
+        improved = not self.best or record["val_AP"] > self.best["val_AP"]
+        self._commit_epoch(
+            record,
+            {key: record[key] for key in ("epoch", "val_AP", "val_AP50")} if improved else None,
+            f"loss {record['train_loss']:.4f}  val AP {record['val_AP']:.4f}  AP50 {record['val_AP50']:.4f}  "
+            f"AP75 {record['val_AP75']:.4f}  lr {record['lr']:.4g}  {record['images_per_s']:.1f} img/s  "
+            f"eval {eval_time:.1f}s",
+        )

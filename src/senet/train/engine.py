@@ -625,6 +625,26 @@ class TrainingRun:
             "epoch_time_s": elapsed,
         }
 
+    def _commit_epoch(self, record: dict, best: dict | None, summary: str) -> None:
+        """End the epoch: ``record`` in the history, the best weights where ``best`` (the new best entry) is
+        given, the checkpoint (the epoch's commit point), then its metrics.jsonl line (rewritten from the
+        checkpoint on resume) and ``summary`` in the log."""
+        self.history.append(record)
+        if best is not None:
+            self.best = best
+            if self.ctx.is_main:
+                save_weights(self.run_dir / BEST_NAME, self.net)
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.save()
+        if self.ctx.is_main:
+            with open(self.run_dir / METRICS_NAME, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            skipped = record["train_skipped"] + record["val_skipped"]
+            log.info(
+                f"epoch {self.epoch}/{self.config.epochs}  {summary}"
+                + (f"  skipped {skipped} unreadable images" if skipped else "")
+            )
+
     def _after_step(self) -> None:
         """Once the step is counted in the meter: periodic saves, then the caller's ``on_step``."""
         self.control.after_step(self.step)
@@ -882,28 +902,13 @@ class _Run(TrainingRun):
         self._after_step()
 
     def _end_epoch(self, meter: _Meter, val_metrics: dict[str, float], elapsed: float) -> None:
-        config, epoch = self.config, self.epoch
         record = self._epoch_record(meter, val_metrics, elapsed, f"data of {self.spec.name}")
-        self.history.append(record)
         improved = not self.best or record["val_top1_err"] < self.best["val_top1_err"]
-        if improved:
-            self.best = {
-                "epoch": epoch + 1,
-                "val_top1_err": record["val_top1_err"],
-                "val_top5_err": record["val_top5_err"],
-            }
-            if self.ctx.is_main:
-                save_weights(self.run_dir / BEST_NAME, self.net)
-        self.epoch, self.batch = epoch + 1, 0
-        self.save()  # the commit point of the epoch; the metrics line follows, rewritten from it on resume
-        if self.ctx.is_main:
-            with open(self.run_dir / METRICS_NAME, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            skipped = record["train_skipped"] + record["val_skipped"]
-            log.info(
-                f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-                f"train top-1 err {record['train_top1_err']:.2f}%  val top-1 err {record['val_top1_err']:.2f}%  "
-                f"top-5 err {record['val_top5_err']:.2f}%  lr {record['lr']:.4g}  "
-                f"{record['images_per_s']:.0f} img/s"
-                + (f"  skipped {skipped} unreadable images" if skipped else "")
-            )
+        best = ("epoch", "val_top1_err", "val_top5_err")
+        self._commit_epoch(
+            record,
+            {key: record[key] for key in best} if improved else None,
+            f"loss {record['train_loss']:.4f}  train top-1 err {record['train_top1_err']:.2f}%  "
+            f"val top-1 err {record['val_top1_err']:.2f}%  top-5 err {record['val_top5_err']:.2f}%  "
+            f"lr {record['lr']:.4g}  {record['images_per_s']:.0f} img/s",
+        )

@@ -726,33 +726,80 @@ _FIELD_HELP = {
 }
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per TrainConfig field, so every field of a preset can be overridden.
-
-    Their argparse default is None ("from the preset, else the dataclass"); the help shows the dataclass's."""
-    from senet.train.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "model_options":
+def _add_field_flags(
+    parser: argparse.ArgumentParser,
+    config: type,
+    field_help: dict[str, str],
+    *,
+    skip: set[str],
+    tuples: tuple[typing.Callable[[str], tuple], str],
+    choices: dict[str, tuple[str, ...]] | None = None,
+    metavars: dict[str, str] | None = None,
+    note: str = "",
+) -> None:
+    """One ``--flag`` per field of the dataclass ``config`` (but ``skip``), so every field can be set from the
+    command line. Their argparse default is None ("not given"); the help shows the dataclass's default.
+    ``tuples``: the parser and metavar of tuple fields; ``choices`` and ``metavars`` per field name."""
+    choices, metavars = choices or {}, metavars or {}
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        if f.name in skip:
             continue
         kind = hints[f.name]
         args = typing.get_args(kind)
         if type(None) in args:
             kind = next(a for a in args if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
-        help_text = _FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        help_text = field_help.get(f.name, f.name.replace("_", " "))
         if "default" not in help_text:
-            default = "on" if f.default is True else "off" if f.default is False else f.default
-            help_text += f" (default: {default}, or the preset's)"
+            help_text += f" (default: {_describe_default(f)}{note})"
         help_text = help_text.replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is tuple:
-            parser.add_argument(flag, type=_epoch_list, default=None, metavar="E1,E2", help=help_text)
+            parser.add_argument(flag, type=tuples[0], default=None, metavar=tuples[1], help=help_text)
+        elif f.name in choices:
+            parser.add_argument(flag, choices=choices[f.name], default=None, help=help_text)
         else:
-            metavar = "N" if kind is int else "X" if kind is float else None
+            metavar = "N" if kind is int else "X" if kind is float else metavars.get(f.name)
             parser.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
+
+
+def _describe_default(field: dataclasses.Field) -> str:
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if default is None:
+        return "none"
+    if isinstance(default, tuple):
+        return ",".join(map(str, default))
+    if isinstance(default, float):
+        return f"{default:.4g}"
+    return str(default)
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, resume_help: str, extend_help: str) -> None:
+    """``--resume``, ``--overwrite`` and ``--extend-schedule``: what every training command does with its run
+    directory (senet.train.rundir)."""
+    parser.add_argument("--resume", metavar="RUN_DIR|auto", help=resume_help)
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
+    parser.add_argument("--extend-schedule", action="store_true", help=extend_help)
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field, so every field of a preset can be overridden.
+
+    Their argparse default is None ("from the preset, else the dataclass"); the help shows the dataclass's."""
+    from senet.train.config import TrainConfig
+
+    _add_field_flags(
+        parser,
+        TrainConfig,
+        _FIELD_HELP,
+        skip={"model_options"},
+        tuples=(_epoch_list, "E1,E2"),
+        note=", or the preset's",
+    )
     parser.add_argument(
         "--model-opt",
         action="append",
@@ -818,18 +865,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a recipe of the paper; every field can still be overridden",
     )
-    train.add_argument(
-        "--resume",
-        metavar="RUN_DIR|auto",
-        help="continue a run from its newest complete checkpoint; auto: the run in --output if it "
-        "has one, else start it there (for requeued cluster jobs)",
-    )
-    train.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
-    train.add_argument(
-        "--extend-schedule",
-        action="store_true",
-        help="with --resume: allow changed epochs, lr, batch size or schedule, and recompute the "
-        "learning-rate schedule for them from where the run stands",
+    _add_run_flags(
+        train,
+        "continue a run from its newest complete checkpoint; auto: the run in --output if it has one, else "
+        "start it there (for requeued cluster jobs)",
+        "with --resume: allow changed epochs, lr, batch size or schedule, and recompute the learning-rate "
+        "schedule for them from where the run stands",
     )
     _add_config_arguments(train)
     train.set_defaults(run=_train)
@@ -1183,51 +1224,22 @@ def _add_detect_parser(commands: typing.Any) -> None:
         "train",
         help="train a detector on COCO-format data (torchrun --nproc_per_node=N -m senet detect train ... for DDP)",
     )
-    train.add_argument(
-        "--resume",
-        metavar="RUN_DIR|auto",
-        help="continue a run from its newest complete checkpoint; auto: the run in --output if it has one, "
-        "else start it there",
+    _add_run_flags(
+        train,
+        "continue a run from its newest complete checkpoint; auto: the run in --output if it has one, else "
+        "start it there",
+        "with --resume: allow a changed schedule, epochs, lr or batch size, recomputed from where the run stands",
     )
-    train.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
-    train.add_argument(
-        "--extend-schedule",
-        action="store_true",
-        help="with --resume: allow a changed schedule, epochs, lr or batch size, recomputed from where the run stands",
-    )
-    hints = typing.get_type_hints(DetectionConfig)
-    choices = {"schedule": ("1x", "2x"), "norm": ("bn", "frozen_bn")}
     paths = {"pretrained": "W", "data": "ROOT", "train_ann": "FILE", "val_ann": "FILE", "output": "RUN_DIR"}
-    paths.update(train_images="DIR", val_images="DIR")
-    for f in dataclasses.fields(DetectionConfig):
-        if f.name in ("backbone_options", "detector_options"):
-            continue
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        if type(None) in args:
-            kind = next(a for a in args if a is not type(None))
-        flag = "--" + f.name.replace("_", "-")
-        help_text = FIELD_HELP[f.name]
-        if "default" not in help_text:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            default = "on" if default is True else "off" if default is False else default
-            if default is None:
-                default = "none"
-            elif isinstance(default, tuple):
-                default = ",".join(map(str, default))
-            elif isinstance(default, float):
-                default = f"{default:.4g}"
-            help_text += f" (default: {default})"
-        help_text = help_text.replace("%", "%%")
-        if kind is bool:
-            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(kind) is tuple:
-            train.add_argument(flag, type=_ints, default=None, metavar="N1,N2", help=help_text)
-        elif f.name in choices:
-            train.add_argument(flag, choices=choices[f.name], default=None, help=help_text)
-        else:
-            metavar = "N" if kind is int else "X" if kind is float else paths.get(f.name)
-            train.add_argument(flag, type=kind, default=None, metavar=metavar, help=help_text)
+    _add_field_flags(
+        train,
+        DetectionConfig,
+        FIELD_HELP,
+        skip={"backbone_options", "detector_options"},
+        tuples=(_ints, "N1,N2"),
+        choices={"schedule": ("1x", "2x"), "norm": ("bn", "frozen_bn")},
+        metavars={**paths, "train_images": "DIR", "val_images": "DIR"},
+    )
     train.add_argument(
         "--backbone-opt",
         action="append",

@@ -1,7 +1,7 @@
 import faulthandler
+import gc
 import multiprocessing
 import os
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -95,16 +95,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # A child process left running (a DataLoader worker that ignores SIGTERM, a stuck rank) makes the
-    # interpreter's exit wait on it forever: CI would time out after passing. Name it, kill it, fail the run.
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind():
+    """A child process left running (a DataLoader worker that ignores SIGTERM, a stuck rank) makes the
+    interpreter's exit wait on it forever: CI would time out after passing. Loaders still alive are shut down
+    as the library does at exit; anything left after that is named, killed and fails the run."""
+    yield
+    from senet.data.loaders import shutdown_all_loaders
+
+    gc.collect()  # loaders nothing refers to any more shut their workers down when collected
+    shutdown_all_loaders()
     leftovers = multiprocessing.active_children()
     for child in leftovers:
         child.kill()
         child.join()
-    if leftovers:
-        print(f"\nchild processes still running after the tests (killed): {leftovers}", file=sys.stderr)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    assert not leftovers, f"child processes still running after the tests (killed): {leftovers}"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

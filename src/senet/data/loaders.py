@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import multiprocessing
 import signal
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -175,9 +176,10 @@ def _collate_skipping(batch: list[tuple[torch.Tensor, int] | None]) -> Batch:
 
 
 # Workers ignore SIGTERM (below), so neither torch's fallback nor multiprocessing's exit handler can terminate
-# them: a loader still alive at exit (kept by a traceback, a global) would hang the interpreter in
-# multiprocessing's join of its children. Every loader with workers is shut down here first (atexit runs the
-# last registered first; multiprocessing registered its handler when torch imported it).
+# them: a worker still running at exit (its loader kept by a traceback, or collected while the worker missed
+# torch's join timeout) would hang the interpreter in multiprocessing's join of its children. They are shut
+# down here first (atexit runs the last registered first; multiprocessing registered its handler when torch
+# imported it).
 _LOADERS_WITH_WORKERS: weakref.WeakSet[DataLoader[Any]] = weakref.WeakSet()
 
 
@@ -197,9 +199,19 @@ def shutdown_workers(loader: DataLoader[Any]) -> None:
 
 
 @atexit.register
-def _shutdown_every_loader() -> None:
+def shutdown_all_loaders() -> None:
+    """What happens at exit: every loader still alive shuts its workers down; then the daemonic children, which
+    multiprocessing terminates at exit, are terminated here, and killed after a second if they ignore SIGTERM,
+    as our workers do (one whose loader was collected is still running if it missed torch's join timeout)."""
     for loader in list(_LOADERS_WITH_WORKERS):
         shutdown_workers(loader)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.terminate()
+            child.join(timeout=1)
+            if child.is_alive():
+                child.kill()
+                child.join()
 
 
 def _init_worker(worker_id: int) -> None:

@@ -780,14 +780,7 @@ class _DetectionRun(TrainingRun):
             "classes": list(self.categories.names),
             "categories": self.categories.as_dict(),
             "build_options": self.net.build_options,
-            "epoch": self.epoch,
-            "batches_done": self.batch,
-            "step": self.step,
-            "world_size": self.ctx.world_size,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "history": self.history,
-            "best": self.best,
-            "epoch_state": epoch_state,
+            **self._position_meta(epoch_state),
         }
 
     def run(self) -> RunResult:

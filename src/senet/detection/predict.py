@@ -138,7 +138,12 @@ def _run(
         boxes, scores = found["boxes"].float().cpu(), found["scores"].float().cpu()
         labels = found["labels"].cpu().tolist()
         detections = [
-            Detection(categories.name(label), categories.coco_id(label), float(score), tuple(box))  # type: ignore[arg-type]
+            Detection(
+                categories.name(label),
+                categories.coco_id(label),
+                float(score),
+                tuple(box),  # type: ignore[arg-type]
+            )
             for box, score, label in zip(boxes.tolist(), scores.tolist(), labels)
         ]
         drawn = None

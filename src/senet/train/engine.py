@@ -572,6 +572,20 @@ class TrainingRun:
 
     # -- one batch ---------------------------------------------------------------------------------------
 
+    def _position_meta(self, epoch_state: dict[str, Any]) -> dict[str, Any]:
+        """The part of a checkpoint's record that every task writes: where the run stands, the gradient
+        scaler, the epochs so far and the sums of the epoch in progress."""
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.batch,
+            "step": self.step,
+            "world_size": self.ctx.world_size,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "history": self.history,
+            "best": self.best,
+            "epoch_state": epoch_state,
+        }
+
     def _enter_batch(self, meter: Any, rng: Any, skipped: int, empty: bool, started: float) -> bool:
         """What every rank does before a batch, together (``control.poll``): stop (saving at this step), save,
         count the batch; False where some rank has no readable image in it, so every rank steps over it."""
@@ -828,14 +842,7 @@ class _Run(TrainingRun):
             "classes": self.spec.classes,
             "in_chans": self.spec.in_chans,
             "preprocessing": self.spec.preprocessing.as_dict(),
-            "epoch": self.epoch,
-            "batches_done": self.batch,
-            "step": self.step,
-            "world_size": self.ctx.world_size,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "history": self.history,
-            "best": self.best,
-            "epoch_state": epoch_state,
+            **self._position_meta(epoch_state),
         }
 
     # -- the loop ---------------------------------------------------------------------------------------

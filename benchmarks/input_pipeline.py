@@ -40,12 +40,12 @@ def write_folder(root: Path, images: int, classes: int = 8) -> None:
 def loader_alone(root: Path, loader: str, args: argparse.Namespace) -> float:
     """Images/s of one epoch of the training loader, images ready on the device."""
     from senet.train.config import TrainConfig
-    from senet.train.engine import _Dist, _loaders, _build_data
+    from senet.train.engine import Dist, _build_data, _loaders
 
     config = TrainConfig(data=str(root), image_size=args.size, workers=args.workers, loader=loader,
                          channels_last=True, batch_size=args.batch)  # fmt: skip
     device = torch.device(args.device)
-    train_loader, _ = _loaders(config, _Dist(), device, _build_data(config), args.batch)
+    train_loader, _ = _loaders(config, Dist(), device, _build_data(config), args.batch)
     train_loader.sampler.set_epoch(0)
     for _ in train_loader:  # start the workers
         break
@@ -82,7 +82,9 @@ def end_to_end(root: Path, model: str, loader: str, args: argparse.Namespace) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--images", type=int, default=2560)
     parser.add_argument("--batch", type=int, default=256)

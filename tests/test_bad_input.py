@@ -243,6 +243,16 @@ CASES = [
         expect=("se_reduction='abc'",),
     ),
     Case(
+        "train-model-opt-boolean-misspelled",
+        _train("--model-opt", "se_bias=maybe"),
+        expect=("se_bias='maybe'", "true/false, yes/no, on/off or 1/0"),
+    ),
+    Case(
+        "train-model-opt-boolean-number",
+        _train("--model-opt", "se_bias=2"),
+        expect=("se_bias=2", "se_bias is true or false"),
+    ),
+    Case(
         "train-model-opt-twice",
         _train("--model-opt", "se_reduction=8", "--model-opt", "se_reduction=4"),
         expect=("given twice",),

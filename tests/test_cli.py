@@ -4,11 +4,14 @@ import dataclasses
 import importlib.metadata
 import io
 import json
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import senet
 from senet.cli import _FIELD_HELP, build_parser, main
 from senet.train.config import TrainConfig, parse_model_options
 
@@ -128,3 +131,72 @@ def test_a_long_usage_is_shortened_in_an_error(capsys):
 def test_malformed_model_options_are_refused(pairs, message):
     with pytest.raises(ValueError, match=message):
         parse_model_options(pairs)
+
+
+@pytest.fixture(scope="module")
+def parser() -> argparse.ArgumentParser:
+    return build_parser()
+
+
+@pytest.mark.parametrize(
+    "spelling, value",
+    [("false", False), ("NO", False), ("Off", False), ("0", False), ("False", False)]
+    + [("true", True), ("Yes", True), ("ON", True), ("1", True), ("'on'", True)],
+)
+def test_a_boolean_build_option_reads_as_people_write_it(parser, spelling, value):
+    args = parser.parse_args(["train", "--model-opt", f"se_bias={spelling}", "--model-opt", "se_reduction=1"])
+    options = parse_model_options(args.model_opt)
+    assert options == {"se_bias": value, "se_reduction": 1} and type(options["se_reduction"]) is int
+    model = senet.create_model("se_resnet20_cifar", widths=(4, 8, 8), **options)
+    se = model.layer1[0].se
+    assert (se.fc1.bias is not None) == value and se.fc1.out_channels == se.fc1.in_channels  # reduction 1
+    detect = parser.parse_args(
+        ["detect", "train", "--backbone-opt", f"se_bias={spelling}", "--detector-opt", "box_nms_thresh=1"]
+    )
+    assert parse_model_options(detect.backbone_opt) == {"se_bias": value}
+    assert detect.detector_opt == ["box_nms_thresh=1"]  # a number option stays a number
+
+
+def test_none_stays_none_where_a_boolean_option_allows_it(parser):
+    args = parser.parse_args(["train", "--model-opt", "se_recompute_norm=None"])
+    assert parse_model_options(args.model_opt) == {"se_recompute_norm": None}
+
+
+def test_nothing_points_outside_the_repository(capsys):
+    """The paper's figures live in the package; no code, doc or output names a file a clone does not have."""
+    assert main(["models", "se_resnet50"]) == 0
+    assert "shared/" not in capsys.readouterr().out
+    root = Path(senet.__file__).parents[2]
+    files = [*root.joinpath("src").rglob("*.py"), *root.joinpath("docs").glob("*.md"), root / "README.md"]
+    pointing = [str(f.relative_to(root)) for f in files if "shared/paper" in f.read_text(encoding="utf-8")]
+    assert pointing == []
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["at the final flush", "while printing"])
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path, buffered):
+    """The reader of the output goes away (`senet models | head -1`): the command ends without a word and with
+    the status a shell shows for a Unix tool ended by SIGPIPE (128 + 13). The reading end is closed before the
+    command writes anything; unbuffered (-u), each print meets the closed pipe inside the command."""
+    command = [sys.executable, *([] if buffered else ["-u"]), "-m", "senet", "models", "se_resnet50"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    process.stdout.close()
+    error = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and error == ""
+    if buffered:  # and as typed in a shell, where the reader may leave before or after the writer is done
+        shell = f"{shlex.join(command[:-1])} '*_cifar' | head -1; echo status ${{PIPESTATUS[0]}}"
+        done = subprocess.run(
+            ["bash", "-c", shell], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        first, status = done.stdout.splitlines()
+        assert first.startswith("model ") and status in ("status 0", "status 141") and done.stderr == ""
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
+    import senet.cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")  # e.g. a worker's pipe: stdout (pytest's capture) is fine
+
+    monkeypatch.setattr(senet.cli, "_models", broken)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == "senet models: error: [Errno 32] Broken pipe\n"

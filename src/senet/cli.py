@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -129,8 +131,9 @@ def _models(args: argparse.Namespace) -> int:
                 print("  ".join("-" * w for w in widths))
         print(
             "\nparams: all learnable parameters. FLOPs: multiply-adds of one forward pass of one input x input image"
-            "\n(convs and FC layers; G = 1e9, M = 1e6). paper: ../shared/paper/reference.md (Tables 2-4, released"
-            "\nprototxts, original papers for plain CIFAR nets). errors: the paper's single-crop top-1/top-5 on data."
+            "\n(convs and FC layers; G = 1e9, M = 1e6). paper: the SE paper's Tables 2-4, its released prototxts,"
+            "\nor the original paper of a plain CIFAR net (each figure's source: senet.model_info(NAME).paper.source)."
+            "\nerrors: the paper's single-crop top-1/top-5 on data."
         )
     return 0
 
@@ -669,14 +672,74 @@ def _se_where(text: str) -> str | list[str]:
     return names
 
 
-def _model_opt(text: str) -> str:
-    from senet.train.config import parse_model_options
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
 
-    try:
-        parse_model_options([text])
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix("--model-opt ")) from None
-    return text
+
+def _is_boolean(hint: typing.Any) -> bool:
+    """``bool`` or ``bool | None`` (an option whose None means "automatic")."""
+    return hint is bool or set(typing.get_args(hint)) == {bool, type(None)}
+
+
+@functools.cache
+def _boolean_model_options() -> frozenset[str]:
+    """Build options that every place declaring them types as a boolean: the families' constructors (each
+    registered builder's return type), the SE options (``se_`` + :class:`senet.layers.SEConfig` fields), the
+    backbone options and ``torchvision:NAME``'s own (add_se)."""
+    from senet.layers.squeeze_excite import SEConfig
+    from senet.models.add_se import build_torchvision
+    from senet.models.features import apply_backbone_options
+    from senet.models.registry import list_models, model_info
+
+    declared: dict[str, list[typing.Any]] = {}
+    families = {typing.get_type_hints(model_info(name).builder).get("return") for name in list_models()}
+    functions = [f.__init__ for f in families if f is not None] + [apply_backbone_options, build_torchvision]
+    for function in functions:
+        for key, hint in typing.get_type_hints(function).items():
+            declared.setdefault(key, []).append(hint)
+    for key, hint in typing.get_type_hints(SEConfig).items():
+        declared.setdefault(f"se_{key}", []).append(hint)
+    return frozenset(key for key, hints in declared.items() if all(_is_boolean(h) for h in hints))
+
+
+@functools.cache
+def _boolean_detector_options() -> frozenset[str]:
+    """torchvision FasterRCNN's keywords whose default is a boolean (none in torchvision 0.29)."""
+    import inspect
+
+    from torchvision.models.detection import FasterRCNN
+
+    from senet.detection.model import DETECTOR_OPTIONS
+
+    parameters = inspect.signature(FasterRCNN.__init__).parameters
+    return frozenset(key for key in DETECTOR_OPTIONS if isinstance(parameters[key].default, bool))
+
+
+def _options_flag(booleans: typing.Callable[[], frozenset[str]]) -> typing.Callable[[str], str]:
+    """An argparse type for ``KEY=VALUE`` build options: checked now (one line), and a boolean option, decided
+    by its declared type (``booleans()``), written as people write it (true/false, yes/no, on/off, 1/0, any
+    case) becomes ``KEY=True`` / ``KEY=False``; every other value is left as given (``se_reduction=1`` is 1)."""
+
+    def parse(text: str) -> str:
+        from senet.train.config import parse_model_options
+
+        try:
+            ((key, value),) = parse_model_options([text]).items()
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix("--model-opt ")) from None
+        if key not in booleans() or value is None or isinstance(value, bool):
+            return text  # None ("automatic", where the option allows it) is the family's to check
+        word = str(value).lower() if isinstance(value, (str, int)) else None
+        if word not in _TRUE_WORDS + _FALSE_WORDS:
+            raise argparse.ArgumentTypeError(
+                f"{key}={value!r}: {key} is true or false; write true/false, yes/no, on/off or 1/0 (any case)"
+            )
+        return f"{key}={word in _TRUE_WORDS}"
+
+    return parse
+
+
+_model_opt = _options_flag(_boolean_model_options)
 
 
 # Every TrainConfig field, in words. A field's default (the dataclass's) is appended unless the text names it.
@@ -805,7 +868,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         type=_model_opt,
-        help="model build option, e.g. se_reduction=8 or se_stages=(1,2); repeatable",
+        help="model build option, e.g. se_reduction=8, se_stages=(1,2) or se_bias=false (booleans: "
+        "true/false, yes/no, on/off, 1/0); repeatable",
     )
     parser.add_argument(
         "--add-se",
@@ -1245,13 +1309,14 @@ def _add_detect_parser(commands: typing.Any) -> None:
         action="append",
         metavar="KEY=VALUE",
         type=_model_opt,
-        help="build option of the backbone network, e.g. se_reduction=8 or widths=(8,16,32); repeatable",
+        help="build option of the backbone network, e.g. se_reduction=8, widths=(8,16,32) or se_bias=no; "
+        "repeatable",
     )
     train.add_argument(
         "--detector-opt",
         action="append",
         metavar="KEY=VALUE",
-        type=_model_opt,
+        type=_options_flag(_boolean_detector_options),
         help="option of torchvision's FasterRCNN, e.g. rpn_batch_size_per_image=64 or "
         "box_batch_size_per_image=128; repeatable",
     )
@@ -1434,7 +1499,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns its exit status: 0, 2 for bad input (one line on stderr), or another non-zero
     status for a run that diverged or was stopped.
     Errors argparse finds itself (a flag's value, a missing argument) exit with status 2 too, by raising
-    SystemExit after printing the usage and one error line, as do ``--help`` and ``--version`` with 0."""
+    SystemExit after printing the usage and one error line, as do ``--help`` and ``--version`` with 0.
+    A standard output closed by its reader (``senet models | head -1``) ends any command quietly with status
+    141, as SIGPIPE ends a Unix tool (128 + SIGPIPE; Python itself ignores the signal and raises instead)."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # what is still buffered goes now, where a closed pipe is caught, not at exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # Python flushes stdout again at exit: give it somewhere to write, or it prints the error after all.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe (or socket) whose reading end is gone: a BrokenPipeError from
+    anything else (a worker's pipe) is an error like any other."""
+    import select
+
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a file (pytest's capture)
+        return False
+    if not hasattr(select, "poll"):  # no poll (Windows): stdout is the likely pipe
+        return True
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """:func:`main` but for a closed standard output."""
+    from senet.ops import SEKernelError
     from senet.train.control import TrainingInterrupted
     from senet.train.engine import TrainingDiverged
 
@@ -1446,13 +1547,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"senet {args.command}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except (ValueError, OSError) as error:
+        if isinstance(error, BrokenPipeError) and _stdout_closed():
+            raise  # the reader of our output is gone: main ends quietly
         # Users get one line naming the problem; the traceback is for bugs, not for bad input (ValueError)
         # or a file that is missing, unreadable or in the way (OSError). An error raised in a DataLoader
         # worker arrives wrapped in its traceback: its last line is the message.
         message = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
         print(f"senet {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except TrainingDiverged as error:
+    except (TrainingDiverged, SEKernelError) as error:  # SEKernelError: a Triton kernel failed on this GPU
         print(f"senet {args.command}: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as stopped:  # a stop signal, after a checkpoint: 128 + its number

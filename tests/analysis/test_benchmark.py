@@ -33,10 +33,33 @@ def test_benchmark_reports_every_figure_with_ratios_to_the_first(mode):
         ["resnet18", "se_resnet18"], BenchSettings(**{**TINY.__dict__, "mode": mode, "memory": True})
     )
     assert [r.model for r in results] == ["resnet18", "se_resnet18"]
-    assert results[0].ratios["latency"] == 1.0 and results[1].ratios["latency"] > 0
     assert all(r.images_per_s == pytest.approx(2000 / r.latency_ms) for r in results)
     assert all(r.peak_memory_mb > 0 for r in results)
-    assert "| se_resnet18 |" in format_results(results, TINY)
+    # Every ratio is the row's own figure over the first row's, from the figures the benchmark reports.
+    first = results[0]
+    for r in results:
+        assert r.ratios == pytest.approx(
+            {
+                "latency": r.latency_ms / first.latency_ms,
+                "p90": r.p90_ms / first.p90_ms,
+                "images_per_s": r.images_per_s / first.images_per_s,
+                "memory": r.peak_memory_mb / first.peak_memory_mb,
+            },
+            rel=1e-12,
+        )
+    table = format_results(results, TINY).splitlines()
+    for r in results:
+        (row,) = [line for line in table if line.startswith(f"| {r.model} |")]
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells == [
+            r.model,
+            f"{r.latency_ms:.1f}",
+            f"{r.p90_ms:.1f}",
+            f"{r.images_per_s:.1f}",
+            f"{r.peak_memory_mb:.0f}",
+            f"{r.latency_ms / first.latency_ms:.3f}",
+            f"{r.peak_memory_mb / first.peak_memory_mb:.3f}",
+        ]
 
 
 def test_se_saves_the_branch_outputs_for_backward():

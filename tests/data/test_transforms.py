@@ -1,4 +1,4 @@
-"""Cutout and the evaluation transform."""
+"""Cutout, the evaluation transform and the preprocessing record."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from senet.data import make_eval_transform
-from senet.data.transforms import Cutout
+from senet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Cutout, Preprocessing
 
 
 def _zero_box(image: torch.Tensor) -> tuple[int, int, int]:
@@ -60,3 +60,39 @@ def test_ten_crop_stacks_corners_centre_and_mirrors():
 def test_resize_smaller_than_crop_is_refused():
     with pytest.raises(ValueError, match="smaller than the crop"):
         make_eval_transform(224, resize=200)
+
+
+def test_the_resize_is_an_integer_of_its_own():
+    """timm floors 224 / 0.95 to 235 and torchvision states 232 outright: neither comes back from a fraction,
+    so the record holds the integer, and a record of an earlier version (fraction only) still reads."""
+    timm_a1 = Preprocessing(IMAGENET_MEAN, IMAGENET_STD, 224, 0.95, "bicubic", resize=235)
+    assert Preprocessing.from_dict(timm_a1.as_dict()) == timm_a1 and timm_a1.as_dict()["resize"] == 235
+    resize = next(t for t in timm_a1.eval_transform().transforms if isinstance(t, v2.Resize))
+    assert resize.size == [235]
+    torchvision_v2 = Preprocessing(IMAGENET_MEAN, IMAGENET_STD, 224, resize=232)
+    assert torchvision_v2.crop_fraction == 224 / 232
+    earlier = {k: v for k, v in timm_a1.as_dict().items() if k != "resize"}
+    assert Preprocessing.from_dict(earlier).resize == 236  # as earlier versions resized: round(224 / 0.95)
+    with pytest.raises(ValueError, match="resize 250 does not belong to crop 224 / crop_fraction 0.95"):
+        Preprocessing(IMAGENET_MEAN, IMAGENET_STD, 224, 0.95, resize=250)
+    with pytest.raises(ValueError, match="resize 200 must be an integer >= input_size 224"):
+        Preprocessing(IMAGENET_MEAN, IMAGENET_STD, 224, resize=200)
+
+
+def test_the_eval_transform_crops_before_it_converts_to_float():
+    """A 1 x 100 strip resized to 32 is 32 x 3200: no float copy of it is made, only of the 28 x 28 crop
+    (the same numbers: resizing happens on uint8 either way, and normalising is per pixel)."""
+    pre = Preprocessing(IMAGENET_MEAN, IMAGENET_STD, 28)  # the paper's 0.875: resized to 32
+    strip = torch.randint(0, 256, (3, 1, 100), dtype=torch.uint8)
+    for ten_crop in (False, True):
+        out = strip
+        for step in pre.eval_transform(ten_crop).transforms:
+            out = step(out)
+            for tensor in out if isinstance(out, (tuple, list)) else [out]:
+                assert not tensor.is_floating_point() or tensor.shape[-2:] == (28, 28), type(step).__name__
+        centre = out[4] if ten_crop else out
+        resized = v2.functional.resize(strip, [32], antialias=True)
+        expected = v2.functional.normalize(
+            v2.functional.center_crop(resized, [28]).float() / 255, list(IMAGENET_MEAN), list(IMAGENET_STD)
+        )
+        torch.testing.assert_close(centre, expected)

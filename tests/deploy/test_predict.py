@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile
+from torchvision.transforms import v2
 
 import senet
 from senet.cli import main
@@ -65,10 +66,26 @@ def _noise(path: Path, seed: int, size: tuple[int, int] = (48, 40), mode: str = 
     return path
 
 
+def _by_hand(resize: int, crop: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """The evaluation transform written out with torchvision's own ops, as torchvision's and timm's presets
+    apply it: the shorter side resized (uint8, bilinear, antialiased), a centre crop, [0, 1], normalised."""
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(resize, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+            v2.CenterCrop(crop),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
 def _reference(weights: Path, image: Image.Image, k: int) -> tuple[list[float], list[int]]:
-    """Top-k by hand: the loaded network in eval mode on the recorded transform of one image."""
+    """Top-k by hand: the loaded network in eval mode on the transform of RGB_PRE / GREY_PRE written out
+    (mean 0.5, std 0.25, 32 x 32 from a shorter side of 32), independent of the recorded preprocessing's code."""
     model = senet.load_pretrained(weights).eval()
-    transform = model.pretrained_info.preprocessing.eval_transform()
+    grey = image.mode == "L"
+    transform = _by_hand(32, 32, (0.5,) if grey else (0.5, 0.5, 0.5), (0.25,) if grey else (0.25, 0.25, 0.25))
     with torch.no_grad():
         probs, indices = model(transform(image)[None]).softmax(1).topk(k)
     return probs[0].tolist(), indices[0].tolist()
@@ -294,6 +311,18 @@ def test_a_module_from_load_pretrained_is_accepted_and_keeps_its_mode(rgb_weight
         predict(senet.create_model("resnet20_cifar", num_classes=3, **TINY), tmp_path)
 
 
+def test_an_optimized_network_keeps_its_record_and_predicts_as_the_eager_one(rgb_weights, tmp_path):
+    paths = [_noise(tmp_path / f"{k}.png", 65 + k) for k in range(2)]
+    optimized = senet.optimize_for_inference(senet.load_pretrained(rgb_weights), compile=False)
+    fast = list(predict(optimized, paths, topk=3, device="cpu"))
+    for path, result in zip(paths, fast):
+        probs, indices = _reference(rgb_weights, Image.open(path).convert("RGB"), 3)
+        assert [s.index for s in result.top] == indices and [s.label for s in result.top] == [
+            LABELS[i] for i in indices
+        ]
+        assert np.allclose([s.prob for s in result.top], probs, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -402,7 +431,9 @@ def test_cli_predicts_with_a_run_directory_of_senet_train(tmp_path, make_folder,
         # The run recorded its data's evaluation transform: ImageNet statistics, a resize then a centre crop.
         pre = model.pretrained_info.preprocessing
         assert pre.mean == (0.485, 0.456, 0.406) and pre.input_size == 32 and pre.crop_fraction == 0.875
+        # ImageNet statistics, shorter side round(32 / 0.875) = 37, centre crop 32.
+        transform = _by_hand(37, 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         with torch.no_grad():
-            probs = model(pre.eval_transform()(Image.open(image).convert("RGB"))[None]).softmax(1)[0]
+            probs = model(transform(Image.open(image).convert("RGB"))[None]).softmax(1)[0]
         assert [t["label"] for t in record["top"]] == [["ant", "bee"][t["index"]] for t in record["top"]]
         assert all(abs(t["prob"] - probs[t["index"]].item()) < 1e-5 for t in record["top"])

@@ -15,7 +15,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from senet.cli import main
-from senet.detection.data import CategoryMap, CocoDetection, coco_datasets, collate, resolve_coco_paths
+from senet.detection.data import (
+    TARGET_ONLY_PROBLEMS,
+    CategoryMap,
+    CocoDetection,
+    coco_datasets,
+    collate,
+    resolve_coco_paths,
+)
 from senet.detection.shapes import _draw_shape, make_shapes
 
 
@@ -280,14 +287,21 @@ def test_bad_annotations_are_reported_skipped_counted_or_refused(
     with caplog.at_level(logging.WARNING, logger="senet.detection"):
         dataset = CocoDetection(path, images, train=False)
     assert dict(dataset.skipped) == {kind: 1}
-    kept = {a["id"] for a in dataset.ground_truth_document()["annotations"]}
+    # A box of no size or outside the image is left out of the targets only: evaluation scores the file's
+    # annotations as pycocotools does (tests/peers/test_pycocotools.py), where it is an object nobody finds.
+    target_only = kind.split(": ")[1] in TARGET_ONLY_PROBLEMS
+    in_targets = {int(i) for e in dataset._entries for i in e.ann_ids}
+    evaluated = dataset.ground_truth_document()["annotations"]
+    kept = {a["id"] for a in evaluated}
     all_ids = {a["id"] for a in train_document["annotations"]}
-    assert len(dataset.ground_truth_document()["annotations"]) == len(all_ids) - len(gone)
+    assert len(evaluated) == len(all_ids) - (0 if target_only else len(gone))
     if kind != "annotations: repeated ids":
-        assert kept == all_ids - gone
+        assert kept == (all_ids if target_only else all_ids - gone)
+        assert in_targets == all_ids - gone
     assert len(dataset) == len(train_document["images"]) - kind.startswith("images")
     [warning] = [r.getMessage() for r in caplog.records]
     assert culprit in warning and kind.split(": ")[1] in warning and "--strict-data" in warning, warning
+    assert ("evaluation scores them" in warning) == target_only, warning
     with pytest.raises(ValueError) as error:
         CocoDetection(path, images, train=False, strict=True)
     assert culprit in str(error.value) and "\n" not in str(error.value), str(error.value)

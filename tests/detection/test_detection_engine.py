@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -244,3 +246,45 @@ def test_two_ddp_processes_gather_their_detections_for_one_cocoeval(shapes_root,
     # One process on the same weights and images gives the same COCO metrics.
     alone = evaluate_run(tmp_path / "run", device="cpu", write=False)
     assert all(alone[name] == pytest.approx(record[f"val_{name}"], abs=1e-12) for name in METRICS)
+
+
+def test_an_amp_run_validates_in_float32_as_detect_eval_scores(shapes_root, tmp_path):
+    # bf16 scores tie where float32 ones do not, and COCOeval ranks detections by score.
+    result = train(config(shapes_root, tmp_path / "run", epochs=1, amp=True))
+    (record,) = result.history
+    fp32 = evaluate_run(result.run_dir, device="cpu", batch_size=4, write=False)
+    assert all(fp32[name] == record[f"val_{name}"] for name in METRICS)
+
+
+def test_a_run_directory_another_process_writes_is_refused_untouched(shapes_root, tmp_path, capsys):
+    from tests.train.test_rundir import held_by_another_process, snapshot
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')  # a live run's file, which --overwrite would delete
+    with held_by_another_process(run) as (holder, _):
+        before = snapshot(run)
+        argv = ["detect", "train", *TINY_CLI, "--data", str(shapes_root), "--epochs", "1"]
+        assert main([*argv, "--output", str(run), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is in use by senet train, pid {holder.pid} on" in err
+        assert snapshot(run) == before
+
+
+def test_a_torchrun_detection_job_exits_0_every_time(shapes_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "senet",
+    ]
+    for attempt in range(2):
+        args = ["detect", "train", *TINY_CLI, "--data", str(shapes_root), "--epochs", "1"]
+        command = [*launcher, *args, "--output", str(tmp_path / f"run{attempt}")]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
+        assert len(_records(tmp_path / f"run{attempt}")) == 1

@@ -296,3 +296,84 @@ def test_recompute_norm_is_refused_with_a_squeeze_that_never_takes_the_fused_pat
         with pytest.raises(ValueError, match=f"recompute_norm=False with squeeze='{squeeze}'"):
             SqueezeExcite(8, squeeze=squeeze, recompute_norm=False)
     assert SEConfig(recompute_norm=True).recompute_norm is True
+
+
+def _module_by_module(se: SqueezeExcite, x: torch.Tensor) -> torch.Tensor:
+    """The gates computed by calling the block's modules in order, as a reader of the paper would."""
+    return se.fc2(se.relu(se.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_hooks_on_the_excitation_modules_fire_and_change_what_they_return(training):
+    se = SqueezeExcite(8, reduction=2).train(training)
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    reference = x * _module_by_module(se, x)  # before any hook
+    seen = []
+    se.fc1.register_forward_hook(lambda m, args, out: seen.append("fc1"))
+    se.relu.register_forward_hook(lambda m, args, out: seen.append("relu"))
+    se.fc2.register_forward_hook(lambda m, args, out: out * 0)  # a hook that changes the output is honoured
+    out = se.scale_and_add(x, x)
+    assert seen == ["fc1", "relu"]
+    torch.testing.assert_close(out, x + x * 0.5)  # sigmoid(0) everywhere
+    assert not torch.allclose(reference, x * 0.5)
+    out.sum().backward()  # whichever path it took, it differentiates
+
+
+def test_backward_hooks_on_the_excitation_modules_fire_in_training():
+    se = SqueezeExcite(8, reduction=2)
+    grads = []
+    se.fc1.register_full_backward_hook(lambda m, grad_in, grad_out: grads.append(grad_out[0].shape))
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    se(x).sum().backward()
+    assert grads == [(2, 4, 1, 1)]
+
+
+def test_a_wrapped_excitation_module_is_called_as_it_is():
+    """LoRA, pruning and quantisation tools replace a layer by a wrapper: the block must call it."""
+
+    class Doubled(torch.nn.Module):  # a wrapper with no .weight of its own
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t):
+            return 2 * self.inner(t)
+
+    for training in (True, False):
+        se = SqueezeExcite(8, reduction=2).train(training)
+        x = torch.randn(2, 8, 3, 3, requires_grad=True)
+        residual = torch.randn(2, 8, 3, 3)
+        se.fc1 = Doubled(se.fc1)
+        expected = residual + x * _module_by_module(se, x)
+        torch.testing.assert_close(se.scale_and_add(x, residual), expected)
+        torch.testing.assert_close(se(x), x * _module_by_module(se, x))
+
+
+def test_the_same_tensor_as_input_and_residual_is_added_not_dropped():
+    se = SqueezeExcite(8, reduction=2)
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    out = se.scale_and_add(x, x, torch.nn.ReLU())
+    torch.testing.assert_close(out, torch.relu(x + x * _module_by_module(se, x)))
+
+
+def test_a_backward_hook_on_the_fused_batchnorm_fires_in_training(fused_norm_calls):
+    model = _post_activation_se_resnet(se_recompute_norm=True)
+    grads = []
+    model.layer2[0].bn2.register_full_backward_hook(
+        lambda m, grad_in, grad_out: grads.append(grad_out[0].shape)
+    )
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert grads == [(2, 4, 4, 4)] and fused_norm_calls[0] == 7  # that unit's BatchNorm ran as itself
+
+
+def test_one_value_per_channel_is_refused_as_batchnorm_refuses_it(fused_norm_calls):
+    se = SqueezeExcite(4, reduction=2, recompute_norm=True)
+    norm = torch.nn.BatchNorm2d(4)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        norm(torch.randn(1, 4, 1, 1))
+    running_var = norm.running_var.clone()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        se.norm_scale_and_add(torch.randn(1, 4, 1, 1), norm, torch.randn(1, 4, 1, 1))
+    assert torch.equal(norm.running_var, running_var) and fused_norm_calls[0] == 0
+    se.norm_scale_and_add(torch.randn(2, 4, 1, 1), norm, torch.randn(2, 4, 1, 1))  # two values: fused
+    assert fused_norm_calls[0] == 1

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from senet.ops import SEKernelError
 from senet.ops import squeeze_excite as ops
 
 pytest.importorskip("triton")  # tests/conftest.py sets TRITON_INTERPRET=1 on machines without a GPU
@@ -122,6 +123,7 @@ def test_batch_statistics_stay_exact_when_the_mean_dwarfs_the_spread():
     torch.testing.assert_close(invstd.double(), (var + 1e-5).rsqrt(), rtol=1e-4, atol=0)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA only: the interpreter runs each program in turn")
 def test_the_kernels_are_deterministic_bit_for_bit():
     results = []
     for _ in range(2):
@@ -186,3 +188,156 @@ def test_amp_training_goes_through_the_operator_in_the_autocast_dtype(monkeypatc
     assert calls == [dtype] * 8  # every unit: BatchNorm, SE, the sum and the ReLU in one operator
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
     assert model.layer1[0].bn2.num_batches_tracked.item() == 1
+
+
+def test_the_same_tensor_as_input_and_residual_is_added_by_the_kernels():
+    x, _, *weights = _leaves((2, 6, 3, 3), torch.float32, False, "contiguous")
+    for relu in (False, True):
+        out = ops.se_scale(x, x, *weights, "sigmoid", relu)[0]
+        _check(out, _reference(x, x, *weights, "sigmoid", relu), [x, *weights], torch.float32)
+    bn = (torch.rand(6) + 0.5).to(DEVICE), torch.randn(6).to(DEVICE)
+    out = ops.se_norm_scale(x, x, *bn, 1e-5, *weights, "sigmoid", True)[0]
+    normed = F.batch_norm(x.double(), None, None, bn[0].double(), bn[1].double(), training=True, eps=1e-5)
+    expected = _reference(normed, x, *weights, "sigmoid", True)  # the residual is the un-normalised x
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_backward_kernels_mask_by_the_relu_output_even_when_it_is_the_gradient(triton_on_this_device):
+    kernels = triton_on_this_device
+    g = torch.randn(2, 6, 3, 3, device=DEVICE)
+    x = torch.randn(2, 6, 3, 3, device=DEVICE)
+    masked = torch.where(g > 0, g, 0)
+    g_sum, gx_sum = kernels.grad_sums(g, g, x)  # out is grad: the ReLU was still fused
+    torch.testing.assert_close(g_sum, masked.sum((2, 3)))
+    torch.testing.assert_close(gx_sum, (masked * x).sum((2, 3)))
+    p, r = torch.rand(2, 6, device=DEVICE), torch.randn(2, 6, device=DEVICE)
+    dx, dres = kernels.grad_apply(g, g, x, p, None, r, True)
+    torch.testing.assert_close(dx, masked * p[..., None, None] + r[..., None, None])
+    torch.testing.assert_close(dres, masked)
+
+
+def test_inference_goes_through_the_kernels_and_equals_the_plain_ops(monkeypatch, triton_on_this_device):
+    import senet
+    from senet.ops import use_triton_kernels
+
+    launches = []
+    original = triton_on_this_device._launch
+    monkeypatch.setattr(
+        triton_on_this_device, "_launch", lambda k, *a, **c: launches.append(k) or original(k, *a, **c)
+    )
+    model = senet.create_model("se_resnet18", num_classes=3, widths=(4, 8, 8, 8)).eval().to(DEVICE)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)  # statistics away from (0, 1), so the affine is really applied
+        bn.running_var.uniform_(0.5, 2)
+    images = torch.randn(2, 3, 32, 32, device=DEVICE)
+    with torch.no_grad():
+        fused = model(images)
+        se = model.layer2[0].se
+        single = se(images[:, :1].expand(2, 8, 32, 32).contiguous())
+        use_triton_kernels(False)
+        try:
+            plain = model(images)
+            plain_single = se(images[:, :1].expand(2, 8, 32, 32).contiguous())
+        finally:
+            use_triton_kernels(True)
+    # every unit: the squeeze's pass and the output's (BatchNorm, SE, sum and ReLU in one), then the lone block
+    assert len(launches) == 2 * 8 + 2
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(single, plain_single, rtol=1e-5, atol=1e-5)
+
+
+def test_the_switch_turns_the_kernels_off_from_the_environment(monkeypatch):
+    import importlib
+
+    from senet.ops import triton_switch
+
+    x = torch.empty(2, 3, 4, 4, device=DEVICE)
+    assert ops.triton_kernels(x) is not None
+    try:
+        for spelling in ("0", "off", "False"):
+            monkeypatch.setenv("SENET_TRITON", spelling)
+            importlib.reload(triton_switch)
+            assert ops.triton_kernels(x) is None
+    finally:
+        monkeypatch.delenv("SENET_TRITON")
+        importlib.reload(triton_switch)
+    assert ops.triton_kernels(x) is not None
+
+
+@pytest.fixture
+def broken_scale_kernel(monkeypatch, triton_on_this_device):
+    """The rescale kernel replaced by one that fails as a compiler does on an unsupported GPU."""
+
+    class Broken:
+        fn = triton_on_this_device._scale_kernel.fn
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError(
+                    "at 12:4:\n    out = x * p\n        ^\nPTX .version 9.9 does not support sm_100"
+                )
+
+            return launch
+
+    monkeypatch.setattr(triton_on_this_device, "_scale_kernel", Broken())
+
+
+def test_a_kernel_that_fails_stops_with_one_line_naming_it_and_the_switch(broken_scale_kernel):
+    x, residual, *weights = _leaves((2, 6, 3, 3), torch.float32, False, "contiguous")
+    with pytest.raises(SEKernelError) as error:
+        ops.se_scale(x, residual, *weights, "sigmoid", True)
+    message = str(error.value)
+    assert "\n" not in message and error.value.__cause__ is None and error.value.__suppress_context__
+    assert "_scale_kernel" in message and "does not support sm_100" in message
+    assert "SENET_TRITON=0" in message and ("interpreter" in message or "sm_" in message)
+
+
+def test_the_command_line_reports_a_failing_kernel_in_one_line(broken_scale_kernel, capsys):
+    from senet.cli import main
+
+    argv = ["bench", "--models", "se_resnet20_cifar", "--mode", "train", "--size", "8", "--batch", "2"]
+    status = main([*argv, "--repeats", "1", "--warmup", "0", "--no-memory", "--device", DEVICE])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1, err
+    assert "_scale_kernel" in err and "SENET_TRITON=0" in err
+
+
+def _amp_step(model, images, compiled=False):
+    """One AMP training step's loss, gradients and BatchNorm statistics (the model is changed in place)."""
+    forward = torch.compile(model, fullgraph=True) if compiled else model
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss = forward(images).float().log_softmax(1)[:, 0].mean()
+    loss.backward()
+    grads = {name: p.grad.float() for name, p in model.named_parameters()}
+    stats = {name: b.float() for name, b in model.named_buffers() if name.endswith("running_var")}
+    return loss.detach(), grads, stats
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA only: a whole se_resnet50 step at 224 x 224")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled-fullgraph"])
+def test_a_whole_se_resnet50_amp_step_through_the_kernels_equals_the_pytorch_path(compiled):
+    import copy
+
+    import senet
+    from senet.ops import use_triton_kernels
+
+    model = senet.create_model("se_resnet50").cuda().to(memory_format=torch.channels_last)
+    images = torch.randn(32, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+    use_triton_kernels(False)
+    try:
+        reference = _amp_step(copy.deepcopy(model), images)
+    finally:
+        use_triton_kernels(True)
+    launches = []
+    with pytest.MonkeyPatch.context() as patch:
+        kernels = ops.triton_kernels(images)
+        original = kernels._launch
+        patch.setattr(kernels, "_launch", lambda k, *a, **c: launches.append(k) or original(k, *a, **c))
+        result = _amp_step(copy.deepcopy(model), images, compiled)
+    assert len(launches) >= 16 * 4  # every unit, forward and backward, through the kernels
+    torch.testing.assert_close(result[0], reference[0], rtol=1e-2, atol=1e-2)
+    for got, want in zip(result[1:], reference[1:]):
+        for name, value in want.items():
+            # fp16 sums over N*H*W: compare each tensor as a whole, relative to its norm
+            error = (got[name] - value).norm() / value.norm().clamp_min(1e-12)
+            assert error < 2e-2, f"{name}: relative error {error:.3g}"

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -42,6 +43,40 @@ def test_training_writes_config_log_metrics_and_checkpoints(tmp_path):
     assert records[1]["train_loss"] < records[0]["train_loss"]
     assert (run / "best.safetensors").is_file() and "epoch 2/2" in (run / "train.log").read_text()
     assert load_checkpoint(run).meta["epoch"] == 2
+    # The rates each epoch trained at: 0.1, then 0.1 x gamma 0.5 (step schedule, one epoch per step).
+    assert [(r["lr"], r["lr_last"]) for r in records] == [(0.1, 0.1), (0.05, 0.05)]
+    (epoch_1,) = [
+        line for line in (run / "train.log").read_text().splitlines() if line.startswith("epoch 1/2")
+    ]
+    assert "  lr 0.1  " in epoch_1
+
+
+def test_a_cosine_run_logs_the_rates_its_epochs_trained_at_and_warm_up_stays_below_the_base_rate(tmp_path):
+    result = train(tiny_config(tmp_path, schedule="cosine", warmup_epochs=0.5))
+    steps = 22  # 1437 digits in full batches of 64
+    total, warmup = 2 * steps, 0.5 * steps
+
+    def cosine(step):  # the rate of optimizer step ``step`` (0-based), from the schedule's definition
+        return 0.1 * 0.5 * (1 + math.cos(math.pi * step / total))
+
+    first, second = result.history
+    assert first["lr"] == pytest.approx(0.1 / warmup) and first["lr_last"] == pytest.approx(cosine(steps - 1))
+    assert second["lr"] == pytest.approx(cosine(steps)) and second["lr_last"] == pytest.approx(
+        cosine(total - 1)
+    )
+    assert second["lr_last"] > 0
+    line = (result.run_dir / "train.log").read_text().splitlines()[-1]
+    assert f"lr {second['lr']:.4g} to {second['lr_last']:.4g}" in line
+
+
+def test_warm_up_never_exceeds_the_base_rate():
+    # 0.5 warm-up epochs of 7 steps: warm-up ends mid-way through step 3 (3.5 steps), which the factor
+    # ceil(3.5) / 3.5 = 1.14 used to overshoot.
+    from senet.train.engine import _lr_factor
+
+    config = TrainConfig(model="resnet20_cifar", schedule="step", step_epochs=30, warmup_epochs=0.5)
+    factors = [_lr_factor(config, 7)(step) for step in range(20)]
+    assert factors[:3] == pytest.approx([1 / 3.5, 2 / 3.5, 3 / 3.5]) and factors[3:] == [1.0] * 17
 
 
 def test_resume_gives_exactly_the_weights_of_a_straight_run(tmp_path):
@@ -90,6 +125,38 @@ def test_cli_train_resume_eval_and_plot(tmp_path, capsys):
     assert len((tmp_path / "classes.csv").read_text().splitlines()) == 11
     assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_eval_scores_a_run_at_its_own_evaluation_crop(tmp_path, capsys):
+    # Trained at 32 x 32, validated at --eval-crop 16: `senet eval RUN` must score what the run logged.
+    run = train(
+        tiny_config(
+            tmp_path, model="resnet20_cifar", model_options={"widths": (4, 8, 8)}, epochs=1, eval_crop=16
+        )
+    ).run_dir
+    logged = json.loads((run / "metrics.jsonl").read_text())["val_top1_err"]
+    capsys.readouterr()
+    scored = {}
+    for scales in ([], ["--scales", "16"], ["--scales", "32"]):
+        assert main(["eval", "--checkpoint", str(run), "--format", "json", "--device", "cpu", *scales]) == 0
+        scored[tuple(scales)] = json.loads(capsys.readouterr().out)["top1_err"]
+    assert scored[()] == pytest.approx(logged, abs=1e-6) and scored[("--scales", "16")] == scored[()]
+    assert abs(scored[("--scales", "32")] - logged) > 1  # the crop matters here: 15 of 360 images differ
+
+
+def test_an_amp_run_validates_in_float32_as_senet_eval_scores(tmp_path):
+    # bf16 logits tie (3 of the 360 digits had equal top-2 logits): a run's validation ranks float32 ones.
+    from senet.data import build_data, build_loader
+    from senet.train.engine import evaluate
+    from senet.train.evaluation import evaluate_runs
+
+    result = train(tiny_config(tmp_path, epochs=1, batch_size=256, amp=True))
+    (record,) = result.history
+    loader = build_loader(build_data("digits").val, batch_size=256, train=False)
+    fp32 = evaluate(result.model, loader, torch.device("cpu"))
+    assert record["val_loss"] == fp32["val_loss"] and record["val_top1_err"] == fp32["val_top1_err"]
+    scored = evaluate_runs([result.run_dir], device="cpu")
+    assert scored.top1_err == pytest.approx(record["val_top1_err"], abs=1e-6)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -1,12 +1,14 @@
-"""senet.train.feed: the deferred finite-loss check and the device feeder (their CPU behaviour, and the CUDA
-scheduling logic run on CPU with a check every few steps)."""
+"""senet.train.feed: the deferred finite check of losses and weights and the device feeder (their CPU
+behaviour, and the CUDA scheduling logic run on CPU with a check every few steps)."""
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from senet.train import TrainingDiverged, train
 from senet.train import feed
-from senet.train.checkpoint import load_checkpoint
+from senet.train.checkpoint import list_checkpoints, load_checkpoint
+from senet.train.control import FAULT_ENV
 from tests.train.test_engine import tiny_config
 
 
@@ -15,7 +17,7 @@ def _agree(value: int) -> int:  # a single process: the minimum over one rank
 
 
 def test_the_first_non_finite_step_is_named_exactly_however_late_it_is_read():
-    check = feed.FiniteLossCheck(torch.device("cpu"), _agree, every=4)
+    check = feed.FiniteCheck(torch.device("cpu"), _agree, every=4)
     losses = [1.0, 2.0, float("nan"), float("inf")]
     for step, value in enumerate(losses, 1):
         check.observe(step, torch.tensor(value), ("epoch 1", step))
@@ -25,11 +27,11 @@ def test_the_first_non_finite_step_is_named_exactly_however_late_it_is_read():
 
 
 def test_finite_losses_pass_and_another_ranks_divergence_stops_this_one_too():
-    check = feed.FiniteLossCheck(torch.device("cpu"), _agree, every=2)
+    check = feed.FiniteCheck(torch.device("cpu"), _agree, every=2)
     for step in (1, 2):
         check.observe(step, torch.tensor(0.5), (1, step))
     assert check.first_bad() is None and not check.due()
-    other_rank_bad = feed.FiniteLossCheck(torch.device("cpu"), lambda value: 0, every=1)
+    other_rank_bad = feed.FiniteCheck(torch.device("cpu"), lambda value: 0, every=1)
     other_rank_bad.observe(7, torch.tensor(0.5), (2, 3))
     assert other_rank_bad.first_bad()[0] == 7
 
@@ -53,15 +55,78 @@ def test_a_deferred_check_stops_at_the_exact_step_and_never_saves_a_diverged_sta
     # CUDA's schedule (a host read every 5 steps) on CPU: the divergence is named at the step the every-step
     # check names (epoch 1 is 22 steps; the lr jumps to 1e29 for step 23, whose update makes step 24's loss
     # NaN), and the save due at step 24, between the divergence and the next read, is refused, not written.
-    original = feed.FiniteLossCheck.__init__
+    original = feed.FiniteCheck.__init__
     monkeypatch.setattr(
-        feed.FiniteLossCheck, "__init__", lambda self, device, agree: original(self, device, agree, every=5)
+        feed.FiniteCheck, "__init__", lambda self, device, agree: original(self, device, agree, every=5)
     )
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 2, batch 2 \(step 24\)"):
         train(tiny_config(tmp_path, epochs=2, gamma=1e30, save_every_steps=2))
     after = load_checkpoint(tmp_path / "run")
     assert after.meta["step"] == 22
     assert all(torch.isfinite(v).all() for v in after.model_state().values())
+
+
+def _nan_gradient_at(monkeypatch, step):
+    """The run's network gets a gradient hook that returns NaN on the ``step``-th backward pass only: the loss
+    of that step is finite, its update is not."""
+    from senet.train import engine
+
+    build = engine.build_model
+
+    def hooked(*args, **kwargs):
+        net = build(*args, **kwargs)
+        calls = [0]
+
+        def poison(grad):
+            calls[0] += 1
+            return torch.full_like(grad, float("nan")) if calls[0] == step else grad
+
+        next(net.parameters()).register_hook(poison)
+        return net
+
+    monkeypatch.setattr(engine, "build_model", hooked)
+
+
+def _assert_nothing_diverged_was_saved(run):
+    for path in sorted(run.glob("*.safetensors")):  # every checkpoint and best.safetensors
+        state = load_file(path)
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path.name
+
+
+@pytest.mark.parametrize(
+    "save, every",
+    [("periodic", 1), ("periodic", 50), ("signal", 50), ("epoch end", 50)],
+)
+def test_a_nan_gradient_with_a_finite_loss_is_never_saved(tmp_path, monkeypatch, save, every):
+    # The issue's case: a NaN gradient at step 5 with a finite loss, --save-every-steps 5. ``every``: the
+    # finite flag is read every step (CPU) or, as on CUDA, every 50 steps, i.e. only when something is saved.
+    # Epoch 1 is 22 steps of 64 digits: "epoch end" poisons its last step, before best.safetensors and the
+    # epoch's checkpoint; "signal" sends SIGTERM after step 5, whose handler saves at that step.
+    original = feed.FiniteCheck.__init__
+    monkeypatch.setattr(
+        feed.FiniteCheck, "__init__", lambda self, device, agree: original(self, device, agree, every=every)
+    )
+    step = 22 if save == "epoch end" else 5
+    _nan_gradient_at(monkeypatch, step)
+    if save == "signal":
+        monkeypatch.setenv(FAULT_ENV, "SIGTERM@step=5")
+    config = tiny_config(tmp_path, epochs=2, save_every_steps=5 if save == "periodic" else 0)
+    with pytest.raises(
+        TrainingDiverged, match=rf"weights became NaN .* \(step {step}\); .*last good"
+    ) as error:
+        train(config)
+    run = tmp_path / "run"
+    assert [load_checkpoint(p).meta["step"] for p in list_checkpoints(run)] == []
+    assert "none yet" in str(error.value) and not (run / "best.safetensors").exists()
+    _assert_nothing_diverged_was_saved(run)
+
+
+def test_a_diverged_step_after_good_checkpoints_names_the_last_good_one(tmp_path, monkeypatch):
+    _nan_gradient_at(monkeypatch, 12)
+    with pytest.raises(TrainingDiverged, match=r"\(step 12\); .*last good checkpoint: .*b0000010\.json"):
+        train(tiny_config(tmp_path, epochs=1, save_every_steps=5))
+    assert [load_checkpoint(p).meta["step"] for p in list_checkpoints(tmp_path / "run")] == [5, 10]
+    _assert_nothing_diverged_was_saved(tmp_path / "run")
 
 
 def _folder_config(tmp_path, root, name, **overrides):

@@ -13,6 +13,7 @@ from senet.data.transforms import Preprocessing
 from senet.train import TrainConfig, train
 from senet.train.checkpoint import load_checkpoint
 from senet.weights.info import WeightsInfo, read_weights_file, save_weights_file
+from senet.weights.pretrained import layout_options
 
 TINY = {"widths": [4, 8, 8], "in_chans": 1}  # recorded with the weights: the run config does not repeat it
 GREY = Preprocessing((0.5,), (0.25,), 32, 1.0, "bilinear")
@@ -46,6 +47,66 @@ def test_weights_of_another_network_or_contradicting_options_are_refused(weights
     with pytest.raises(ValueError, match=r"widths=\[4, 8, 8\]; widths=\(4, 8, 16\) would compute"):
         senet.load_pretrained(path, widths=(4, 8, 16))
     assert senet.load_pretrained(path, widths=(4, 8, 8), drop_rate=0.5).dropout.p == 0.5  # agreeing: fine
+
+
+@pytest.fixture(scope="module")
+def seresnet50_file(tmp_path_factory):
+    """timm's seresnet50 (our seresnet50 has its key names) converted, and the network it came from."""
+    from senet.weights.convert import convert_file
+
+    folder = tmp_path_factory.mktemp("seresnet50")
+    source = senet.create_model("seresnet50", num_classes=5).eval()
+    save_file(source.state_dict(), folder / "seresnet50.safetensors")
+    path = folder / "converted.safetensors"
+    return path, convert_file("timm", "seresnet50", folder / "seresnet50.safetensors", path), source
+
+
+def test_a_layout_option_that_contradicts_the_weights_is_refused(seresnet50_file):
+    """The file records timm's layout even though it is seresnet50's default, so a caller cannot change it."""
+    path, _, _ = seresnet50_file
+    for option, value in (("stride_in_1x1", True), ("stem_pool", "caffe"), ("se_gate", "tanh")):
+        with pytest.raises(ValueError, match=f"holds weights for {option}=.*would compute something else"):
+            senet.create_model("seresnet50", pretrained=path, **{option: value})
+    assert senet.load_pretrained(path, stride_in_1x1=False, stem_pool="torchvision").fc.out_features == 5
+
+
+def _old_record(info: WeightsInfo, options: dict) -> dict:
+    """``info`` as versions before the full option set and the integer resize wrote it."""
+    record = info.as_dict() | {"options": options}
+    record["preprocessing"].pop("resize", None)
+    return record
+
+
+def test_files_of_earlier_versions_load_and_refuse_what_contradicts_their_builder_defaults(
+    tmp_path, seresnet50_file
+):
+    """Earlier versions left out the options equal to the builder's defaults (and the resize): the model name
+    implies them, and a contradicting option is refused all the same."""
+    _, info, source = seresnet50_file
+    old = tmp_path / "old.safetensors"
+    save_file(source.state_dict(), old, metadata={"senet": json.dumps(_old_record(info, {}))})
+    net = senet.load_pretrained(old).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(net(x), source(x))
+    assert net.pretrained_info.preprocessing.resize == 235  # a timm file: floor(224 / 0.95), as timm resizes
+    with pytest.raises(
+        ValueError, match="stride_in_1x1=False \\(the default of seresnet50, which the record"
+    ):
+        senet.create_model("seresnet50", pretrained=old, stride_in_1x1=True)
+    with pytest.raises(ValueError, match="holds weights for se_position='standard'"):
+        senet.load_pretrained(old, se_position="post")
+    assert senet.load_pretrained(old, stride_in_1x1=False).fc.out_features == 5
+
+    paper = tmp_path / "paper.safetensors"  # a se_resnet50 converted from pretrained-models' file
+    record = _old_record(info, {}) | {"model": "se_resnet50", "source": {"project": "pretrainedmodels"}}
+    save_file(
+        senet.create_model("se_resnet50", num_classes=5).state_dict(),
+        paper,
+        metadata={"senet": json.dumps(record)},
+    )
+    with pytest.raises(ValueError, match="holds weights for stride_in_1x1=True"):
+        senet.load_pretrained(paper, stride_in_1x1=False)
+    assert senet.load_pretrained(paper).pretrained_info.preprocessing.resize == 236  # what it resized to then
 
 
 def test_another_class_count_gets_a_new_head_and_says_so(weights_file, caplog):
@@ -124,3 +185,28 @@ def test_fine_tuning_refuses_weights_of_another_model(tmp_path, weights_file):
     path, _ = weights_file
     with pytest.raises(ValueError, match="holds se_resnet20_cifar weights, not resnet20_cifar"):
         train(_config(tmp_path, model="resnet20_cifar", pretrained=str(path)))
+
+
+# (model, a layout option, a value other than the builder's default)
+LAYOUT_CASES = [
+    ("resnet18", "stem_pool", "torchvision"),
+    ("se_resnet50", "stride_in_1x1", False),
+    ("se_resnet50", "stem_pool", "torchvision"),
+    ("se_resnet50", "se_squeeze", "max"),
+    ("se_resnet50", "se_gate", "tanh"),
+    ("se_resnet50", "se_position", "post"),
+    ("senet154", "stride_in_1x1", True),
+    ("se_resnet164_cifar", "stride_in_1x1", True),
+    ("se_bn_inception", "se_gate", "relu"),
+]
+
+
+@pytest.mark.parametrize("name,option,value", LAYOUT_CASES)
+def test_layout_options_are_read_from_the_built_network(name, option, value):
+    """What layout_options reads is what the builder was given, defaults included, and a network built from
+    what it reads is built the same way."""
+    with torch.device("meta"):
+        default = layout_options(senet.create_model(name))
+        assert default[option] != value
+        assert layout_options(senet.create_model(name, **default)) == default
+        assert layout_options(senet.create_model(name, **{option: value})) == {**default, option: value}

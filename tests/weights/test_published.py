@@ -3,6 +3,7 @@ their published hash, converted, cached, and loaded offline afterwards; without 
 
 import hashlib
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +80,24 @@ def test_a_placed_file_with_another_hash_is_refused(hub):
 def test_models_without_published_weights_say_so():
     with pytest.raises(ValueError, match="no published weights are listed for se_resnet20_cifar"):
         senet.create_model("se_resnet20_cifar", pretrained=True)
+
+
+def test_the_docs_table_lists_every_published_file_under_a_header():
+    """docs/weights.md's table of published weights: a header row, then one row per entry of PUBLISHED."""
+    lines = (Path(__file__).parents[2] / "docs" / "weights.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| `se_resnet50` | [se_resnet50-"))
+    header, rule = lines[start - 2], lines[start - 1]
+    assert header.startswith("| ") and "---" not in header and rule.startswith("|---")
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("| `"):
+            break
+        rows.append(line)
+    listed = {}
+    for row in rows:
+        name, link, prefix = (cell.strip() for cell in row.strip("|").split("|"))
+        listed[name.strip("`")] = (link, prefix.strip("`"))
+    assert listed.keys() == PUBLISHED.keys()
+    for name, (link, prefix) in listed.items():
+        entry = PUBLISHED[name]
+        assert f"]({entry.url}) ({entry.project})" in link and prefix == entry.sha256_prefix, name

@@ -21,6 +21,7 @@ from typing import Any
 
 from senet.analysis.paper_ablations import STUDIES, PaperRow
 from senet.models.registry import list_models, model_info
+from senet.train.rundir import lock_output_dir
 
 STUDY_NAMES: tuple[str, ...] = (*STUDIES, "all")
 SIGNIFICANCE = 0.05
@@ -377,21 +378,22 @@ def run_ablation(
     shared = {k: v for k, v in base_config.model_options.items() if not k.startswith("se_")}
     se_options = {k: v for k, v in base_config.model_options.items() if k.startswith("se_")}
     studies, notes = study_settings(base_config.model, study, se_options, grid)
-    output.mkdir(parents=True, exist_ok=True)
-    settings = [setting for listed in studies.values() for setting in listed]
-    outcomes = run_settings(settings, replace(base_config, model_options=shared), seeds, output)
-    reports = summarize(studies, outcomes, notes)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return reports, []
-    header = (
-        f"# Ablation of {model_info(base_config.model).name} on {base_config.data}: {seeds} seed(s) per setting, "
-        f"{base_config.epochs} epochs each; final-epoch validation errors (%).\n\n"
-        + (f"`{command}`\n\n" if command else "")
-        + "Paper columns: SE-ResNet-50 on ImageNet (TPAMI Tables 10-16). "
-        + (
-            f"'beyond seed noise': Welch's t-test against the reference, p < {SIGNIFICANCE}.\n"
-            if seeds >= MIN_SEEDS_FOR_CLAIMS
-            else f"With fewer than {MIN_SEEDS_FOR_CLAIMS} seeds no difference is called significant.\n"
+    with lock_output_dir(output, "senet ablate"):  # one study writes a folder at a time (created here)
+        settings = [setting for listed in studies.values() for setting in listed]
+        outcomes = run_settings(settings, replace(base_config, model_options=shared), seeds, output)
+        reports = summarize(studies, outcomes, notes)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return reports, []
+        header = (
+            f"# Ablation of {model_info(base_config.model).name} on {base_config.data}: "
+            f"{seeds} seed(s) per setting, "
+            f"{base_config.epochs} epochs each; final-epoch validation errors (%).\n\n"
+            + (f"`{command}`\n\n" if command else "")
+            + "Paper columns: SE-ResNet-50 on ImageNet (TPAMI Tables 10-16). "
+            + (
+                f"'beyond seed noise': Welch's t-test against the reference, p < {SIGNIFICANCE}.\n"
+                if seeds >= MIN_SEEDS_FOR_CLAIMS
+                else f"With fewer than {MIN_SEEDS_FOR_CLAIMS} seeds no difference is called significant.\n"
+            )
         )
-    )
-    return reports, write_report(reports, output, seeds, header)
+        return reports, write_report(reports, output, seeds, header)

@@ -6,6 +6,7 @@ Everything is built from ``torchvision.transforms.v2``; every pipeline ends in a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -37,79 +38,111 @@ class Preprocessing:
     """How a network's test inputs are made: what weight files record, so that prediction, evaluation and export
     feed a network as it was trained (converted timm weights as timm feeds them).
 
-    The shorter side is resized to ``round(input_size / crop_fraction)`` with ``interpolation``, then a centre
-    ``input_size`` crop is normalised with ``mean``/``std`` (one entry per input channel). ``crop_fraction`` 1
-    resizes without cropping away anything of a square image (the 32 x 32 data sets).
+    The shorter side is resized to ``resize`` pixels with ``interpolation``, a centre ``input_size`` crop is
+    taken, and only that crop is converted to float and normalised with ``mean``/``std`` (one entry per input
+    channel). ``resize`` is recorded as the integer it is, because the projects derive it differently from a
+    crop fraction (timm floors ``input_size / crop_pct``; torchvision states it); left out, it is
+    ``round(input_size / crop_fraction)``, the paper's convention (256 for 224, 366 for 320).
+    ``crop_fraction`` left out is ``input_size / resize`` (0.875 when neither is given); given with
+    ``resize``, it is the source's own figure (timm's ``crop_pct``) and must round to ``resize``. A fraction
+    of 1 crops away nothing of a square image (the 32 x 32 data sets).
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     input_size: int
-    crop_fraction: float = EVAL_CROP_FRACTION
+    crop_fraction: float = None  # type: ignore[assignment]  # filled in by __post_init__
     interpolation: str = "bilinear"
+    resize: int = None  # type: ignore[assignment]  # filled in by __post_init__
 
     def __post_init__(self) -> None:
+        if self.crop_fraction is None and self.resize is None:
+            object.__setattr__(self, "crop_fraction", EVAL_CROP_FRACTION)
         problems = []
         if not self.mean or len(self.mean) != len(self.std):
             problems.append(f"mean {self.mean} and std {self.std} need one entry per channel")
         if any(s <= 0 for s in self.std):
             problems.append(f"std {self.std} must be > 0")
-        if not (isinstance(self.input_size, int) and self.input_size >= 1):
+        if not (_is_int(self.input_size) and self.input_size >= 1):
             problems.append(f"input_size {self.input_size!r} must be an integer >= 1")
-        if not 0 < self.crop_fraction <= 1:
+        elif self.resize is not None and not (_is_int(self.resize) and self.resize >= self.input_size):
+            problems.append(f"resize {self.resize!r} must be an integer >= input_size {self.input_size}")
+        elif self.crop_fraction is not None and not 0 < self.crop_fraction <= 1:
             problems.append(f"crop_fraction {self.crop_fraction} must be in (0, 1]")
+        elif self.crop_fraction is not None and self.resize is not None:
+            exact = self.input_size / self.crop_fraction
+            if not math.floor(exact) <= self.resize <= math.ceil(exact):
+                problems.append(
+                    f"resize {self.resize} does not belong to crop {self.input_size} / crop_fraction "
+                    f"{self.crop_fraction} = {exact:.2f}; give one of them"
+                )
         if self.interpolation not in INTERPOLATIONS:
             problems.append(
                 f"interpolation {self.interpolation!r} must be one of {', '.join(INTERPOLATIONS)}"
             )
         if problems:
             raise ValueError(f"preprocessing: {'; '.join(problems)}")
+        if self.resize is None:
+            object.__setattr__(self, "resize", round(self.input_size / self.crop_fraction))
+        if self.crop_fraction is None:
+            object.__setattr__(self, "crop_fraction", self.input_size / self.resize)
 
     @property
     def in_chans(self) -> int:
         return len(self.mean)
 
-    @property
-    def resize(self) -> int:
-        return round(self.input_size / self.crop_fraction)
-
     def eval_transform(self, ten_crop: bool = False) -> v2.Compose:
         """PIL image or uint8 tensor -> normalised float tensor (C, input_size, input_size); with ``ten_crop``, the
-        four corners, the centre and their mirror images as one (10, C, input_size, input_size) tensor."""
+        four corners, the centre and their mirror images as one (10, C, input_size, input_size) tensor.
+
+        Cropped before it is converted: a float copy of the resized image would cost 4 bytes a pixel of the
+        whole image (a 1 x 500 strip resized to 256 x 128000) for the same result."""
         size = self.input_size
-        crops: list[nn.Module] = [v2.TenCrop(size), _StackCrops()] if ten_crop else [v2.CenterCrop(size)]
         mode = v2.InterpolationMode(self.interpolation)
+        crops: list[nn.Module] = [v2.TenCrop(size)] if ten_crop else [v2.CenterCrop(size)]
         return v2.Compose(
             [
                 v2.ToImage(),
                 v2.Resize(self.resize, interpolation=mode, antialias=True),
-                *_to_float(self.mean, self.std),
                 *crops,
+                *_to_float(self.mean, self.std),
+                *([_StackCrops()] if ten_crop else []),
                 v2.ToPureTensor(),
             ]
         )
 
     def at_size(self, input_size: int | None) -> "Preprocessing":
-        """The same preprocessing for another crop size (the same crop fraction), e.g. a 320 evaluation."""
-        return self if input_size in (None, self.input_size) else replace(self, input_size=input_size)
+        """The same preprocessing for another crop size (the same crop fraction, resize rounded), e.g. a 320
+        evaluation."""
+        if input_size in (None, self.input_size):
+            return self
+        return replace(self, input_size=input_size, resize=None)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
-        """From ``as_dict``'s output (JSON); a missing or unknown field is one line of error."""
+        """From ``as_dict``'s output (JSON); a missing or unknown field is one line of error. Records of earlier
+        versions, without ``resize``, resize to ``round(input_size / crop_fraction)``, as they did then."""
         fields = {"mean", "std", "input_size", "crop_fraction", "interpolation"}
-        if not isinstance(data, dict) or set(data) != fields:
+        if not isinstance(data, dict) or set(data) - {"resize"} != fields:
             found = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"preprocessing record has fields {found}, expected {sorted(fields)}")
+            raise ValueError(
+                f"preprocessing record has fields {found}, expected {sorted(fields | {'resize'})}"
+            )
         return cls(
             mean=tuple(float(v) for v in data["mean"]),
             std=tuple(float(v) for v in data["std"]),
             input_size=data["input_size"],
             crop_fraction=float(data["crop_fraction"]),
             interpolation=data["interpolation"],
+            resize=data.get("resize"),
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Cutout(v2.Transform):
@@ -187,8 +220,7 @@ def make_eval_transform(crop: int, resize: int | None = None, ten_crop: bool = F
         raise ValueError(
             f"eval resize {resize} is smaller than the crop {crop}; use resize >= crop (or leave it out)"
         )
-    fraction = EVAL_CROP_FRACTION if resize is None else crop / resize
-    return Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop, fraction).eval_transform(ten_crop)
+    return Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop, resize=resize).eval_transform(ten_crop)
 
 
 def small_train_transform(

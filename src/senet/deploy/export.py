@@ -6,7 +6,7 @@ the unfolded network, so it adds nothing but the final rounding to float32 (or f
 under a temporary name beside ``out``, loaded back by the runtime that will run it (onnxruntime's CPU provider,
 ``torch.jit.load``, ``torch.export.load``) and compared with the eager, *unfolded* PyTorch network on random
 inputs. Only a file that passes is renamed into place: a failed check leaves no file and never replaces an
-existing one (DESIGN.md, "Never silently wrong").
+existing one, so a file that computes something else is never there to be deployed.
 
 Tolerances, on the largest absolute difference of the logits:
 

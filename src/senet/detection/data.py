@@ -9,14 +9,17 @@
 * :class:`CocoDetection`: item i is ``(image, target)``, the image a float tensor (3, H, W) in [0, 1] and the
   target ``{"boxes": (N, 4) float XYXY in pixels, "labels": (N,) int64 in 1..K, "image_id": int,
   "iscrowd": (N,) int64, "area": (N,) float}``. Annotations are checked once, when the dataset is built:
-  malformed ones (a box outside the image or of zero or negative size, an unknown image or category id, an
-  image entry without its file...) are skipped, counted in ``skipped`` and reported in one warning per kind,
-  naming their ids; under ``strict`` the first one is a one-line ``ValueError``. As COCO's detectors do, the
-  training split leaves out images without a non-crowd box and gives the loss no crowd box; the validation
-  split keeps every image and its crowd boxes (flagged in ``iscrowd``), and :attr:`CocoDetection.coco` -- the
-  ground truth of evaluation (:func:`senet.detection.metrics.coco_evaluate`) -- holds every kept annotation,
-  crowds included. Training images are flipped horizontally (boxes with them) through torchvision's
-  transforms v2; resizing is the detector's own transform's work, not the dataset's.
+  malformed ones (an unknown image or category id, a bbox that is not 4 finite numbers, an image entry without
+  its file...) are skipped, counted in ``skipped`` and reported in one warning per kind, naming their ids; under
+  ``strict`` the first one is a one-line ``ValueError``. A box outside the image or of zero or negative size
+  is counted and reported the same way but left out of the targets only (:data:`TARGET_ONLY_PROBLEMS`): the
+  ground truth of evaluation is the file's, as pycocotools reads it, where such a box is an object no detector
+  finds. As COCO's detectors do, the training split leaves out images without a non-crowd box and gives the
+  loss no crowd box; the validation split keeps every image and its crowd boxes (flagged in ``iscrowd``), and
+  :attr:`CocoDetection.coco` -- the ground truth of evaluation (:func:`senet.detection.metrics.coco_evaluate`)
+  -- holds every annotation of its images that pycocotools can read, in the file's order, crowds included.
+  Training images are flipped horizontally (boxes with them) through torchvision's transforms v2; resizing is
+  the detector's own transform's work, not the dataset's.
 * :func:`collate`: ``(list of images, list of targets, number skipped)`` -- images differ in size; an item
   that could not be read (None) is dropped and counted, as ``senet.data.loaders`` does for classification.
 """
@@ -45,6 +48,8 @@ _LOG = logging.getLogger("senet.detection")
 SPLITS = ("train", "val")
 COCO_LAYOUT = "ROOT/annotations/instances_{split}2017.json and ROOT/{split}2017/"
 BOX_TOLERANCE = 1.0  # pixels a box may reach past the image's border (rounding in COCO's files); then clipped
+# Boxes a detector cannot learn from: left out of the targets, but scored in evaluation as pycocotools does.
+TARGET_ONLY_PROBLEMS = ("boxes of zero or negative size", "boxes outside the image")
 _EXAMPLES = 3  # ids named per kind of problem in a warning
 
 Target = dict[str, Any]
@@ -187,8 +192,8 @@ class CategoryMap:
 
 @dataclass
 class _Entry:
-    """One image and its kept annotations, boxes as in the file (x, y, width, height; float64 holds JSON's
-    numbers exactly): the ground truth of evaluation is the file's, the targets' boxes are clipped."""
+    """One image and the annotations of its targets, boxes as in the file (x, y, width, height; float64 holds
+    JSON's numbers exactly), clipped when a target is made (the ground truth of evaluation keeps the file's)."""
 
     image_id: int
     file_name: str
@@ -297,6 +302,9 @@ class CocoDetection(Dataset):
             valid[image["id"]] = image
         labels = self.categories._labels()
         kept: dict[int, list[tuple[int, list[float], int, int, float]]] = {i: [] for i in valid}
+        # The ground truth of evaluation: each image's annotations as pycocotools reads the file, in its order
+        # (a box of no size or outside the image is one more object a detector cannot find: it costs recall).
+        self._evaluated: dict[int, list[tuple[int, list[float], int, int, float]]] = {i: [] for i in valid}
         seen_ann: set[int] = set()
         for ann in annotations:
             if isinstance(ann, dict) and ann.get("image_id") in dropped_ids:
@@ -307,14 +315,15 @@ class CocoDetection(Dataset):
                 if isinstance(ann, dict) and "image_id" in ann:
                     where += f" (image {ann['image_id']})"
                 self._problem(f"annotations: {problem[0]}", where, problem[1])
-                continue
+                if problem[0] not in TARGET_ONLY_PROBLEMS:
+                    continue
             seen_ann.add(ann["id"])
             box = [float(v) for v in ann["bbox"]]
             area = float(ann.get("area", box[2] * box[3]))
-            crowd = int(ann.get("iscrowd", 0))
-            kept[ann["image_id"]].append((ann["id"], box, labels[ann["category_id"]], crowd, area))
-        # Training targets hold no crowd box (the loss would learn from it); the ground truth of evaluation does.
-        self._crowds = {i: [a for a in anns if a[3] == 1] for i, anns in kept.items()} if self.train else {}
+            kept_ann = (ann["id"], box, labels[ann["category_id"]], int(ann.get("iscrowd", 0)), area)
+            self._evaluated[ann["image_id"]].append(kept_ann)
+            if problem is None:
+                kept[ann["image_id"]].append(kept_ann)
         entries = []
         for image_id, image in valid.items():
             anns = [a for a in kept[image_id] if a[3] == 0] if self.train else kept[image_id]
@@ -348,12 +357,14 @@ class CocoDetection(Dataset):
         for kind, count in self.skipped.items():
             what, reason = kind.split(": ", 1)
             more = f"; and {count - _EXAMPLES} more" if count > _EXAMPLES else ""
+            scored = " (left out of the targets; evaluation scores them, as pycocotools does)"
             _LOG.warning(
-                "%s: skipped %d %s (%s): %s%s; pass --strict-data to make this an error",
+                "%s: skipped %d %s (%s)%s: %s%s; pass --strict-data to make this an error",
                 origin,
                 count,
                 what if count > 1 else what[:-1],
                 reason,
+                scored if reason in TARGET_ONLY_PROBLEMS else "",
                 "; ".join(self._examples[kind]),
                 more,
             )
@@ -417,22 +428,19 @@ class CocoDetection(Dataset):
 
     @property
     def coco(self) -> Any:
-        """The ground truth of evaluation, a ``pycocotools.coco.COCO`` of this dataset's images and every kept
-        annotation (crowds included; boxes, areas and ids as in the file), under their COCO ids."""
+        """The ground truth of evaluation, a ``pycocotools.coco.COCO`` of this dataset's images and their
+        annotations as pycocotools reads the file (crowds, boxes of no size or outside the image included;
+        boxes, areas and ids as in the file), under their COCO ids."""
         if self._coco is None:
             self._coco = ground_truth(self)
         return self._coco
 
     def ground_truth_document(self) -> dict[str, Any]:
-        """This dataset's images and kept annotations as a COCO json document."""
+        """This dataset's images and their annotations (those of :attr:`coco`) as a COCO json document."""
         images, annotations = [], []
         for e in self._entries:
             images.append({"id": e.image_id, "file_name": e.file_name, "width": e.width, "height": e.height})
-            anns = [
-                (int(i), b.tolist(), int(lab), int(c), float(a))
-                for i, b, lab, c, a in zip(e.ann_ids, e.xywh, e.labels, e.iscrowd, e.area)
-            ]
-            for ann_id, bbox, label, crowd, area in anns + self._crowds.get(e.image_id, []):
+            for ann_id, bbox, label, crowd, area in self._evaluated[e.image_id]:
                 annotations.append(
                     {
                         "id": ann_id,

@@ -9,8 +9,9 @@ warm-up, and the rate divided by 10 after 2/3 and 11/12 of the run (1x: 12 epoch
 It is the classification engine's machinery, not a copy of it (``senet.train``): the run directory and its
 refusals (``rundir``), atomic safetensors + JSON checkpoints with schema checks and retention (``checkpoint``),
 stop signals, periodic saves and the agreement of DDP ranks (``control.RunControl``), ``torchrun`` set-up and
-device choice, AMP, progress lines, exact resume (position, optimizer, RNG of every rank, the epoch's sums)
-and the finite-loss check (``engine.TrainingRun``). Each epoch appends one line to ``metrics.jsonl``
+device choice, one writer per run directory (``engine.writing_run_dir``), AMP, progress lines, exact resume
+(position, optimizer, RNG of every rank, the epoch's sums) and the finite check of losses and weights
+(``engine.TrainingRun``). Each epoch appends one line to ``metrics.jsonl``
 (``train_loss`` and its four parts, ``val_AP``, ``val_AP50``, ...), so ``senet plot RUN`` draws it.
 
 Every checkpoint records the :class:`DetectionConfig`, the detector's ``build_options`` and the ``categories``,
@@ -61,14 +62,15 @@ from senet.train.engine import (
     autocast,
     check_batches,
     finished_run,
+    lr_text,
     progress_bar,
     seed_everything,
     setup_device,
-    setup_logging,
     val_shard,
+    writing_run_dir,
 )
-from senet.train.feed import FiniteLossCheck
-from senet.train.rundir import Changes, ResumeRules, open_run_dir, prepare_run_dir, reconcile
+from senet.train.feed import FiniteCheck
+from senet.train.rundir import Changes, ResumeRules, prepare_run_dir, reconcile
 
 log = logging.getLogger("senet.train")
 
@@ -608,8 +610,9 @@ def train(
 
     Args and behaviour as :func:`senet.train.train` (``resume``: a run directory, a loaded checkpoint or
     ``"auto"``; ``overwrite``; ``extend_schedule``; ``on_step(epoch, batch)``): options, data and run
-    directory are all checked before anything is written; a NaN/inf loss raises ``TrainingDiverged``, a
-    stop signal ``TrainingInterrupted`` after a checkpoint at that step. ``RunResult.model`` is the detector,
+    directory are all checked before anything is written, and a directory another live process writes is
+    refused; a NaN/inf loss or weights raise ``TrainingDiverged``, a stop signal ``TrainingInterrupted`` after
+    a checkpoint at that step. ``RunResult.model`` is the detector,
     ``history`` the per-epoch records (``metrics.jsonl``), ``best`` the epoch of the best ``val_AP``.
     """
     _require_pycocotools()
@@ -658,25 +661,18 @@ def train(
         if checkpoint.position >= (config.epochs, 0):
             return finished_run(config, run_dir, checkpoint, net, ctx)
     net = net.to(device)
-    if ctx.world_size > 1:
-        dist.barrier()  # every rank has read the run directory before rank 0 changes it
-    if ctx.is_main:
-        open_run_dir(run_dir, config, checkpoint)
-    handlers = setup_logging(run_dir) if ctx.is_main else []
     run = None
-    try:
-        with RunControl(ctx.world_size, config.save_every_steps, config.save_every_minutes) as control:
-            run = _DetectionRun(config, ctx, device, run_dir, train_set, val_set, net, control, on_step)
-            if checkpoint is not None:
-                run.restore(checkpoint, changes)
-            return run.run()
-    finally:
-        if run is not None:
-            for loader in (run.train_loader, run.val_loader):
-                shutdown_workers(loader)
-        for handler in handlers:
-            log.removeHandler(handler)
-            handler.close()
+    with writing_run_dir(run_dir, config, checkpoint, ctx, _DetectionRun.command):
+        try:
+            with RunControl(ctx.world_size, config.save_every_steps, config.save_every_minutes) as control:
+                run = _DetectionRun(config, ctx, device, run_dir, train_set, val_set, net, control, on_step)
+                if checkpoint is not None:
+                    run.restore(checkpoint, changes)
+                return run.run()
+        finally:
+            if run is not None:
+                for loader in (run.train_loader, run.val_loader):
+                    shutdown_workers(loader)
 
 
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")  # torchvision's
@@ -768,7 +764,7 @@ class _DetectionRun(TrainingRun):
         self.lr_factors = [lr_factor(config, self.steps_per_epoch)]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factors)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and cuda)
-        self.finite = FiniteLossCheck(device, control.min_over_ranks)
+        self.finite = FiniteCheck(device, control.min_over_ranks)
         self._start_position()
 
     def _meta(self, epoch_state: dict[str, Any]) -> dict[str, Any]:
@@ -800,12 +796,11 @@ class _DetectionRun(TrainingRun):
             meter, elapsed = self._train_epoch()
             started = time.perf_counter()
             try:
-                val_metrics = evaluate(
+                val_metrics = evaluate(  # in float32 under --amp too: scores that low precision cannot tie
                     self.model,  # through DDP: rank 0's BatchNorm statistics on every rank
                     self.val_loader,
                     self.val_set,
                     self.device,
-                    amp=config.amp,
                     ctx=ctx,
                     log_interval=config.log_interval,
                     control=self.control,
@@ -858,6 +853,6 @@ class _DetectionRun(TrainingRun):
             record,
             {key: record[key] for key in ("epoch", "val_AP", "val_AP50")} if improved else None,
             f"loss {record['train_loss']:.4f}  val AP {record['val_AP']:.4f}  AP50 {record['val_AP50']:.4f}  "
-            f"AP75 {record['val_AP75']:.4f}  lr {record['lr']:.4g}  {record['images_per_s']:.1f} img/s  "
+            f"AP75 {record['val_AP75']:.4f}  {lr_text(record)}  {record['images_per_s']:.1f} img/s  "
             f"eval {eval_time:.1f}s",
         )

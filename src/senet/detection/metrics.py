@@ -5,7 +5,9 @@ XYXY in pixels, ``scores``, contiguous ``labels``), maps each label back to its 
 boxes to COCO's XYWH, and returns ``AP`` (IoU .50:.95), ``AP50``, ``AP75``, ``APs`` / ``APm`` / ``APl`` and the
 average recalls ``AR1`` / ``AR10`` / ``AR100`` / ``ARs`` / ``ARm`` / ``ARl`` as floats (COCOeval's -1 where the
 ground truth has nothing of that size). Crowd ground truth boxes are COCO's: a detection that matches one
-neither counts nor costs.
+neither counts nor costs. The ground truth of a :class:`~senet.detection.data.CocoDetection` is its annotation
+file as pycocotools reads it: a box the training targets leave out (of no size, or outside the image) is still
+an object to find, so the figures equal ``COCOeval`` run on the file itself (tests/peers/test_pycocotools.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 from senet.ops import squeeze_excite as ops
 
@@ -84,7 +85,7 @@ class SqueezeExcite(nn.Module):
         self.squeeze = squeeze
         self.gate = gate
         self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=bias)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()  # not in place: a full backward hook on fc1 forbids that, and it is (N, C / r)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=bias)
         self._gate_fn = ops.GATE_FUNCTIONS[gate]
         if recompute_norm not in (None, True, False):
@@ -103,12 +104,18 @@ class SqueezeExcite(nn.Module):
         # On a squeezed (N, C) vector the 1x1 convs are matrix products: F.linear skips the convolution
         # machinery (oneDNN primitive look-up, layout reorders), which dominates at this size.
         z = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
+        if not self._plain_excitation():  # a replaced or hooked fc1 / relu / fc2 runs as the module it is
+            return self._gate_fn(self.fc2(self.relu(self.fc1(z[:, :, None, None]))))
         return ops.excitation(z, *self._fc_weights(), self.gate)[1][:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused_backward(x):
             dtype = _operator_dtype(x)
             return ops.se_scale(x.to(dtype), None, *self._fc_weights(dtype), self.gate)[0]
+        kernels = self._inference_kernels(x)
+        if kernels is not None:
+            dtype = _operator_dtype(x)
+            return ops.se_inference(kernels, x.to(dtype), None, self._fc_weights(dtype), self.gate, False)
         return x * self.gates(x)
 
     def scale_and_add(
@@ -117,12 +124,17 @@ class SqueezeExcite(nn.Module):
         """``activation(residual + x * gates(x))`` in one pass over memory: the released models' fused "Axpy"
         layer, with the unit's ReLU fused in too where it is a plain ``nn.ReLU`` (a replaced or hooked
         activation is called as it is)."""
-        if not self._fused_backward(x):
+        kernels = self._inference_kernels(x)
+        if not self._fused_backward(x) and kernels is None:
             out = torch.addcmul(residual, x, self.gates(x))
             return activation(out) if activation is not None else out
         relu = _is_plain_relu(activation)
         dtype = _operator_dtype(x)
-        out = ops.se_scale(x.to(dtype), residual.to(dtype), *self._fc_weights(dtype), self.gate, relu)[0]
+        x, residual = x.to(dtype), residual.to(dtype)
+        if kernels is not None:
+            out = ops.se_inference(kernels, x, residual, self._fc_weights(dtype), self.gate, relu)
+        else:
+            out = ops.se_scale(x, residual, *self._fc_weights(dtype), self.gate, relu)[0]
         return activation(out) if activation is not None and not relu else out
 
     def norm_scale_and_add(
@@ -132,6 +144,14 @@ class SqueezeExcite(nn.Module):
 
         Only a plain ``nn.BatchNorm2d`` without hooks is fused: a SyncBatchNorm (its statistics span the DDP
         ranks), a FrozenBatchNorm2d, a subclass or a hooked norm is called as it is, then SE as usual."""
+        kernels = self._inference_kernels(c) if _is_plain_eval_norm(norm) else None
+        if kernels is not None:  # an eval BatchNorm is a per-channel affine the kernels apply on the way
+            relu = _is_plain_relu(activation)
+            dtype = _operator_dtype(c)
+            affine = _eval_norm_affine(norm)
+            weights = self._fc_weights(dtype)
+            out = ops.se_inference(kernels, c.to(dtype), residual.to(dtype), weights, self.gate, relu, affine)
+            return activation(out) if activation is not None and not relu else out
         if not self._fuses_norm(c, norm):
             return self.scale_and_add(norm(c), residual, activation)
         relu = _is_plain_relu(activation)
@@ -150,7 +170,9 @@ class SqueezeExcite(nn.Module):
         ``recompute_norm`` on (default: where the Triton kernels run or on CPU, where it costs no time)."""
         return (
             self._fused_backward(c)
-            and c.numel() > 0  # native_batch_norm refuses an empty batch; nn.BatchNorm2d passes it through
+            # native_batch_norm refuses an empty batch (nn.BatchNorm2d passes it through), and one value per
+            # channel must reach nn.BatchNorm2d's own error rather than a zero variance
+            and c.numel() > c.shape[1]
             and type(norm) is nn.BatchNorm2d
             and not _has_hooks(norm)
             and norm.training
@@ -177,6 +199,31 @@ class SqueezeExcite(nn.Module):
             and self.training
             and torch.is_grad_enabled()
             and isinstance(x, torch.Tensor)  # not a torch.fx proxy being traced
+            and self._plain_excitation()
+        )
+
+    def _inference_kernels(self, x: torch.Tensor) -> Any | None:
+        """The Triton kernels for eager inference (no autograd) on CUDA, else None: tracing, compiling and
+        exporting see the plain ops (inductor fuses those itself; an exported file must not need senet)."""
+        if (
+            self.squeeze != "avg"
+            or torch.is_grad_enabled()
+            or not isinstance(x, torch.Tensor)
+            or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
+            or not self._plain_excitation()
+        ):
+            return None
+        return ops.triton_kernels(x)
+
+    def _plain_excitation(self) -> bool:
+        """Whether ``fc1 -> relu -> fc2`` are still the modules this block built, unhooked: only then may a fast
+        path compute them from their weights. A wrapper (LoRA, pruning, quantisation), a subclass, or a hook
+        of any kind makes every path call the modules in order, as a user who replaced or hooked them expects."""
+        return (
+            all(_is_plain_fc(fc) for fc in (self.fc1, self.fc2))
+            and type(self.relu) is nn.ReLU
+            and not any(_has_hooks(m) for m in (self.fc1, self.relu, self.fc2))
         )
 
 
@@ -184,7 +231,9 @@ def _operator_dtype(x: torch.Tensor) -> torch.dtype:
     """The SE operator's dtype: under autocast the autocast dtype (fp16 or bf16, as the user chose), as the
     convolutions around it run; otherwise x's. The layer casts, not a fixed-dtype autocast rule of the op."""
     device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    if device == "meta" or not torch.is_autocast_enabled(device):  # meta: autocast has no such device
+        return x.dtype
+    return torch.get_autocast_dtype(device)
 
 
 def _is_plain_relu(module: nn.Module | None) -> bool:
@@ -192,15 +241,50 @@ def _is_plain_relu(module: nn.Module | None) -> bool:
     return type(module) is nn.ReLU and not _has_hooks(module)
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run hooks (its own or global ones) that a fused path would skip."""
-    from torch.nn.modules import module as module_globals
+def _is_plain_eval_norm(norm: nn.Module) -> bool:
+    """An ``nn.BatchNorm2d`` that normalises with its running statistics, unhooked: a per-channel affine."""
+    return (
+        type(norm) is nn.BatchNorm2d
+        and not norm.training
+        and norm.track_running_stats
+        and not _has_hooks(norm)
+    )
 
+
+def _eval_norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)`` with ``norm(c) = a * c + b`` per channel, in fp32 (or float64), as BatchNorm computes it."""
+    dtype = torch.promote_types(norm.running_var.dtype, torch.float32)
+    a = torch.rsqrt(norm.running_var.to(dtype) + norm.eps)
+    if norm.weight is not None:
+        a = a * norm.weight.to(dtype)
+    b = -norm.running_mean.to(dtype) * a
+    return a, b + norm.bias.to(dtype) if norm.bias is not None else b
+
+
+def _is_plain_fc(module: nn.Module) -> bool:
+    """A 1x1 convolution exactly as :class:`SqueezeExcite` builds it: the computation ``F.linear`` reproduces."""
+    return (
+        type(module) is nn.Conv2d
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.padding == (0, 0)
+        and module.dilation == (1, 1)
+        and module.groups == 1
+    )
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or global ones, forward or backward) that a fused path
+    would skip."""
     return bool(
         module._forward_hooks
         or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
         or module_globals._global_forward_hooks
         or module_globals._global_forward_pre_hooks
+        or module_globals._global_backward_hooks
+        or module_globals._global_backward_pre_hooks
     )
 
 

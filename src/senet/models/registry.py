@@ -19,7 +19,8 @@ Builder = Callable[..., nn.Module]
 
 @dataclass(frozen=True)
 class PaperFigures:
-    """Reference figures for one network, from ../shared/paper/reference.md.
+    """Reference figures for one network: the SE paper's tables (Hu et al., TPAMI), the authors' released
+    prototxts, or the original paper of a plain network; ``source`` names which.
 
     ``params_m`` in millions, ``gflops`` in GFLOPs as the paper counts them (multiply-adds, one image at
     ``input_size``), errors in percent (single centre crop). ``None`` where no source gives a figure.

@@ -1,7 +1,7 @@
 """VGG-16 with BatchNorm and SE-VGG-16 (paper Table 2; Simonyan & Zisserman 2015).
 
 The paper trains both networks from scratch with BN after every convolution (Table 2 note), and places SE
-blocks in a plain network "after the non-linearity that follows each convolution" (shared/paper/reference.md §1).
+blocks in a plain network "after the non-linearity that follows each convolution" (the paper, Sec. 4).
 
 Key names are torchvision's ``models/vgg.py`` (``vgg16_bn``): ``features.N`` is one flat Sequential of
 conv / BN / ReLU / max-pool, then ``avgpool`` (adaptive, 7x7) and ``classifier`` (Linear-ReLU-Dropout x2,

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from senet.ops.triton_switch import SWITCH, SEKernelError
+
 Tensor = torch.Tensor
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -192,6 +194,27 @@ def _grad_apply_kernel(
 # ------------------------------------------------------------------------------------------- launchers
 
 
+def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
+    """Every kernel launch goes through here: one place to name a failing kernel and the way around it (and
+    the place tests intercept to see the launch plans without a GPU)."""
+    try:
+        kernel[grid](*args, **constexprs)
+    except Exception as error:  # a compiler or driver error deep inside Triton: one line, no Triton traceback
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
+        raise SEKernelError(
+            f"senet's Triton kernel {kernel.fn.__name__} failed on {_device_name(args[0].device)} ({reason}); "
+            f"set {SWITCH} to use the SE operators' PyTorch implementation"
+        ) from None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return f"{device.type} (Triton's interpreter)"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
+
+
 def _per_sample_channel(values: Tensor | None, x: Tensor) -> Tensor | None:
     """An (N, C) coefficient as the contiguous fp32 the kernels index with ``n * C + c``."""
     return None if values is None else values.to(torch.float32).expand(x.shape[:2]).contiguous()
@@ -206,8 +229,8 @@ def channel_sums(x: Tensor, squares: bool = False) -> tuple[Tensor, Tensor | Non
     sq, shift = (torch.empty_like(sums), torch.empty_like(sums)) if squares else (sums, sums)
     if x.numel():
         block_c, block_hw = _blocks(x)
-        grid = (n, triton.cdiv(channels, block_c))
-        _channel_sums_kernel[grid](
+        _launch(
+            _channel_sums_kernel, (n, triton.cdiv(channels, block_c)),
             x, sums, sq, shift, channels, x.shape[2] * x.shape[3], *strides,
             SQUARES=squares, BLOCK_C=block_c, BLOCK_HW=block_hw,
         )  # fmt: skip
@@ -222,19 +245,18 @@ def _grid(x: Tensor, block_c: int, block_hw: int) -> tuple[int, int, int]:
 
 def scale(x: Tensor, residual: Tensor | None, p: Tensor, r: Tensor | None, relu: bool) -> Tensor:
     """``relu?(residual + x * p + r)`` with (N, C) p and r, laid out as x, in x's dtype."""
+    has_residual = residual is not None  # decided here, never by identity: residual may be x itself
     x, x_strides = _walkable(x, x)
     out = torch.empty_like(x)
-    if residual is not None:
-        residual, res_strides = _walkable(residual, x)
-    else:
-        residual, res_strides = x, x_strides
+    residual, res_strides = _walkable(residual, x) if has_residual else (x, x_strides)
     if x.numel():
         block_c, block_hw = _blocks(x)
         p32, r32 = _per_sample_channel(p, x), _per_sample_channel(r, x)
-        _scale_kernel[_grid(x, block_c, block_hw)](
+        _launch(
+            _scale_kernel, _grid(x, block_c, block_hw),
             x, residual, out, p32, r32 if r32 is not None else p32, x.shape[1], x.shape[2] * x.shape[3],
             *x_strides, *res_strides, *_flat_strides(out),
-            HAS_RESIDUAL=residual is not x, HAS_SHIFT=r is not None, RELU=relu,
+            HAS_RESIDUAL=has_residual, HAS_SHIFT=r is not None, RELU=relu,
             BLOCK_C=block_c, BLOCK_HW=block_hw,
         )  # fmt: skip
     return out
@@ -244,17 +266,19 @@ def grad_sums(grad: Tensor, out: Tensor | None, x: Tensor, x_sums: bool = False)
     """Per (n, c) ``sum_hw g``, ``sum_hw g * x`` (and ``sum_hw x``), g the gradient masked by ``out > 0``
     where the ReLU was fused (``out`` given)."""
     n, channels = x.shape[:2]
+    relu = out is not None  # decided here, never by identity: out may be the same tensor as grad
     x, x_strides = _walkable(x, x)
     grad, g_strides = _walkable(grad, x)
-    out, o_strides = _walkable(out, x) if out is not None else (grad, g_strides)
+    out, o_strides = _walkable(out, x) if relu else (grad, g_strides)
     g_sum = torch.empty(n, channels, device=x.device, dtype=torch.float32)
     gx_sum, x_sum = torch.empty_like(g_sum), torch.empty_like(g_sum)
     if x.numel():
         block_c, block_hw = _blocks(x)
-        _grad_sums_kernel[(n, triton.cdiv(channels, block_c))](
+        _launch(
+            _grad_sums_kernel, (n, triton.cdiv(channels, block_c)),
             grad, out, x, g_sum, gx_sum, x_sum, channels, x.shape[2] * x.shape[3],
             *g_strides, *o_strides, *x_strides,
-            RELU=out is not grad, X_SUMS=x_sums, BLOCK_C=block_c, BLOCK_HW=block_hw,
+            RELU=relu, X_SUMS=x_sums, BLOCK_C=block_c, BLOCK_HW=block_hw,
         )  # fmt: skip
     else:
         for t in (g_sum, gx_sum, x_sum):
@@ -273,9 +297,10 @@ def grad_apply(
 ) -> tuple[Tensor, Tensor | None]:
     """``dx = g * p[n, c] + x * q[c] + r[n, c]`` laid out as x, and (with ``residual_grad``) g itself, the
     residual's gradient through the fused ReLU."""
+    relu = out is not None  # as in grad_sums
     x, x_strides = _walkable(x, x)
     grad, g_strides = _walkable(grad, x)
-    out, o_strides = _walkable(out, x) if out is not None else (grad, g_strides)
+    out, o_strides = _walkable(out, x) if relu else (grad, g_strides)
     dx = torch.empty_like(x)
     dres = torch.empty_like(x) if residual_grad else None
     target = dres if dres is not None else dx
@@ -283,10 +308,11 @@ def grad_apply(
         block_c, block_hw = _blocks(x)
         p32, r32 = _per_sample_channel(p, x), _per_sample_channel(r, x)
         q32 = q.to(torch.float32).contiguous() if q is not None else p32
-        _grad_apply_kernel[_grid(x, block_c, block_hw)](
+        _launch(
+            _grad_apply_kernel, _grid(x, block_c, block_hw),
             grad, out, x, dx, target, p32, q32, r32, x.shape[1], x.shape[2] * x.shape[3],
             *g_strides, *o_strides, *x_strides, *_flat_strides(dx), *_flat_strides(target),
-            RELU=out is not grad, HAS_Q=q is not None, WRITE_RESIDUAL=dres is not None,
+            RELU=relu, HAS_Q=q is not None, WRITE_RESIDUAL=dres is not None,
             BLOCK_C=block_c, BLOCK_HW=block_hw,
         )  # fmt: skip
     return dx, dres

@@ -12,8 +12,9 @@ backward is an operator of its own without a derivative: a second derivative rai
 
 Two implementations compute the same thing: Triton kernels (:mod:`senet.ops._triton_se`) for CUDA tensors,
 one pass over memory per step the SE block needs, and PyTorch ops elsewhere (CPU, float64, installs without
-Triton), whose hand-written backward still saves autograd's extra passes. Inference and export use the plain
-ops (senet's layers call these operators only in training), so exported files never need senet."""
+Triton), whose hand-written backward still saves autograd's extra passes. Eager inference on CUDA goes through
+the same kernels (:func:`se_inference`); CPU inference, tracing, compiling and exporting use the plain ops, so
+exported files never need senet."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Any, Optional
 
 import torch
 from torch.nn import functional as F
+
+from senet.ops.triton_switch import triton_enabled
 
 
 def _two_sigmoid(x: Tensor) -> Tensor:
@@ -46,8 +49,10 @@ TRITON_DEVICES = {"cuda"}
 
 def triton_kernels(x: Tensor) -> Any | None:
     """The Triton kernel module for ``x``, or None where the PyTorch implementation runs (CPU, float64,
-    no Triton installed)."""
-    if x.device.type not in TRITON_DEVICES or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    no Triton installed, or turned off by the switch in :mod:`senet.ops.triton_switch`)."""
+    if not triton_enabled() or x.device.type not in TRITON_DEVICES:
+        return None
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return None
     try:
         from senet.ops import _triton_se
@@ -111,13 +116,16 @@ def se_scale(
     """``(relu?(residual + x * s(x)), z, hidden, s)``: the output and the (N, C)-sized values the backward needs."""
     _check_gate(gate)
     kernels = triton_kernels(x)
-    if kernels is None:
-        z = x.mean((2, 3))
-    else:
-        z = (kernels.channel_sums(x)[0] / (x.shape[2] * x.shape[3])).to(x.dtype)
+    if kernels is not None:
+        return _scale_triton(kernels, x, residual, w1, b1, w2, b2, gate, relu)
+    z = x.mean((2, 3))
     hidden, gates = excitation(z, w1, b1, w2, b2, gate)
-    if kernels is None:
-        return _scale(x, residual, gates, relu), z, hidden, gates
+    return _scale(x, residual, gates, relu), z, hidden, gates
+
+
+def _scale_triton(kernels, x, residual, w1, b1, w2, b2, gate, relu):
+    z = (kernels.channel_sums(x)[0] / (x.shape[2] * x.shape[3])).to(x.dtype)
+    hidden, gates = excitation(z, w1, b1, w2, b2, gate)
     return kernels.scale(x, residual, gates, None, relu), z, hidden, gates
 
 
@@ -157,12 +165,7 @@ def se_scale_backward(
     hw = y.shape[2] * y.shape[3]
     kernels = triton_kernels(y)
     if kernels is not None:
-        grad_gates = kernels.grad_sums(grad, out, y)[1]
-        dz, weight_grads = _excitation_backward(grad_gates, z, hidden, gates, w1, w2, gate, hw)
-        grad_y, grad_residual = kernels.grad_apply(
-            grad, out, y, gates, None, dz, residual_grad and out is not None
-        )
-        return grad_y, grad_residual if grad_residual is not None else _no_residual_grad(y), *weight_grads
+        return _scale_backward_triton(kernels, grad, y, out, z, hidden, gates, w1, w2, gate, residual_grad)
     # No full-size temporaries but the input gradient: ds is a batched dot product, dy one addcmul.
     if out is not None:
         grad = torch.ops.aten.threshold_backward(grad, out, 0)  # ReLU's own backward: one pass
@@ -172,6 +175,16 @@ def se_scale_backward(
     grad_y = torch.addcmul(_per_channel(dz).expand_as(y), grad, _per_channel(gates))
     grad_residual = grad if residual_grad and out is not None else _no_residual_grad(y)
     return grad_y, grad_residual, *weight_grads
+
+
+def _scale_backward_triton(kernels, grad, y, out, z, hidden, gates, w1, w2, gate, residual_grad):
+    grad_gates = kernels.grad_sums(grad, out, y)[1]
+    hw = y.shape[2] * y.shape[3]
+    dz, weight_grads = _excitation_backward(grad_gates, z, hidden, gates, w1, w2, gate, hw)
+    grad_y, grad_residual = kernels.grad_apply(
+        grad, out, y, gates, None, dz, residual_grad and out is not None
+    )
+    return grad_y, grad_residual if grad_residual is not None else _no_residual_grad(y), *weight_grads
 
 
 @se_scale_backward.register_fake
@@ -207,6 +220,29 @@ def _se_scale_autograd(ctx, grad, *unused):
 
 
 se_scale.register_autograd(_se_scale_autograd, setup_context=_se_scale_setup)
+
+
+# ------------------------------------------------------------------------------------------- inference
+
+
+def se_inference(
+    kernels: Any,
+    x: Tensor,
+    residual: Tensor | None,
+    weights: list[Tensor | None],
+    gate: str,
+    relu: bool,
+    norm: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Inference through the Triton kernels (no autograd): ``relu?(residual + y * s(y))`` with ``y = x``, or
+    ``y = a * x + b`` for ``norm = (a, b)``, an eval-mode BatchNorm's per-channel affine. Two passes over
+    memory, the squeeze's and the output's, where the plain ops make four (five with the BatchNorm)."""
+    means = kernels.channel_sums(x)[0] / (x.shape[2] * x.shape[3])
+    z = means if norm is None else means * norm[0] + norm[1]
+    gates = excitation(z.to(x.dtype), *weights, gate)[1].float()
+    if norm is None:
+        return kernels.scale(x, residual, gates, None, relu)
+    return kernels.scale(x, residual, norm[0] * gates, norm[1] * gates, relu)
 
 
 # ----------------------------------------------------------------------------------------- se_norm_scale

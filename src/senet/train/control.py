@@ -25,7 +25,8 @@ from senet.train import checkpoint
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 FAULT_ENV = "SENET_FAULT"  # test hook: "SIGTERM@step=3" signals this process after optimizer step 3,
 # "SIGKILL@save=2" kills it inside the second checkpoint save, between the tensor file and its JSON;
-# SENET_FAULT_RANK=1 limits it to one rank of a torchrun job.
+# SENET_FAULT_RANK=1 limits it to one rank of a torchrun job, and a worker group that torchrun restarts
+# (TORCHELASTIC_RESTART_COUNT > 0) is not faulted again.
 
 log = logging.getLogger("senet.train")
 
@@ -153,6 +154,8 @@ class _Fault:
         text = os.environ.get(FAULT_ENV)
         only_rank = os.environ.get(FAULT_ENV + "_RANK")  # in a torchrun job: fire on this rank alone
         if not text or (only_rank is not None and only_rank != os.environ.get("RANK", "0")):
+            return None
+        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":  # restarted after the fault
             return None
         try:
             name, _, point = text.partition("@")

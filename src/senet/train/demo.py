@@ -13,6 +13,7 @@ from pathlib import Path
 
 from senet.analysis.ablation import SIGNIFICANCE, Setting, mean_std, run_settings, welch_p
 from senet.train.config import resolve_config
+from senet.train.rundir import lock_output_dir
 
 DEMO_SEEDS = 3
 DEMO_EPOCHS = 4  # 2 networks x 3 seeds in about the time one 8-epoch pair took
@@ -37,7 +38,8 @@ def run_demo(
     preset; finished runs in ``output`` are reused, unless ``overwrite`` trains them again."""
     base = resolve_config("demo", **{"epochs": DEMO_EPOCHS, **overrides, "output": str(output)})
     settings = [Setting(model, model, {}) for model in models]
-    outcomes = run_settings(settings, base, seeds, Path(output), overwrite=overwrite)
+    with lock_output_dir(output, "senet demo"):  # one demo writes a folder at a time
+        outcomes = run_settings(settings, base, seeds, Path(output), overwrite=overwrite)
     rows = []
     for setting in settings:
         top1, _, params, _ = outcomes[setting.slug]

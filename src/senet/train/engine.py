@@ -6,14 +6,19 @@ minutes) into the run directory, and resumes exactly from any checkpoint. SIGINT
 it at a step boundary after a checkpoint (see ``control.py``). Under ``torchrun`` each process trains on its
 shard of the data, DDP averages the gradients, metrics are summed over all processes, and only rank 0 writes.
 
-The detection engine (``senet.detection.engine``) runs on the same machinery: :func:`setup_device`,
-:class:`TrainingRun` (position, resume, checkpoints, stop signals, the finite-loss check), :class:`Meter`,
-:func:`progress_bar`, :func:`setup_logging`, :func:`check_batches`, :func:`finished_run`, :func:`val_shard`
-and :func:`autocast`.
+The detection engine (``senet.detection.engine``) runs on the same machinery: :func:`setup_device` (and the
+process group's end with the process), :func:`writing_run_dir` (one writer per run directory),
+:class:`TrainingRun` (position, resume, checkpoints, stop signals, the finite check of losses and weights),
+:class:`Meter`, :func:`progress_bar`, :func:`check_batches`, :func:`finished_run`, :func:`val_shard`,
+:func:`autocast` and :func:`lr_text`.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
+import itertools
 import json
 import logging
 import math
@@ -50,14 +55,23 @@ from senet.train.checkpoint import (
 )
 from senet.train.config import TrainConfig
 from senet.train.control import RunControl, StopRequested, TrainingInterrupted
-from senet.train.feed import DeviceFeeder, FiniteLossCheck, to_device
-from senet.train.rundir import METRICS_NAME, Changes, open_run_dir, prepare_run_dir, reconcile
+from senet.train.feed import DeviceFeeder, FiniteCheck, to_device
+from senet.train.rundir import (
+    METRICS_NAME,
+    Changes,
+    RunConfig,
+    RunDirInUse,
+    lock_run_dir,
+    open_run_dir,
+    prepare_run_dir,
+    reconcile,
+)
 
 log = logging.getLogger("senet.train")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -91,13 +105,74 @@ class Dist:
 
 def init_distributed(device_type: str) -> Dist:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1) the default process group (nccl on CUDA, gloo on CPU); else one
-    process."""
+    process. A group created here lasts as long as the process (several runs may share it, e.g. the runs of
+    ``senet ablate``) and ends with it: see :class:`_ProcessGroupEnd`."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            rank = int(os.environ["RANK"])
+            dist.init_process_group(
+                backend, store=_attempt_store(world_size), rank=rank, world_size=world_size
+            )
+        else:
+            dist.init_process_group(backend)
+        _process_group_end.register()
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _attempt_store(world_size: int) -> dist.Store:
+    """The key-value store of torchrun's agent, under a prefix of its own for this attempt of the worker
+    group (and for each process group this process creates, should one be destroyed and made again).
+
+    The agent keeps one store for all the attempts of ``torchrun --max-restarts`` and hands workers no prefix
+    (torch 2.5 and later), so a restarted group would read the dead group's keys (gloo: "connectFullMesh
+    failed ... Connection refused", or a hang). The restart count is the same for every worker of one agent;
+    agents of several nodes may count differently (membership changes are not counted), hence the docs'
+    advice for multi-node restarts: ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, with which the agent shares no
+    store and this path is not taken."""
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=False,
+        timeout=dist.constants.default_pg_timeout,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"senet/attempt{attempt}/init{_process_group_end.created}", store)
+
+
+class _ProcessGroupEnd:
+    """Ends the process group that :func:`init_distributed` created when the process exits: destroyed after
+    success, aborted after a run failed (:meth:`failed`), as torchtitan does. Left alone, gloo's threads
+    outlive the interpreter and the process may die with SIGABRT ("terminate called without an active
+    exception"): torchrun then reports a finished job failed."""
+
+    def __init__(self) -> None:
+        self.created = 0  # process groups created by this process
+        self.run_failed = False
+
+    def register(self) -> None:
+        if not self.created:
+            atexit.register(self)
+        self.created += 1
+
+    def failed(self) -> None:
+        self.run_failed = True
+
+    def __call__(self) -> None:
+        if not dist.is_initialized():  # the caller ended it already
+            return
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)  # torch >= 2.6, private
+        try:
+            abort() if self.run_failed and abort is not None else dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 -- the process is ending: its own outcome is the one to report
+            pass
+
+
+_process_group_end = _ProcessGroupEnd()
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -134,6 +209,46 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def writing_run_dir(
+    run_dir: Path, config: RunConfig, checkpoint: Checkpoint | None, ctx: Dist, command: str
+) -> Iterator[None]:
+    """The run writes ``run_dir`` (checked and decided by ``prepare_run_dir``) inside this block: rank 0 locks
+    it for the rest of the run (:func:`senet.train.rundir.lock_run_dir`; every rank learns whether it could,
+    so a refused run stops on every rank and never touches a live run's files), then creates or tidies it
+    (``open_run_dir``) and logs into it. A run that ends in an error makes the process group abort at exit.
+
+    Under ``torchrun`` only rank 0 locks: the lock ends with its process, so a worker group that torchrun
+    restarts after a failure takes it again."""
+    refusal, lock = None, None
+    if ctx.is_main:
+        try:
+            lock = lock_run_dir(run_dir, command)
+        except RunDirInUse as error:
+            refusal = str(error)
+    if ctx.world_size > 1:  # also a barrier: every rank has read the directory before rank 0 changes it
+        box = [refusal]
+        dist.broadcast_object_list(box, src=0)
+        refusal = box[0]
+    if refusal is not None:
+        raise RunDirInUse(refusal)
+    handlers: list[logging.Handler] = []
+    try:
+        if ctx.is_main:
+            open_run_dir(run_dir, config, checkpoint)
+            handlers = setup_logging(run_dir)
+        yield
+    except BaseException:
+        _process_group_end.failed()
+        raise
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
+        if lock is not None:
+            lock.release()
+
+
 def setup_logging(run_dir: Path) -> list[logging.Handler]:
     """Rank 0 logs to stdout and to ``train.log`` in the run directory; other ranks stay quiet."""
     handlers: list[logging.Handler] = [
@@ -153,8 +268,8 @@ def _lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], flo
 
     def factor(step: int) -> float:
         epoch = step / steps_per_epoch
-        if epoch < config.warmup_epochs:
-            return (step + 1) / (config.warmup_epochs * steps_per_epoch)
+        if epoch < config.warmup_epochs:  # the last warm-up step may end mid-way: never above the base rate
+            return min((step + 1) / (config.warmup_epochs * steps_per_epoch), 1.0)
         if config.schedule == "step":
             return config.gamma ** math.floor(epoch / config.step_epochs)
         if config.schedule == "multistep":
@@ -355,7 +470,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss and top-1/top-5 error (in %) over ``loader``, summed over all processes of a distributed run.
 
-    With ``control``, a stop signal ends evaluation early (:class:`StopRequested`) on every rank.
+    ``amp``: autocast the forward pass (faster on GPUs, but low-precision logits can tie, so a run validates
+    in float32 whatever its ``amp``). With ``control``, a stop signal ends evaluation early
+    (:class:`StopRequested`) on every rank.
     """
     model.eval()
     meter = _Meter(device)
@@ -445,9 +562,10 @@ def train(
             follows the new schedule from where the run stands.
         on_step: ``on_step(epoch, batch)`` after every optimizer step (progress hooks, tests).
 
-    Model, options, data and run directory are all checked before anything is written. Raises
-    :class:`TrainingDiverged` on a NaN/inf loss, and :class:`TrainingInterrupted` when SIGINT, SIGTERM or
-    SIGUSR1 stopped training at a step boundary (after saving a checkpoint there).
+    Model, options, data and run directory are all checked before anything is written; a run directory that
+    another live process writes is refused (:class:`senet.train.rundir.RunDirInUse`). Raises
+    :class:`TrainingDiverged` on a NaN/inf loss or weights, and :class:`TrainingInterrupted` when SIGINT,
+    SIGTERM or SIGUSR1 stopped training at a step boundary (after saving a checkpoint there).
     """
     ctx, device = setup_device(config.device)
     run_dir, checkpoint = prepare_run_dir(config, resume, overwrite)
@@ -472,25 +590,25 @@ def train(
         load_weights_into(net, checkpoint.model_state(), str(checkpoint.path))
         if checkpoint.position >= (config.epochs, 0):
             return finished_run(config, run_dir, checkpoint, net, ctx)
-    if ctx.world_size > 1:
-        dist.barrier()  # every rank has read the run directory before rank 0 changes it
-    if ctx.is_main:
-        open_run_dir(run_dir, config, checkpoint)
-    handlers = setup_logging(run_dir) if ctx.is_main else []
     run = None
-    try:
-        with RunControl(ctx.world_size, config.save_every_steps, config.save_every_minutes) as control:
-            run = _Run(config, ctx, device, run_dir, spec, net, control, on_step)
-            if checkpoint is not None:
-                run.restore(checkpoint, changes)
-            return run.run()
-    finally:
-        if run is not None:  # the loaders' workers end with the run, not whenever the loaders are collected
-            for loader in (run.train_loader, run.val_loader):
-                shutdown_workers(getattr(loader, "loader", loader))  # a DecodedLoader wraps its loader
-        for handler in handlers:
-            log.removeHandler(handler)
-            handler.close()
+    with writing_run_dir(run_dir, config, checkpoint, ctx, _Run.command):
+        try:
+            with RunControl(ctx.world_size, config.save_every_steps, config.save_every_minutes) as control:
+                run = _Run(config, ctx, device, run_dir, spec, net, control, on_step)
+                if checkpoint is not None:
+                    run.restore(checkpoint, changes)
+                return run.run()
+        finally:
+            # The loaders' workers end with the run, not whenever the loaders are collected.
+            if run is not None:
+                for loader in (run.train_loader, run.val_loader):
+                    shutdown_workers(getattr(loader, "loader", loader))  # a DecodedLoader wraps its loader
+
+
+def lr_text(record: dict[str, Any]) -> str:
+    """An epoch's rates for its log line: "lr 0.1", or "lr 0.025 to 6.03e-05" where the schedule moved."""
+    first, last = record["lr"], record["lr_last"]
+    return f"lr {first:.4g}" if f"{first:.4g}" == f"{last:.4g}" else f"lr {first:.4g} to {last:.4g}"
 
 
 def check_batches(batch_size: int, train_images: int, ctx: Dist) -> None:
@@ -538,12 +656,16 @@ class TrainingRun:
     """What every training loop of the library shares (classification here, detection in
     ``senet.detection.engine``): the position in the run (epoch, batches done, optimizer steps), exact resume
     (optimizer, schedule, RNG of every rank, the epoch's sums), checkpoints gathered from every rank and
-    written by rank 0, the stop at a step boundary, and the finite-loss check.
+    written by rank 0, the stop at a step boundary, and the finite check of losses and weights.
 
     A subclass sets ``config`` (with ``keep``, ``seed``, ``epochs`` and ``scaled_lr()``), ``ctx``, ``device``,
     ``run_dir``, ``control``, ``net``, ``optimizer``, ``scheduler`` (a per-step ``LambdaLR`` over
     ``lr_factors``), ``scaler``, ``finite`` and ``steps_per_epoch``, calls :meth:`_start_position`, and writes
     ``_meta`` and its epochs. A meter passed to :meth:`save` has ``totals(ctx)`` (its sums over the ranks).
+
+    Nothing diverged is ever written: every step's loss and the weights it left are checked finite (on the
+    device, read every step on CPU and every 50 on CUDA, see ``senet.train.feed``), and the check is read
+    before every save (periodic, on a signal, at the epoch's end and of ``best.safetensors``).
     """
 
     command = "senet train"  # what continues a stopped run, named in the stop message
@@ -558,7 +680,7 @@ class TrainingRun:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     lr_factors: list[Callable[[int], float]]
     scaler: torch.amp.GradScaler
-    finite: FiniteLossCheck
+    finite: FiniteCheck
     steps_per_epoch: int
     on_step: Callable[[int, int], None] | None
 
@@ -607,17 +729,28 @@ class TrainingRun:
         return False
 
     def _optimize(self, loss: torch.Tensor) -> None:
-        """One optimizer step on ``loss``, launched without waiting for the device (see senet.train.feed): the
-        finite-loss flag is read only when due; the schedule moves with the step."""
-        self.finite.observe(self.step + 1, loss, (self.epoch + 1, self.batch))
-        if self.finite.due():
-            self._check_finite()
+        """One optimizer step on ``loss``, launched without waiting for the device (see senet.train.feed); the
+        schedule moves with the step. The step's loss and the weights it left join the finite flag, which is
+        read only when due."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        with torch.no_grad():
+            weights = torch.nn.utils.get_total_norm(self._saved_weights, norm_type=1.0)
+        self.finite.observe(self.step, loss, (self.epoch + 1, self.batch), weights)
+        if self.finite.due():
+            self._check_finite()
+
+    @functools.cached_property
+    def _saved_weights(self) -> list[torch.Tensor]:
+        """The floating-point parameters and buffers a checkpoint saves; their L1 norm is finite exactly when
+        all are. A NaN or infinite gradient that the optimizer applied shows there too (even at lr 0, as
+        0 * nan is nan); one that the gradient scaler skipped changed nothing."""
+        tensors = itertools.chain(self.net.parameters(), self.net.buffers())
+        return [tensor for tensor in tensors if tensor.is_floating_point()]
 
     def _epoch_record(self, meter: Any, val_metrics: dict[str, Any], elapsed: float, what: str) -> dict:
         """The epoch's line of metrics.jsonl (position, rate, train sums over the ranks, validation, speed);
@@ -629,20 +762,28 @@ class TrainingRun:
                     f"no {split} image could be used in epoch {self.epoch + 1} "
                     f"({metrics[f'{split}_skipped']} unreadable, skipped): fix or replace the {split} {what}"
                 )
+        first = self.epoch * self.steps_per_epoch
         return {
             "epoch": self.epoch + 1,
             "step": self.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            # The rates of the epoch's first and last steps (the main parameter group's): what it trained at.
+            "lr": self._scheduled_lr(first),
+            "lr_last": self._scheduled_lr(first + self.steps_per_epoch - 1),
             **train_metrics,
             **val_metrics,
             "images_per_s": train_metrics["train_images"] / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
         }
 
+    def _scheduled_lr(self, position: int) -> float:
+        """The main parameter group's rate at ``position`` batches into the run, as the scheduler sets it."""
+        return self.scheduler.base_lrs[0] * self.lr_factors[0](position)
+
     def _commit_epoch(self, record: dict, best: dict | None, summary: str) -> None:
         """End the epoch: ``record`` in the history, the best weights where ``best`` (the new best entry) is
         given, the checkpoint (the epoch's commit point), then its metrics.jsonl line (rewritten from the
-        checkpoint on resume) and ``summary`` in the log."""
+        checkpoint on resume) and ``summary`` in the log. Nothing is written unless the weights are finite."""
+        self._check_finite()
         self.history.append(record)
         if best is not None:
             self.best = best
@@ -771,7 +912,8 @@ class TrainingRun:
         raise TrainingInterrupted(signum, True, message)
 
     def _check_finite(self) -> None:
-        """Stop with the exact step if any loss since the last check was NaN or infinite (every rank)."""
+        """Stop with the exact step if a loss or the weights a step left since the last check were NaN or
+        infinite (every rank)."""
         bad = self.finite.first_bad()
         if bad is None:
             return
@@ -779,8 +921,13 @@ class TrainingRun:
         epoch, batch = where if where is not None else (self.epoch + 1, self.batch)
         checkpoints = list_checkpoints(self.run_dir)
         last = checkpoints[-1] if checkpoints else "none yet"
+        what = (
+            f"weights became NaN or infinite (loss {value:.4g}: a NaN or infinite gradient was applied)"
+            if math.isfinite(value)
+            else f"loss became {value}"
+        )
         raise TrainingDiverged(
-            f"loss became {value} at epoch {epoch}, batch {batch} (step {step}); "
+            f"{what} at epoch {epoch}, batch {batch} (step {step}); "
             f"training stopped, last good checkpoint: {last}. Lower --lr or check the data."
         )
 
@@ -831,7 +978,7 @@ class _Run(TrainingRun):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factors)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and cuda)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.finite = FiniteLossCheck(device, control.min_over_ranks)
+        self.finite = FiniteCheck(device, control.min_over_ranks)
         self._start_position()
 
     def _meta(self, epoch_state: dict[str, Any]) -> dict[str, Any]:
@@ -860,11 +1007,10 @@ class _Run(TrainingRun):
         while self.epoch < config.epochs:
             meter, elapsed = self._train_epoch()
             try:
-                val_metrics = evaluate(
+                val_metrics = evaluate(  # in float32 under --amp too: what `senet eval` scores
                     self.model,
                     self.val_loader,
                     self.device,
-                    amp=config.amp,
                     channels_last=config.channels_last,
                     ctx=ctx,
                     control=self.control,
@@ -917,5 +1063,5 @@ class _Run(TrainingRun):
             {key: record[key] for key in best} if improved else None,
             f"loss {record['train_loss']:.4f}  train top-1 err {record['train_top1_err']:.2f}%  "
             f"val top-1 err {record['val_top1_err']:.2f}%  top-5 err {record['val_top5_err']:.2f}%  "
-            f"lr {record['lr']:.4g}  {record['images_per_s']:.0f} img/s",
+            f"{lr_text(record)}  {record['images_per_s']:.0f} img/s",
         )

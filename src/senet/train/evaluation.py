@@ -73,7 +73,8 @@ def evaluate_runs(
     Each checkpoint is a run directory of ``senet train`` (``weights="best"``: its best epoch instead of its
     last checkpoint) or a senet weights file (``senet convert``), loaded through :func:`senet.load_pretrained`.
     A weights file is evaluated on an image folder with its own recorded preprocessing (converted timm weights
-    as timm evaluates them); a run with its data's evaluation transform.
+    as timm evaluates them); a run with its data's evaluation transform at the run's own crop (``eval_crop``:
+    the figure its validation logged), unless ``scales`` names others.
     """
 
     if not checkpoints:
@@ -83,9 +84,9 @@ def evaluate_runs(
     targets: torch.Tensor | None = None
     classes: list[str] = []
     for path in checkpoints:
-        model, source, root, options, _ = load_with_data_source(path, data, data_root, weights)
+        model, source, root, options, config = load_with_data_source(path, data, data_root, weights)
         info = model.pretrained_info
-        for scale in scales or [None]:
+        for scale in scales or [config.eval_crop if config is not None else None]:
             spec = build_data(source, root=root, eval_crop=scale, ten_crop=ten_crop, **options)
             if spec.num_classes != info.num_classes:
                 raise ValueError(

@@ -2,9 +2,9 @@
 
 On CUDA a training step is launched, not run: the host returns at once unless something reads a GPU value.
 :class:`DeviceFeeder` issues the copy of batch k+1 on a side stream right after step k is launched, so the
-copy overlaps the step; :class:`FiniteLossCheck` keeps the "is the loss finite?" flag on the device and reads
-it every ``every`` steps (and before anything is saved), naming the exact step where it first failed. On CPU
-both do what the plain loop does, at the same points (no behaviour or result changes there).
+copy overlaps the step; :class:`FiniteCheck` keeps the "were the loss and the weights finite?" flag on the
+device and reads it every ``every`` steps (and before anything is saved), naming the exact step where it first
+failed. On CPU both do what the plain loop does, at the same points (no behaviour or result changes there).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from senet.train.checkpoint import RngState, rng_state
 
-# Steps between host reads of the on-device loss flag on CUDA: one sync per this many steps (CPU: every step).
+# Steps between host reads of the on-device finite flag on CUDA: one sync per this many (CPU: every step).
 CUDA_CHECK_EVERY = 50
 
 
@@ -66,12 +66,13 @@ class DeviceFeeder:
         return images, targets
 
 
-class FiniteLossCheck:
-    """Whether every loss so far was finite, read on the host every ``every`` steps (1 on CPU).
+class FiniteCheck:
+    """Whether every step so far had a finite loss and left finite weights, read on the host every ``every``
+    steps (1 on CPU).
 
     ``observe`` records the first non-finite step on the device without a sync; ``first_bad`` reads it (one
     sync) and agrees on it over the ranks through ``min_over_ranks``, so every rank stops at the same check.
-    Call ``first_bad(force=True)`` before saving a checkpoint, so that no diverged state is ever written.
+    Call ``first_bad`` before saving anything, so that no diverged state is ever written.
     """
 
     def __init__(self, device: torch.device, min_over_ranks: Callable[[int], int], every: int | None = None):
@@ -83,8 +84,12 @@ class FiniteLossCheck:
         self._where: dict[int, Any] = {}  # step -> where it was (epoch, batch), since the last read
         self._observed = 0
 
-    def observe(self, step: int, loss: torch.Tensor, where: Any) -> None:
-        bad = ~torch.isfinite(loss.detach()) & (self._first == self._none)
+    def observe(self, step: int, loss: torch.Tensor, where: Any, weights: torch.Tensor | None = None) -> None:
+        """Step ``step`` had ``loss`` and left weights of norm ``weights`` (any norm); ``where`` names it."""
+        bad = ~torch.isfinite(loss.detach())
+        if weights is not None:
+            bad |= ~torch.isfinite(weights.detach())
+        bad &= self._first == self._none
         self._first = torch.where(bad, torch.full_like(self._first, step), self._first)
         self._value = torch.where(bad, loss.detach().float(), self._value)
         self._where[step] = where
@@ -94,8 +99,9 @@ class FiniteLossCheck:
         return self._observed >= self.every
 
     def first_bad(self) -> tuple[int, float, Any] | None:
-        """(step, loss, where) of the first non-finite loss on this rank, or of some rank's (then the loss
-        and place are this rank's own view), or None when all were finite. Every rank must call this together."""
+        """(step, its loss, where) of the first step with a non-finite loss or weights on this rank (a finite
+        loss: the weights), or of some rank's (then NaN and the newest step this rank knows), or None when all
+        were finite. Every rank must call this together."""
         first = int(self._first.item())
         self._observed = 0
         ok = self.min_over_ranks(int(first == self._none))

@@ -2,7 +2,8 @@
 
 Everything here decides before anything is written: a new run refuses a directory that already holds files
 (unless told to overwrite a run), a resumed run refuses a config that trains something else or changes the
-schedule without saying so, and only then does :func:`open_run_dir` create or tidy the directory.
+schedule without saying so, and only then does :func:`open_run_dir` create or tidy the directory. One process
+writes a directory at a time: :func:`lock_run_dir` holds an OS lock on it for the writer's whole life.
 
 Classification (``senet train``) and detection (``senet detect train``) runs share all of it: a config is any
 dataclass with ``output``, ``model`` (the default run name) and ``to_dict()``, and :class:`ResumeRules` say
@@ -11,8 +12,14 @@ which of its fields a resume may change.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import logging
+import os
 import shutil
+import socket
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -40,9 +47,13 @@ class RunConfig(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
+_log = logging.getLogger("senet.train")
+
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 LOG_NAME = "train.log"
+# The lock of the process writing the directory (see lock_run_dir); it stays when a run is overwritten.
+LOCK_NAME = ".senet.lock"
 # What `senet train` writes into a run directory; --overwrite deletes these and nothing else.
 # (eval-*.json: what `senet detect eval` writes into the run it evaluated.)
 _RUN_FILE_PATTERNS = (CONFIG_NAME, METRICS_NAME, LOG_NAME, BEST_NAME, "checkpoint-*", ".*.tmp", "eval-*.json")
@@ -141,6 +152,8 @@ def checkpoint_to_resume(resume: str | Path) -> Checkpoint:
     try:
         return load_checkpoint(resume)
     except FileNotFoundError as error:
+        if (holder := run_dir_holder(resume)) is not None:  # still before its first checkpoint
+            raise RunDirInUse(_in_use(resume, holder)) from None
         if (resume / CONFIG_NAME).is_file():  # the run stopped before its first checkpoint
             raise FileNotFoundError(
                 f"{error}; {resume} saved none before it stopped: start it again with --overwrite "
@@ -159,8 +172,10 @@ def _resumed_run_dir(config: RunConfig, checkpoint: Checkpoint) -> tuple[Path, C
 
 
 def _foreign_files(run_dir: Path) -> list[Path]:
-    """What a run directory holds besides a run's own files (which --overwrite would delete)."""
-    return [p for p in run_dir.iterdir() if p not in _run_files(run_dir)] if run_dir.is_dir() else []
+    """What a run directory holds besides a run's own files (which --overwrite would delete) and its lock."""
+    if not run_dir.is_dir():
+        return []
+    return [p for p in run_dir.iterdir() if p not in _run_files(run_dir) and p.name != LOCK_NAME]
 
 
 @dataclass(frozen=True)
@@ -229,3 +244,114 @@ def open_run_dir(run_dir: Path, config: RunConfig, checkpoint: Checkpoint | None
         # checkpoint must not leave that epoch twice in the file once it is trained again.
         history = checkpoint.meta["history"]
         atomic_write(run_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in history).encode())
+
+
+class RunDirInUse(ValueError):
+    """Another live process writes the directory (it holds its lock)."""
+
+
+# flock's errors on a file system without locks (some NFS and Lustre mounts): the run goes on, with a warning.
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+# The lock files this process holds (descriptors). A child that the process forks without exec (DataLoader
+# workers) closes its copies at once: a worker outliving its killed run would otherwise keep the lock.
+_HELD: set[int] = set()
+
+
+def _close_in_forked_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_forked_child)
+
+
+@dataclass
+class RunDirLock:
+    """A lock that :func:`lock_run_dir` took; :meth:`release` or the process's end (any end) drops it."""
+
+    directory: Path
+    _fd: int
+
+    def release(self) -> None:
+        if self._fd in _HELD:
+            _HELD.discard(self._fd)
+            os.close(self._fd)
+
+    def __enter__(self) -> RunDirLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_run_dir(directory: str | Path, command: str) -> RunDirLock:
+    """Create ``directory`` if needed and lock it for this process, or refuse in one line
+    (:class:`RunDirInUse`) naming the process that holds it (``command``, pid and host, from the lock file).
+
+    ``flock`` on ``LOCK_NAME`` inside it, held by its open file: the kernel drops it when the process ends,
+    however it ends (SIGKILL included), so a killed run never leaves a stale lock; other files or descriptors
+    the process opens and closes leave it alone (unlike ``lockf``'s locks), and forked children close it.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.pread(fd, 4096, 0)
+        os.close(fd)
+        if error.errno in (errno.EACCES, errno.EAGAIN):
+            raise RunDirInUse(_in_use(directory, _holder_text(holder))) from None
+        if error.errno not in _NO_LOCKS:
+            raise
+        _log.warning(
+            f"{directory}: its file system offers no locks ({error.strerror}); nothing stops another process "
+            "from writing this directory at the same time"
+        )
+        return RunDirLock(directory, -1)
+    _HELD.add(fd)
+    record = {"command": command, "pid": os.getpid(), "host": socket.gethostname()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    return RunDirLock(directory, fd)
+
+
+def lock_output_dir(directory: str | Path, command: str) -> contextlib.AbstractContextManager:
+    """:func:`lock_run_dir` in a single process or on rank 0 of a ``torchrun`` job (``RANK``, read before any
+    process group exists), a no-op on the other ranks; for folders of runs (senet ablate, senet demo)."""
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return lock_run_dir(directory, command)
+
+
+def run_dir_holder(directory: str | Path) -> str | None:
+    """Who holds ``directory``'s lock ("senet train, pid 123 on node7"), or None if no live process does."""
+    try:
+        fd = os.open(Path(directory) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:  # a probe: granted (and dropped with the descriptor) only if no process holds the lock
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EAGAIN):
+            return _holder_text(os.pread(fd, 4096, 0))
+    finally:
+        os.close(fd)
+    return None
+
+
+def _holder_text(data: bytes) -> str:
+    try:
+        record = json.loads(data)
+        return f"{record['command']}, pid {record['pid']} on {record['host']}"
+    except (ValueError, KeyError, TypeError):  # taken a moment ago, not yet written
+        return "another process"
+
+
+def _in_use(directory: Path, holder: str) -> str:
+    return (
+        f"{directory} is in use by {holder}: one process writes it at a time; wait for that one to end "
+        "(or stop it: SIGTERM saves a checkpoint), then start again"
+    )

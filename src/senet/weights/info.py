@@ -10,6 +10,7 @@ layout; this record is what makes loading exact (DESIGN.md, "Layout vs keys").
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,19 @@ class WeightsInfo:
             raise ValueError(f"{origin}: damaged weights record, missing or wrong fields: {', '.join(wrong)}")
         if labels is not None and len(labels) != data["num_classes"]:
             raise ValueError(f"{origin}: {len(labels)} labels for {data['num_classes']} classes")
+        recorded = data["preprocessing"]
+        if "resize" not in recorded and data["source"].get("project") == "timm":
+            # A timm conversion of an earlier version, which recorded timm's crop_pct alone: timm resizes to
+            # floor(input_size / crop_pct), and so do these weights' own evaluations.
+            try:
+                recorded = {
+                    **recorded,
+                    "resize": math.floor(recorded["input_size"] / recorded["crop_fraction"]),
+                }
+            except (KeyError, TypeError, ZeroDivisionError):
+                pass  # Preprocessing.from_dict names what is wrong
         try:
-            preprocessing = Preprocessing.from_dict(data["preprocessing"])
+            preprocessing = Preprocessing.from_dict(recorded)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{origin}: {error}") from None
         return cls(data["model"], data["options"], data["num_classes"], preprocessing, labels, data["source"])

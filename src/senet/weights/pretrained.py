@@ -111,17 +111,68 @@ def _check_model(expected: str, info: WeightsInfo, origin: str) -> None:
         )
 
 
+# Build options that a state dict cannot show: they change what a network computes, not its tensors' names or
+# shapes, so a strict load cannot catch an option that contradicts the weights.
+LAYOUT_OPTIONS = ("stride_in_1x1", "stem_pool", "se_squeeze", "se_gate", "se_position")
+
+
+def layout_options(network: nn.Module) -> dict[str, Any]:
+    """The :data:`LAYOUT_OPTIONS` that ``network`` was built with, read from its modules: where a ResNet's
+    down-sampling bottlenecks put their stride and how its stem pools, how its SE blocks squeeze, gate and
+    sit. Options that the network's family does not take are absent."""
+    from senet.models.resnet import Bottleneck, ResNet
+
+    layout: dict[str, Any] = {}
+    if isinstance(network, ResNet):
+        if isinstance(network.maxpool, nn.MaxPool2d):  # the cifar stem has none
+            layout["stem_pool"] = "caffe" if network.maxpool.ceil_mode else "torchvision"
+        strided = (
+            unit
+            for unit in network.modules()
+            if isinstance(unit, Bottleneck) and max(unit.conv1.stride + unit.conv2.stride) > 1
+        )
+        unit = next(strided, None)
+        if unit is not None:
+            layout["stride_in_1x1"] = unit.conv1.stride[0] > 1
+    se = getattr(network, "se_config", None)
+    if se is not None:
+        layout.update(se_squeeze=se.squeeze, se_gate=se.gate, se_position=se.position)
+    return layout
+
+
+def _same_option(recorded: Any, value: Any) -> bool:
+    return recorded == value or (isinstance(value, tuple) and list(value) == recorded)
+
+
+def _contradiction(origin: str, key: str, recorded: Any, value: Any, implied: str = "") -> ValueError:
+    return ValueError(
+        f"{origin} holds weights for {key}={recorded!r}{implied}; {key}={value!r} would compute something "
+        f"else: leave {key} out"
+    )
+
+
 def _build_options(info: WeightsInfo, options: dict[str, Any], origin: str) -> dict[str, Any]:
-    """The file's options, plus the caller's where they do not contradict them."""
+    """The file's options, plus the caller's where they do not contradict them.
+
+    Files of earlier versions (and run directories) record only the options that differ from the builder's
+    defaults: a layout option they leave out is the default of the recorded model under the recorded options,
+    read from that network (built on the meta device), and a caller's value that contradicts it is refused
+    as well."""
+    from senet.models.registry import create_model
+
     merged = dict(info.options)
     for key, value in options.items():
-        recorded = merged.get(key, value)
-        if recorded != value and not (isinstance(value, tuple) and list(value) == recorded):
-            raise ValueError(
-                f"{origin} holds weights for {key}={recorded!r}; {key}={value!r} would compute something "
-                f"else: leave {key} out"
-            )
+        if key in merged and not _same_option(merged[key], value):
+            raise _contradiction(origin, key, merged[key], value)
         merged[key] = value
+    implicit = [key for key in options if key in LAYOUT_OPTIONS and key not in info.options]
+    if implicit:
+        with torch.device("meta"):
+            built = layout_options(create_model(info.model, num_classes=info.num_classes, **info.options))
+        for key in implicit:
+            if key in built and not _same_option(built[key], options[key]):
+                default = f" (the default of {info.model}, which the record leaves implicit)"
+                raise _contradiction(origin, key, built[key], options[key], default)
     return merged
 
 

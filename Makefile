@@ -25,6 +25,8 @@ lint: install
 bench: install
 	$(PIP_INSTALL) -e ".[dev,bench]"
 	$(VENV)/bin/senet bench --report docs/benchmarks.md
+	# every command of the GPU script at toy sizes on the CPU (the input pipeline's smoke case among them)
+	PYTHON=$(PYTHON) bash benchmarks/gpu_proof.sh smoke
 
 models: install
 	$(VENV)/bin/senet models

@@ -19,7 +19,7 @@ if [ "$PART" = smoke ]; then
   DEVICE=cpu SIZE=32 BATCH=4 BIG=2 REPEATS=1 PIPELINE="--device cpu --images 16 --batch 4 --size 32 --workers 1"
   PIPELINE="$PIPELINE --epochs 1 --no-amp"
 else
-  DEVICE=cuda SIZE=224 BATCH=256 BIG=64 REPEATS=10 PIPELINE="--device cuda"
+  DEVICE=cuda SIZE=224 BATCH=256 BIG=64 REPEATS=10 PIPELINE="--device cuda --shards"
 fi
 run() { echo; echo "\$ $*"; "$@"; }
 bench() { run "$PY" -m senet bench --device "$DEVICE" --size "$SIZE" --repeats "$REPEATS" "$@"; }

@@ -1,13 +1,15 @@
 """Issue 12's figures: the loader alone, the training step alone and `senet train` end to end, per loader.
 
     PYTHONPATH=src python benchmarks/input_pipeline.py --device cuda            # on a GPU machine, ~4 minutes
-    PYTHONPATH=src python benchmarks/input_pipeline.py --device cpu --images 32 --batch 8 --size 64 \
-        --models resnet18 --workers 1 --no-amp                                   # a smoke run of this script
+    PYTHONPATH=src python benchmarks/input_pipeline.py --device cpu --images 16 --batch 4 --size 32 \
+        --workers 1 --epochs 1 --no-amp --models resnet18 --shards              # a smoke run of this script
 
 It writes a folder of ImageNet-sized JPEGs (500x375, smooth content that compresses like photos) in a temporary
 directory, then prints one Markdown table with images/s: the loader alone (decode and augment, CPU workers vs
-the device pipeline), `senet bench`'s training step on random tensors, and `senet train` end to end (the last
-epoch of a short run, so that workers, cuDNN's autotuning and the page cache are warm), with the machine.
+the device pipeline; with --shards also from a packed copy of the folder), `senet bench`'s training step on
+random tensors, and `senet train` end to end (the last epoch of a short run, so that workers, cuDNN's
+autotuning and the page cache are warm), with the machine. On CUDA the CPU loader sends uint8 batches (a
+quarter of float32's bytes) that the device converts and normalises.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def write_folder(root: Path, images: int, classes: int = 8) -> None:
 
 
 def loader_alone(root: Path, loader: str, args: argparse.Namespace) -> float:
-    """Images/s of one epoch of the training loader, images ready on the device."""
+    """Images/s of one epoch of the training loader of ``root`` (an image folder or a shard index), images
+    ready on the device."""
     from senet.train.config import TrainConfig
     from senet.train.engine import Dist, _build_data, _loaders
 
@@ -93,14 +96,26 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--models", default="resnet50,se_resnet50")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32, no channels_last")
+    parser.add_argument("--shards", action="store_true", help="also time the loaders reading a packed copy")
     args = parser.parse_args()
     loaders = ("cpu", "gpu")
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "images"
         started = time.perf_counter()
         write_folder(root, args.images)
         print(f"wrote {args.images} JPEGs (500x375) in {time.perf_counter() - started:.0f}s", file=sys.stderr)
-        alone = {loader: loader_alone(root, loader, args) for loader in loaders}
+        sources = {"": root}
+        if args.shards:
+            from senet.data import pack_folder
+
+            sources[", shards"] = pack_folder(
+                root, Path(tmp) / "shards", images_per_shard=max(1, args.images // 4)
+            )
+        alone = {
+            (loader, name): loader_alone(path, loader, args)
+            for name, path in sources.items()
+            for loader in loaders
+        }
         rows = []
         for model in args.models.split(","):
             step = step_alone(model, args)
@@ -116,8 +131,8 @@ def main() -> None:
     for loader in loaders:
         cells = " | ".join(f"{t[loader]:,.0f} ({100 * t[loader] / s:.0f} %)" for _, s, t in rows)
         print(f"| `senet train --loader {loader}` end to end | {cells} |")
-    for loader in loaders:
-        print(f"| the {loader} loader alone | {alone[loader]:,.0f} |" + " |" * (len(rows) - 1))
+    for (loader, name), rate in alone.items():
+        print(f"| the {loader} loader alone{name} | {rate:,.0f} |" + " |" * (len(rows) - 1))
 
 
 if __name__ == "__main__":

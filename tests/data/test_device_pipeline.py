@@ -1,4 +1,5 @@
-"""The GPU input pipeline (senet.data.device_pipeline), checked on CPU against the CPU transforms it replaces.
+"""The GPU input pipeline (senet.data.device_pipeline), checked on CPU against the CPU transforms it replaces:
+from image folders and from their shards; and the CPU loader's uint8 batches converted on the device.
 
 On CPU, PIL and torchvision's decode_jpeg are both libjpeg-turbo with the same settings and the device path
 runs the same torchvision kernels on the same uint8 images: the outputs are measured bit-exact (max and mean
@@ -19,14 +20,16 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from senet.data import build_data, build_loader, device_pipeline
+from senet.data import build_data, build_loader, device_pipeline, pack_folder
 from senet.data.device_pipeline import (
     RawImageDataset,
     build_raw_loader,
     collate_raw,
+    convert_on_device,
     device_pipeline_datasets,
     plan_transform,
 )
+from senet.data.loaders import _ShardSampler
 from senet.data.transforms import Cutout
 
 SIZE, CUTOUT = 24, 8
@@ -261,7 +264,7 @@ def test_two_worker_loader_matches_cpu_loader(root: Path) -> None:
 
 
 def test_refuses_what_it_cannot_replay(root: Path, cifar10_root: Path) -> None:
-    with pytest.raises(ValueError, match="is not one: use the CPU loader"):
+    with pytest.raises(ValueError, match="is neither: use the CPU loader"):
         device_pipeline_datasets(build_data(str(cifar10_root)))
     with pytest.raises(ValueError, match="ten-crop evaluation stays on the CPU loader"):
         device_pipeline_datasets(_spec(root, ten_crop=True))
@@ -296,3 +299,123 @@ def test_cuda_pipeline_close_to_cpu_transform(tmp_path: Path) -> None:
         images, _, skipped = pipeline(collate_raw(_raw_items(raw, indices, 3)), "cuda")
         diff = (images.cpu() - expected).abs()
         assert skipped == 0 and diff.mean().item() < 2 * step, f"mean {diff.mean():.4g}, max {diff.max():.4g}"
+
+
+# ----------------------------------------------------------------------------------------------- shards
+
+
+def _with_problem_files(root: Path) -> Path:
+    """``root`` plus, in train, a PNG, a CMYK JPEG (both through the fallback) and garbage (skipped in the
+    worker); in val, a JPEG whose data breaks off (skipped on the device) and a PNG."""
+    _save(_noise(60), root / "train" / "cat" / "a.png", format="PNG")
+    _save(_noise(61).convert("CMYK"), root / "train" / "dog" / "cmyk.jpg", format="JPEG")
+    (root / "train" / "cat" / "garbage.jpg").write_bytes(b"not an image at all")
+    _truncated_jpeg(root / "val" / "dog" / "truncated.jpg")
+    _save(_noise(62), root / "val" / "dog" / "b.png", format="PNG")
+    return root
+
+
+def test_shards_feed_the_device_pipeline_as_the_cpu_loader_reads_them(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers read each member's bytes from the shard; the same sampler (shard by shard), the same draws,
+    the same fallbacks and skips: batch for batch the CPU shard loader's, bit-exact on CPU."""
+    index = pack_folder(_with_problem_files(root), tmp_path / "shards", images_per_shard=4)
+    spec = build_data(str(index), image_size=SIZE, cutout=CUTOUT)
+    train, val, pipeline = device_pipeline_datasets(spec)
+    pickle.dumps(train)  # what a worker started by spawn receives (no open shard)
+    with caplog.at_level(logging.WARNING, logger="senet.data"):
+        for cpu_set, raw_set, options in (
+            (spec.train, train, dict(train=True, seed=5, workers=1)),  # worker seeds: the same draws
+            (spec.val, val, dict(train=False)),
+        ):
+            cpu_loader = build_loader(cpu_set, batch_size=4, **options)
+            raw_loader = build_raw_loader(raw_set, batch_size=4, **options)
+            assert isinstance(raw_loader.sampler, _ShardSampler)
+            fallbacks, skipped_in_all = 0, 0
+            for (expected, expected_targets, expected_skipped), raw in zip(
+                cpu_loader, raw_loader, strict=True
+            ):
+                images, targets, skipped = pipeline(raw, "cpu")
+                _assert_matches(images, expected)
+                assert torch.equal(targets, expected_targets) and skipped == expected_skipped
+                fallbacks, skipped_in_all = fallbacks + len(raw.host_positions), skipped_in_all + skipped
+            # train: the PNG and the CMYK JPEG, the garbage; val: the PNG, the broken JPEG
+            assert (fallbacks, skipped_in_all) == ((2, 1) if options["train"] else (1, 1))
+    assert "dog/truncated in shard" in caplog.text  # the device's skip names shard and key
+
+
+def test_strict_data_on_shards_names_shard_and_key(root: Path, tmp_path: Path) -> None:
+    _truncated_jpeg(root / "train" / "dog" / "truncated.jpg")
+    index = pack_folder(root, tmp_path / "shards", images_per_shard=4)
+    train, _, pipeline = device_pipeline_datasets(build_data(str(index), image_size=SIZE, strict_data=True))
+    bad = next(i for i in range(len(train)) if train.reader.name(i).startswith("dog/truncated in shard"))
+    batch = collate_raw([train[bad], train[(bad + 1) % len(train)]])
+    with pytest.raises(
+        ValueError, match=r"unreadable image dog/truncated in shard .*train-\d{6}\.tar.*re-pack"
+    ):
+        pipeline(batch, "cpu")
+
+
+# ------------------------------------------------------------------- the CPU loader on a GPU: uint8 batches
+
+
+def _source(kind: str, root: Path, cifar10_root: Path, tmp_path: Path):
+    if kind == "cifar10":
+        return build_data(str(cifar10_root), cutout=CUTOUT)
+    if kind == "digits":
+        return build_data("digits", cutout=CUTOUT)
+    (root / "train" / "cat" / "garbage.jpg").write_bytes(b"not an image at all")  # skipped and counted
+    (root / "val" / "dog" / "garbage.jpg").write_bytes(b"not an image at all")
+    if kind == "shards":
+        root = pack_folder(root, tmp_path / "shards", images_per_shard=4)
+    return _spec(root)
+
+
+@pytest.mark.parametrize(
+    "kind, channels_last, workers",
+    [
+        ("folder", False, 0),
+        ("folder", True, 1),
+        ("shards", True, 0),
+        ("cifar10", False, 0),
+        ("digits", True, 0),
+    ],
+)
+def test_the_cpu_loader_on_a_gpu_sends_uint8_and_converts_there_bit_identically(
+    kind: str, channels_last: bool, workers: int, root: Path, cifar10_root: Path, tmp_path: Path
+) -> None:
+    """Train (crop, flip, Cutout after the normalisation) and val transforms: uint8 batches, a quarter of the
+    float32 bytes, and once converted on the device exactly the CPU loader's float32 batches (torch.equal).
+    Digits are float before their conversion: the same values, no bytes saved."""
+    spec = _source(kind, root, cifar10_root, tmp_path)
+    skipped_in_all = 0
+    for dataset, options in ((spec.train, dict(train=True, seed=3)), (spec.val, dict(train=False))):
+        host, finish = convert_on_device(dataset)
+        options = dict(batch_size=4, workers=workers, drop_last=False, **options)
+        if kind == "digits":  # 1,797 images: the first 64 of each split are enough
+            dataset, host = (torch.utils.data.Subset(d, range(64)) for d in (dataset, host))
+        torch.manual_seed(0)  # workers=0: the transforms draw from this process's RNG
+        expected = list(build_loader(dataset, **options))
+        torch.manual_seed(0)
+        sent = list(build_loader(host, collate_fn=finish.collate, **options))
+        assert len(sent) == len(expected) > 0
+        for (images, targets, skipped), batch in zip(expected, sent):
+            assert images.dtype == torch.float32
+            if kind == "digits":
+                assert batch.images.dtype == torch.float32
+            else:
+                assert batch.images.dtype == torch.uint8 and 4 * batch.images.nbytes == images.nbytes
+            converted, converted_targets, converted_skipped = finish(batch, "cpu", channels_last)
+            assert torch.equal(converted, images) and converted.dtype == torch.float32
+            assert converted.is_contiguous(memory_format=torch.channels_last) == channels_last
+            assert torch.equal(converted_targets, targets) and converted_skipped == skipped
+            skipped_in_all += skipped
+    assert skipped_in_all == (2 if kind in ("folder", "shards") else 0)
+
+
+def test_uint8_batches_step_aside_for_transforms_they_cannot_split(root: Path) -> None:
+    """Ten-crop evaluation (crops stacked after the normalisation) stays float in the workers."""
+    spec = _spec(root, ten_crop=True)
+    assert convert_on_device(spec.val) is None and convert_on_device(spec.train) is not None
+    assert convert_on_device(torch.utils.data.TensorDataset(torch.zeros(2, 3))) is None

@@ -341,3 +341,30 @@ def test_a_whole_se_resnet50_amp_step_through_the_kernels_equals_the_pytorch_pat
             # fp16 sums over N*H*W: compare each tensor as a whole, relative to its norm
             error = (got[name] - value).norm() / value.norm().clamp_min(1e-12)
             assert error < 2e-2, f"{name}: relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_observed_or_removed_blocks_step_off_the_kernels(training, monkeypatch, triton_on_this_device):
+    """The analysis's gate statistics and its removal study must see every input, also where the kernels run."""
+    from senet import SqueezeExcite
+
+    launches = []
+    original = triton_on_this_device._launch
+    monkeypatch.setattr(
+        triton_on_this_device, "_launch", lambda k, *a, **c: launches.append(k) or original(k, *a, **c)
+    )
+    se = SqueezeExcite(6, reduction=2).to(DEVICE).train(training)
+    x, residual = torch.randn(2, 6, 3, 3, device=DEVICE), torch.randn(2, 6, 3, 3, device=DEVICE)
+    with torch.set_grad_enabled(training):
+        seen = []
+        handle = se.register_gates_hook(lambda block, s: seen.append(s))
+        out = se.scale_and_add(x, residual)
+        handle.remove()
+        assert len(seen) == 1 and not launches
+        torch.testing.assert_close(out, residual + x * seen[0])
+        se.removed = True
+        assert torch.equal(se.scale_and_add(x, residual), residual + x) and torch.equal(se(x), x)
+        assert not launches
+        se.removed = False
+        se.scale_and_add(x, residual)
+    assert launches  # and back on the kernels once nobody observes and the block is back

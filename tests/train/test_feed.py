@@ -1,12 +1,18 @@
 """senet.train.feed: the deferred finite check of losses and weights and the device feeder (their CPU
 behaviour, and the CUDA scheduling logic run on CPU with a check every few steps)."""
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from senet.data import pack_folder
+from senet.data.device_pipeline import ConvertOnDevice, DeviceBatchPipeline, DeviceLoader, Uint8Batch
+from senet.data.loaders import _ShardSampler
 from senet.train import TrainingDiverged, train
 from senet.train import feed
+from senet.train.engine import Dist, _build_data, _loaders
 from senet.train.checkpoint import list_checkpoints, load_checkpoint
 from senet.train.control import FAULT_ENV
 from tests.train.test_engine import tiny_config
@@ -143,10 +149,15 @@ def _folder_config(tmp_path, root, name, **overrides):
     return tiny_config(tmp_path, name, **{**values, **overrides})
 
 
-def test_the_gpu_loader_trains_exactly_as_the_cpu_loader_where_both_decode_alike(tmp_path, make_folder):
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "shards"])
+def test_the_gpu_loader_trains_exactly_as_the_cpu_loader_where_both_decode_alike(
+    tmp_path, make_folder, packed
+):
     # On CPU the "gpu" loader decodes with torchvision (libjpeg, as PIL) in the training process: the same
-    # crops, flips and Cutout squares, the same pixels, hence bit-for-bit the same run.
+    # crops, flips and Cutout squares, the same pixels, hence bit-for-bit the same run; from shards too.
     root = make_folder(classes=("cat", "dog"), per_class=6)
+    if packed:
+        root = pack_folder(root, tmp_path / "shards", images_per_shard=5)
     cpu = train(_folder_config(tmp_path, root, "cpu", loader="cpu"))
     gpu = train(_folder_config(tmp_path, root, "gpu", loader="gpu"))
     assert [r["train_loss"] for r in cpu.history] == [r["train_loss"] for r in gpu.history]
@@ -157,7 +168,34 @@ def test_the_gpu_loader_trains_exactly_as_the_cpu_loader_where_both_decode_alike
 
 
 def test_the_gpu_loader_refuses_data_it_cannot_decode_on_the_device(tmp_path):
-    with pytest.raises(ValueError, match="the GPU loader reads the image files of an image folder"):
+    with pytest.raises(ValueError, match="the GPU loader reads the image files of an image folder or of its"):
         train(tiny_config(tmp_path, loader="gpu"))
     with pytest.raises(ValueError, match="unknown loader 'dali'; choose auto"):
         tiny_config(tmp_path, loader="dali")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "shards"])
+def test_on_cuda_the_cpu_loader_sends_uint8_and_auto_decodes_shards_on_the_device(
+    tmp_path, make_folder, packed
+):
+    """The loaders the engine builds for a CUDA device (built here, and their workers' side run, on CPU):
+    --loader cpu sends uint8 batches that the device converts; auto decodes folders and shards there. On a
+    CPU device the CPU loader still sends float32 batches (bit-identical runs: the tests above)."""
+    root = make_folder(classes=("cat", "dog"), per_class=4)
+    if packed:
+        root = pack_folder(root, tmp_path / "shards", images_per_shard=3)
+    config = _folder_config(tmp_path, root, "run", loader="cpu")
+    spec = _build_data(config)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for loader in _loaders(config, Dist(), cuda, spec, 4):
+        assert isinstance(loader, DeviceLoader) and isinstance(loader.pipeline, ConvertOnDevice)
+        assert isinstance(loader.sampler, _ShardSampler) == packed
+        loader.loader.pin_memory = False  # no GPU here to pin for
+        batch = next(iter(loader.loader))
+        assert isinstance(batch, Uint8Batch) and batch.images.dtype == torch.uint8
+    for loader in _loaders(config, Dist(), cpu, spec, 4):
+        images, _, _ = next(iter(loader))
+        assert images.dtype == torch.float32
+    auto = _loaders(dataclasses.replace(config, loader="auto"), Dist(), cuda, spec, 4)
+    assert all(isinstance(loader.pipeline, DeviceBatchPipeline) for loader in auto)
+    assert all(isinstance(loader.sampler, _ShardSampler) == packed for loader in auto)

@@ -45,7 +45,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -191,63 +191,29 @@ def _as_blocks(model: nn.Module, blocks: str | Sequence[str] | Sequence[SEBlock]
 # ------------------------------------------------------------------------------------------ patching
 
 
-_MISSING = object()
-
-
-@contextlib.contextmanager
-def _patched(module: nn.Module, **attributes: Any) -> Iterator[None]:
-    """Instance attributes that shadow ``module``'s methods, restored (or removed) on exit."""
-    saved = {name: module.__dict__.get(name, _MISSING) for name in attributes}
-    module.__dict__.update(attributes)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is _MISSING:
-                module.__dict__.pop(name, None)
-            else:
-                module.__dict__[name] = value
-
-
-def _pass_through(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _ones(x: torch.Tensor) -> torch.Tensor:
-    return x.new_ones((x.shape[0], x.shape[1], 1, 1))
-
-
-def _add(x: torch.Tensor, residual: torch.Tensor, activation: nn.Module | None = None) -> torch.Tensor:
-    out = residual + x
-    return activation(out) if activation is not None else out
-
-
-def _norm_add(
-    c: torch.Tensor, norm: nn.Module, residual: torch.Tensor, activation: nn.Module | None = None
-) -> torch.Tensor:
-    return _add(norm(c), residual, activation)
-
-
 @contextlib.contextmanager
 def se_removed(model: nn.Module, blocks: str | Sequence[str] | Sequence[SEBlock]) -> Iterator[list[SEBlock]]:
     """Within the ``with`` block, the chosen SE blocks of ``model`` are identities (every gate 1).
 
-    ``blocks``: names, module paths or wildcards (see the module doc), or :class:`SEBlock` objects. Every path
-    that computes a block's output honours it: ``forward`` returns its input, ``scale_and_add`` and
-    ``norm_scale_and_add`` (the residual units' fused paths) return ``activation(residual + x)``, in eval and
-    training mode; ``gates`` returns ones to whoever asks. The blocks' methods are restored on exit, also after
-    an exception. Yields the blocks.
+    ``blocks``: names, module paths or wildcards (see the module doc), or :class:`SEBlock` objects. Each block's
+    own switch (:attr:`SqueezeExcite.removed`) makes every path that computes its output honour it: ``forward``
+    returns its input, ``scale_and_add`` and ``norm_scale_and_add`` (the residual units' fused paths) return
+    ``activation(residual + x)``, in eval and training mode; ``gates`` returns ones to whoever asks. The
+    switches are restored on exit, also after an exception. Yields the blocks.
     """
     if blocks is None:
         raise ValueError(
             "se_removed needs the blocks to remove: names, wildcards (SE_5_*) or SEBlock objects"
         )
     chosen = _as_blocks(model, blocks)
-    identity = dict(forward=_pass_through, scale_and_add=_add, norm_scale_and_add=_norm_add, gates=_ones)
-    with contextlib.ExitStack() as stack:
+    saved = [block.module.removed for block in chosen]
+    try:
         for block in chosen:
-            stack.enter_context(_patched(block.module, **identity))
+            block.module.removed = True
         yield chosen
+    finally:
+        for block, removed in zip(chosen, saved):
+            block.module.removed = removed
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -448,19 +414,15 @@ class ExcitationStats:
 def _recording(blocks: Sequence[SEBlock]) -> Iterator[list[list[torch.Tensor]]]:
     """Each block's ``gates`` records what it returns, in the list of that block."""
     records: list[list[torch.Tensor]] = [[] for _ in blocks]
-
-    def recorder(original: Callable[[torch.Tensor], torch.Tensor], into: list) -> Callable:
-        def gates(x: torch.Tensor) -> torch.Tensor:
-            s = original(x)
-            into.append(s.detach())
-            return s
-
-        return gates
-
-    with contextlib.ExitStack() as stack:
-        for block, into in zip(blocks, records):
-            stack.enter_context(_patched(block.module, gates=recorder(block.module.gates, into)))
+    handles = [
+        block.module.register_gates_hook(lambda module, s, into=into: into.append(s.detach()))
+        for block, into in zip(blocks, records)
+    ]
+    try:
         yield records
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _class_names(model: nn.Module, classes: Sequence[str] | None) -> list[str]:

@@ -1,4 +1,5 @@
 """A GPU input pipeline: loader workers read JPEG files and draw the augmentation; the device does the rest.
+And the CPU loader on a GPU: workers send uint8 images, the device converts and normalises them.
 
 On a GPU the CPU transform (decode, random-resized crop, flip, normalise, Cutout: about 250 images/s a core)
 starves training. Here a worker only reads a file's bytes, reads its size from the header (no decoding) and
@@ -7,7 +8,9 @@ number of calls the CPU transform makes: with the same worker seeds both paths c
 same images and cut out the same squares. The device then decodes the batch in one ``decode_jpeg`` call
 (nvjpeg on CUDA), crops and resizes each uint8 image, stacks, flips, converts, normalises and cuts out.
 
-A batch flows as::
+The files are an image folder's, or the members of packed shards (``senet.data.shards``: a worker reads each
+image's bytes with one ranged read, and the loader reads shard by shard as the CPU loader does). A batch
+flows as::
 
     RawImageDataset[i] -> (bytes uint8 (L,), label, ImageParams)        # in a loader worker
                        or (image float (3, S, S), label, ImageParams)   # CPU fallback: not a plain JPEG
@@ -26,10 +29,20 @@ it is found unreadable; the CPU path draws none for it, so the worker's later dr
 The transform is replayed from the dataset's own ``v2.Compose`` (``plan_transform``): ToImage, Resize,
 CenterCrop, RandomResizedCrop, RandomHorizontalFlip, ToDtype, Normalize, Cutout, ToPureTensor. Anything else,
 ten-crop evaluation included, is refused with one line: it stays on the CPU loader.
+
+The CPU loader on a GPU (``convert_on_device``): the workers run the CPU transform up to its float conversion
+and draw the Cutout square there (the transform's last draw), and send uint8 batches, a quarter of float32's
+bytes to pin and copy; the device converts, normalises and cuts out the batch with the transform's own
+arithmetic (``ConvertOnDevice``)::
+
+    dataset[i] -> ((image uint8 (C, S, S), Cutout square or None), label)   # in a loader worker
+    collate_uint8(items) -> Uint8Batch -> ConvertOnDevice(batch, device, channels_last)
+                       -> (images float (N, C, S, S), targets (N,), num_skipped)
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import warnings
@@ -39,9 +52,10 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import tv_tensors
 from torchvision.datasets.folder import default_loader
+from torchvision.datasets.vision import StandardTransform, VisionDataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -49,16 +63,23 @@ from torchvision.transforms.v2.functional._geometry import _compute_resized_outp
 
 from senet.data.datasets import DataSpec, report_unreadable
 from senet.data.loaders import build_loader
+from senet.data.shards import ShardDataset, decode_image
 from senet.data.transforms import Cutout
 
 __all__ = [
+    "ConvertOnDevice",
     "DeviceBatchPipeline",
+    "DeviceLoader",
     "DevicePlan",
     "ImageParams",
     "RawBatch",
     "RawImageDataset",
+    "Uint8Batch",
     "build_raw_loader",
     "collate_raw",
+    "collate_uint8",
+    "convert_on_device",
+    "decodes_on_device",
     "device_pipeline_datasets",
     "plan_transform",
 ]
@@ -211,8 +232,9 @@ def _moves_before_pointwise(step: nn.Module, batched: list[nn.Module], least: in
 
 @dataclass(frozen=True)
 class ImageParams:
-    """One item's file and what the host drew for it.
+    """One item's image and what the host drew for it.
 
+    ``path``: where the image is, as an error names it: its file, or ``KEY in shard URL``.
     ``fallback``: the item was decoded and transformed in the worker by the CPU transform (the other fields
     are then unused). ``size``: (height, width) from the JPEG header. ``crop``: (top, left, height, width) of
     the random-resized crop in the source image; ``flip``: mirror it; ``cutout``: (top, left, height, width)
@@ -232,29 +254,78 @@ class ImageParams:
 RawItem = tuple[torch.Tensor, int, ImageParams]
 
 
-class RawImageDataset(Dataset[RawItem | None]):
-    """An image-folder dataset whose items are ``(file bytes uint8 (L,), label, ImageParams)``.
+class _FileReader:
+    """The images of an image folder: ``samples`` (path, label), each file read whole; a file that cannot be
+    opened is unreadable (skipped), as the folder's loader finds it."""
 
-    ``folder_dataset`` needs ``samples`` ((path, label) pairs) and ``transform`` (the CPU transform this
-    replays, see ``plan_transform``); ``loader`` (PIL by default) and ``strict`` are used when present, as in
-    ``senet.data.datasets._ImageFolder``. Items that are not RGB/greyscale JPEGs come transformed,
-    ``(image float (C, S, S), label, ImageParams(fallback=True))``; an unreadable file gives None (warned once
-    per path per process), or raises naming the path under ``strict``. ``train=False`` needs a deterministic
-    transform (evaluation).
+    skipped_read_errors: tuple[type[BaseException], ...] = (OSError,)
+    fix = "fix or delete the file"  # what an error about an unreadable image advises
+
+    def __init__(self, folder_dataset: Any) -> None:
+        self.samples: list[tuple[str, int]] = [
+            (str(path), int(label)) for path, label in folder_dataset.samples
+        ]
+        self.loader: Callable[[str], Any] = getattr(folder_dataset, "loader", default_loader)
+
+    def name(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def read(self, index: int) -> bytearray:
+        with open(self.samples[index][0], "rb") as file:
+            return bytearray(file.read())
+
+    def decode(self, index: int, data: bytearray) -> Any:
+        return self.loader(self.samples[index][0])  # the folder's own loader, as its items are decoded
+
+
+class _ShardReader:
+    """The images of packed shards: one ranged read each through ``ShardDataset.read_bytes``; a read that
+    still fails after its retries is an error, never a skipped image, as for the CPU loader of shards."""
+
+    skipped_read_errors: tuple[type[BaseException], ...] = ()
+    fix = ShardDataset.UNREADABLE_FIX
+
+    def __init__(self, shards: ShardDataset) -> None:
+        self.shards = shards
+
+    def name(self, index: int) -> str:
+        return self.shards.describe(index)
+
+    def read(self, index: int) -> bytearray:
+        return bytearray(self.shards.read_bytes(index))  # writable: torch.frombuffer shares it
+
+    def decode(self, index: int, data: bytearray) -> Any:
+        return decode_image(bytes(data))
+
+
+class RawImageDataset(Dataset[RawItem | None]):
+    """An image-folder or shard dataset whose items are ``(image file bytes uint8 (L,), label, ImageParams)``.
+
+    ``dataset``: a ``senet.data.shards.ShardDataset`` (its ``shard_sizes`` are kept: ``build_loader`` reads it
+    shard by shard), or a folder dataset with ``samples`` ((path, label) pairs) and ``loader`` (PIL by
+    default). Its ``transform`` is the CPU transform this replays (see ``plan_transform``); ``strict`` is
+    used when present, as in ``senet.data.datasets._ImageFolder``. Items that are not RGB/greyscale JPEGs come
+    transformed, ``(image float (C, S, S), label, ImageParams(fallback=True))``; an unreadable image gives
+    None (warned once per image per process), or raises naming it under ``strict``. ``train=False`` needs a
+    deterministic transform (evaluation).
     """
 
-    def __init__(self, folder_dataset: Any, train: bool, *, strict: bool | None = None) -> None:
-        samples = getattr(folder_dataset, "samples", None)
-        if samples is None:
+    def __init__(self, dataset: Any, train: bool, *, strict: bool | None = None) -> None:
+        if isinstance(dataset, ShardDataset):
+            self.reader: _FileReader | _ShardReader = _ShardReader(dataset)
+            self.shard_sizes = list(dataset.shard_sizes)
+            self.targets = list(dataset.targets)
+        elif getattr(dataset, "samples", None) is not None:
+            self.reader = _FileReader(dataset)
+            self.samples = self.reader.samples
+            self.targets = [label for _, label in self.samples]
+        else:
             raise ValueError(
-                f"the device pipeline reads image files; {type(folder_dataset).__name__} has no samples "
-                "(path, label) list: use the CPU loader"
+                f"the device pipeline reads image files or shards; {type(dataset).__name__} has neither a "
+                "samples (path, label) list nor shards: use the CPU loader"
             )
-        self.samples: list[tuple[str, int]] = [(str(path), int(label)) for path, label in samples]
-        self.targets = [label for _, label in self.samples]
-        self.transform: Callable[[Any], torch.Tensor] = folder_dataset.transform
-        self.loader: Callable[[str], Any] = getattr(folder_dataset, "loader", default_loader)
-        self.strict = bool(getattr(folder_dataset, "strict", False) if strict is None else strict)
+        self.transform: Callable[[Any], torch.Tensor] = dataset.transform
+        self.strict = bool(getattr(dataset, "strict", False) if strict is None else strict)
         self.train = train
         self.plan = plan_transform(self.transform)
         if not train and self.plan.random:
@@ -262,32 +333,31 @@ class RawImageDataset(Dataset[RawItem | None]):
         self._warned: set[str] = set()  # per process: each loader worker warns on its own
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.targets)
 
     def __getitem__(self, index: int) -> RawItem | None:
-        path, target = self.samples[index]
+        what, target = self.reader.name(index), self.targets[index]
         try:
-            with open(path, "rb") as file:
-                data = bytearray(file.read())
-        except OSError as error:
-            return self._unreadable(path, error)
+            data = self.reader.read(index)
+        except self.reader.skipped_read_errors as error:
+            return self._unreadable(what, error)
         size = _jpeg_size(data)
         if size is None:
-            return self._on_host(path, target)
+            return self._on_host(index, what, data, target)
         drawn = self.plan.draw(*size)
-        params = ImageParams(path, self.train, size=size, **drawn)
+        params = ImageParams(what, self.train, size=size, **drawn)
         return torch.frombuffer(data, dtype=torch.uint8), target, params
 
-    def _on_host(self, path: str, target: int) -> RawItem | None:
-        """Exactly the CPU dataset's item: the loader decodes, the CPU transform draws and transforms."""
+    def _on_host(self, index: int, what: str, data: bytearray, target: int) -> RawItem | None:
+        """Exactly the CPU dataset's item: decoded as it decodes, the CPU transform draws and transforms."""
         try:
-            image = self.loader(path)
+            image = self.reader.decode(index, data)
         except _DECODE_ERRORS as error:
-            return self._unreadable(path, error)
-        return self.transform(image), target, ImageParams(path, self.train, fallback=True)
+            return self._unreadable(what, error)
+        return self.transform(image), target, ImageParams(what, self.train, fallback=True)
 
-    def _unreadable(self, path: str, error: BaseException) -> None:
-        report_unreadable(path, error, strict=self.strict, warned=self._warned)
+    def _unreadable(self, what: str, error: BaseException) -> None:
+        report_unreadable(what, error, strict=self.strict, warned=self._warned, fix=self.reader.fix)
         return None
 
 
@@ -364,21 +434,66 @@ def build_raw_loader(dataset: RawImageDataset, **kwargs: Any) -> DataLoader[Any]
 # ---------------------------------------------------------------------------------------- the device side
 
 
-class DeviceBatchPipeline:
+class _BatchConversion:
+    """The steps of a transform from its float conversion on (ToDtype, Normalize, Cutout), applied to a
+    stacked batch on its device with the CPU transform's own arithmetic; the constants kept on the device."""
+
+    def __init__(self) -> None:
+        self._constants: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def _convert(
+        self,
+        steps: tuple[nn.Module, ...],
+        batch: torch.Tensor,
+        squares: list[tuple[int, int, int, int] | None],
+    ) -> torch.Tensor:
+        """``steps`` on ``batch`` in order; ``squares``: each image's Cutout square, drawn on the host."""
+        for step in steps:
+            if isinstance(step, v2.ToDtype):
+                batch = F.to_dtype(batch, step.dtype, scale=step.scale)
+            elif isinstance(step, v2.Normalize):
+                # F.normalize's arithmetic (sub, then div), without its host check of std on the device.
+                mean = self._constant("mean", step.mean, batch)
+                std = self._constant("std", step.std, batch)
+                batch = batch.sub(mean).div_(std)
+            elif isinstance(step, Cutout):
+                batch = _erase(batch, squares)
+        return batch
+
+    def _constant(self, name: str, values: Any, like: torch.Tensor) -> torch.Tensor:
+        key = (name, tuple(values), like.dtype, like.device)
+        if key not in self._constants:
+            self._constants[key] = torch.as_tensor(list(values), dtype=like.dtype, device=like.device).view(
+                -1, 1, 1
+            )
+        return self._constants[key]
+
+
+class DeviceBatchPipeline(_BatchConversion):
     """``RawBatch`` -> ``(images, targets, num_skipped)`` on ``device``, as the CPU loader's batch would be.
 
     ``images``: float (N, C, S, S), normalised (channels-last when asked); ``targets``: int64 (N,);
     ``num_skipped``: the workers' unreadable items plus the JPEGs the device could not decode. A batch with
     nothing left gives ``images`` and ``targets`` with no element (``targets.numel() == 0``), as the CPU
     loader's. ``train``/``val``: the plans of the two datasets (``RawImageDataset.plan``); ``strict``: a JPEG
-    that does not decode raises, naming it, instead of being dropped.
+    that does not decode raises, naming it, instead of being dropped; ``fix``: what that error advises.
+    ``collate``: the collate function of its loaders.
     """
 
-    def __init__(self, train: DevicePlan | None, val: DevicePlan | None, *, strict: bool = False) -> None:
+    collate = staticmethod(collate_raw)
+
+    def __init__(
+        self,
+        train: DevicePlan | None,
+        val: DevicePlan | None,
+        *,
+        strict: bool = False,
+        fix: str = _FileReader.fix,
+    ) -> None:
+        super().__init__()
         self.plans = {True: train, False: val}
-        self.strict = strict
+        self.strict, self.fix = strict, fix
         self._warned: set[str] = set()
-        self._constants: dict[tuple[Any, ...], torch.Tensor] = {}
 
     def __call__(
         self, batch: RawBatch, device: torch.device | str, channels_last: bool = False
@@ -429,7 +544,7 @@ class DeviceBatchPipeline:
         for k, (image, params) in enumerate(zip(images, batch.params)):
             if image is not None and tuple(image.shape[-2:]) != params.size:
                 error = ValueError(f"decoded {tuple(image.shape[-2:])}, but its header says {params.size}")
-                report_unreadable(params.path, error, strict=self.strict, warned=self._warned)
+                report_unreadable(params.path, error, strict=self.strict, warned=self._warned, fix=self.fix)
                 images[k] = None
         return images
 
@@ -443,7 +558,7 @@ class DeviceBatchPipeline:
             except Exception as failure:  # nvjpeg and libjpeg raise RuntimeError; anything else too
                 error = failure
         assert error is not None
-        report_unreadable(path, error, strict=self.strict, warned=self._warned)
+        report_unreadable(path, error, strict=self.strict, warned=self._warned, fix=self.fix)
         return None
 
     # -- the transform
@@ -458,17 +573,7 @@ class DeviceBatchPipeline:
         if plan.batch_flip:
             flips = torch.tensor([p.flip for p in params]).to(device, non_blocking=True)
             batch = torch.where(flips.view(-1, 1, 1, 1), F.horizontal_flip(batch), batch)
-        for step in plan.batched:
-            if isinstance(step, v2.ToDtype):
-                batch = F.to_dtype(batch, step.dtype, scale=step.scale)
-            elif isinstance(step, v2.Normalize):
-                # F.normalize's arithmetic (sub, then div), without its host check of std on the device.
-                mean = self._constant("mean", step.mean, batch)
-                std = self._constant("std", step.std, batch)
-                batch = batch.sub(mean).div_(std)
-            elif isinstance(step, Cutout):
-                batch = _erase(batch, [p.cutout for p in params])
-        return batch
+        return self._convert(plan.batched, batch, [p.cutout for p in params])
 
     @staticmethod
     def _geometry(plan: DevicePlan, image: torch.Tensor, params: ImageParams) -> torch.Tensor:
@@ -496,14 +601,6 @@ class DeviceBatchPipeline:
                 image = F.horizontal_flip(image)
         return image
 
-    def _constant(self, name: str, values: Any, like: torch.Tensor) -> torch.Tensor:
-        key = (name, tuple(values), like.dtype, like.device)
-        if key not in self._constants:
-            self._constants[key] = torch.as_tensor(list(values), dtype=like.dtype, device=like.device).view(
-                -1, 1, 1
-            )
-        return self._constants[key]
-
 
 def _decode_jpegs(chunks: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
@@ -524,21 +621,151 @@ def _erase(batch: torch.Tensor, squares: list[tuple[int, int, int, int] | None])
     return batch.masked_fill(inside, 0)
 
 
+# ------------------------------------------------------------------------ the CPU loader on a GPU: uint8
+
+
+class _UntilConversion(nn.Module):
+    """A worker's part of a transform cut at its float conversion: the steps before it, then the Cutout square
+    drawn as Cutout draws it (the transform's last draw: nothing after the cut draws before Cutout). Gives
+    ``(image (C, H, W), (top, left, height, width) or None)``."""
+
+    def __init__(self, steps: tuple[nn.Module, ...], cutout: Cutout | None) -> None:
+        super().__init__()
+        self.steps = v2.Compose(list(steps))
+        self.cutout = cutout
+
+    def forward(self, image: Any) -> tuple[torch.Tensor, tuple[int, int, int, int] | None]:
+        image = self.steps(image)
+        square = None
+        if self.cutout is not None:
+            drawn = self.cutout.make_params([image])
+            square = (drawn["i"], drawn["j"], drawn["h"], drawn["w"])
+        return image.as_subclass(torch.Tensor), square
+
+
+def _split_at_conversion(transform: Any) -> tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]] | None:
+    """(the steps before the float conversion, the conversion's steps) of a ``v2.Compose`` that makes a
+    tensor image (ToImage) and from its first ToDtype on only converts, normalises and cuts out (at most one
+    Cutout); None for any other transform (ten-crop's stacking, a step of another kind)."""
+    if not isinstance(transform, v2.Compose):
+        return None
+    steps = list(transform.transforms)
+    first = next((k for k, step in enumerate(steps) if isinstance(step, v2.ToDtype)), None)
+    if first is None or not any(isinstance(step, v2.ToImage) for step in steps[:first]):
+        return None
+    after = tuple(step for step in steps[first:] if not isinstance(step, v2.ToPureTensor))
+    if not all(isinstance(step, _BATCHED) for step in after):
+        return None
+    if sum(isinstance(step, Cutout) for step in after) > 1:
+        return None
+    if any(isinstance(step, v2.ToDtype) and not isinstance(step.dtype, torch.dtype) for step in after):
+        return None
+    return tuple(steps[:first]), after
+
+
+@dataclass
+class Uint8Batch:
+    """What the CPU loader sends a GPU (``collate_uint8``): ``images`` before their float conversion (uint8
+    (N, C, S, S) for image files and CIFAR), ``squares``: each one's Cutout square (top, left, height, width)
+    or None, ``targets`` (N,), and ``num_skipped``: the unreadable items dropped."""
+
+    images: torch.Tensor
+    squares: list[tuple[int, int, int, int] | None]
+    targets: torch.Tensor
+    num_skipped: int
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def pin_memory(self) -> "Uint8Batch":
+        return replace(self, images=self.images.pin_memory(), targets=self.targets.pin_memory())
+
+
+def collate_uint8(batch: list[tuple[tuple[torch.Tensor, Any], int] | None]) -> Uint8Batch:
+    """Collate the items of a ``convert_on_device`` dataset (None: unreadable, counted in ``num_skipped``)."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return Uint8Batch(torch.empty(0, dtype=torch.uint8), [], torch.empty(0, dtype=torch.long), len(batch))
+    # default_collate stacks into shared memory in a worker: the batch is not copied again to be sent
+    images, targets = default_collate([(image, label) for (image, _), label in kept])
+    return Uint8Batch(images, [square for (_, square), _ in kept], targets, len(batch) - len(kept))
+
+
+class ConvertOnDevice(_BatchConversion):
+    """``Uint8Batch`` -> ``(images, targets, num_skipped)`` on ``device``: the batch is copied as it is and
+    converted, normalised and cut out there with the CPU transform's arithmetic (``steps``: its ToDtype,
+    Normalize and Cutout, in order): the CPU loader's float batch, bit for bit on CPU (tested). ``images``:
+    float (N, C, S, S), channels-last when asked; a batch of unreadable images only gives ``images`` and
+    ``targets`` with no element, as the CPU loader's. ``collate``: the collate function of its loader."""
+
+    collate = staticmethod(collate_uint8)
+
+    def __init__(self, steps: tuple[nn.Module, ...]) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def __call__(
+        self, batch: Uint8Batch, device: torch.device | str, channels_last: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        device = torch.device(device)
+        targets = batch.targets.to(device, non_blocking=True)
+        if not len(batch):
+            return torch.empty(0, device=device), targets, batch.num_skipped
+        images = batch.images.to(device, non_blocking=True)
+        if (
+            channels_last
+        ):  # before the conversion: the float ops keep the layout, and uint8 is cheaper to move
+            images = images.contiguous(memory_format=torch.channels_last)
+        images = self._convert(self.steps, images, batch.squares)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets, batch.num_skipped
+
+
+def convert_on_device(dataset: Any) -> tuple[Any, ConvertOnDevice] | None:
+    """The CPU loader's dataset for a GPU, and what finishes its batches there; None where it cannot be split.
+
+    The dataset is a shallow copy of ``dataset`` (the same images, reading and unreadable handling) whose
+    transform stops before the float conversion: items ``((image, Cutout square or None), label)``, drawn from
+    the RNG in the CPU transform's order. Load it with ``build_loader(..., collate_fn=collate_uint8)`` (the
+    same sampler and worker seeds: the same draws) and finish each batch with ``finish(batch, device,
+    channels_last)``. None when ``dataset``'s ``transform`` does not end in ToDtype, Normalize and Cutout
+    after making a tensor image (see ``_split_at_conversion``): load it as it is.
+    """
+    split = _split_at_conversion(getattr(dataset, "transform", None))
+    if split is None:
+        return None
+    before, after = split
+    cutout = next((step for step in after if isinstance(step, Cutout)), None)
+    host = copy.copy(dataset)  # a ShardDataset's copy opens its own shards (its __getstate__)
+    host.transform = _UntilConversion(before, cutout)
+    if isinstance(host, VisionDataset):  # torchvision keeps the transform twice
+        host.transforms = StandardTransform(host.transform, host.target_transform)
+    return host, ConvertOnDevice(after)
+
+
 # ----------------------------------------------------------------------------------------------- the entry
 
 
+def decodes_on_device(spec: DataSpec) -> bool:
+    """Whether the GPU loader can read ``spec``: image files, of an image folder or packed in shards."""
+    return all(
+        isinstance(split, ShardDataset) or hasattr(split, "samples") for split in (spec.train, spec.val)
+    )
+
+
 def device_pipeline_datasets(spec: DataSpec) -> tuple[RawImageDataset, RawImageDataset, DeviceBatchPipeline]:
-    """The raw datasets of an image-folder ``spec`` and the pipeline that finishes their batches on a device.
+    """The raw datasets of an image-folder or shards ``spec``, and the pipeline that finishes their batches on
+    a device.
 
     Load them with ``build_raw_loader`` (``build_loader``'s arguments), then ``pipeline(batch, device,
-    channels_last)`` per batch. Other sources (digits and CIFAR, held as tensors; packed shards) and ten-crop
-    evaluation are refused in one line: they stay on the CPU loader.
+    channels_last)`` per batch. Other sources (digits and CIFAR, held as tensors) and ten-crop evaluation are
+    refused in one line: they stay on the CPU loader.
     """
-    if not all(hasattr(split, "samples") for split in (spec.train, spec.val)):
+    if not decodes_on_device(spec):
         raise ValueError(
-            f"the GPU loader reads the image files of an image folder; {spec.name} data "
-            f"({type(spec.train).__name__}: tensors in memory, or packed shards) is not one: "
-            "use the CPU loader"
+            f"the GPU loader reads the image files of an image folder or of its shards; {spec.name} data "
+            f"({type(spec.train).__name__}: tensors in memory) is neither: use the CPU loader"
         )
     train = RawImageDataset(spec.train, train=True)
     val = RawImageDataset(spec.val, train=False)
@@ -546,18 +773,21 @@ def device_pipeline_datasets(spec: DataSpec) -> tuple[RawImageDataset, RawImageD
         raise ValueError(
             f"the training transform gives {train.plan.output_size} images, not the spec's {spec.image_size}"
         )
-    pipeline = DeviceBatchPipeline(train.plan, val.plan, strict=train.strict or val.strict)
+    pipeline = DeviceBatchPipeline(
+        train.plan, val.plan, strict=train.strict or val.strict, fix=train.reader.fix
+    )
     return train, val, pipeline
 
 
-class DecodedLoader:
-    """A raw loader whose batches ``pipeline`` finishes on ``device``: iterates like the CPU loader (batches
-    ``(images, targets, num_skipped)``, already on the device), with its ``sampler`` and length."""
+class DeviceLoader:
+    """A loader whose batches ``pipeline`` finishes on ``device`` (a ``DeviceBatchPipeline`` or a
+    ``ConvertOnDevice``): iterates like the CPU loader (batches ``(images, targets, num_skipped)``, already on
+    the device), with its ``sampler`` and length."""
 
     def __init__(
         self,
         loader: DataLoader[Any],
-        pipeline: DeviceBatchPipeline,
+        pipeline: DeviceBatchPipeline | ConvertOnDevice,
         device: torch.device,
         channels_last: bool,
     ) -> None:

@@ -2,7 +2,8 @@
 
 Every loader yields ``(images, targets, num_skipped)``. Sample order is a pure function of ``(seed, epoch)``
 (the engine calls ``loader.sampler.set_epoch(epoch)`` every epoch), so a resumed run replays epoch e exactly.
-Packed shards (``senet.data.shards.ShardDataset``) are read shard by shard (``_ShardSampler``).
+Packed shards (``senet.data.shards.ShardDataset``, and any dataset that gives its ``shard_sizes``) are read
+shard by shard (``_ShardSampler``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import torch
 from torch import distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
-from senet.data.shards import ShardDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor, int]
 
@@ -297,8 +297,9 @@ def build_loader(
             labels, unreadable items dropped and counted (``senet.detection.data.collate`` for detection).
 
     ``loader.sampler.set_epoch(epoch, start=0)`` exists in every mode (``start``: skip the epoch's first
-    indices, to resume mid-epoch). A ``ShardDataset`` is read shard by shard (``_ShardSampler``), unless
-    ``balanced_targets`` asks for class-balanced draws. A batch whose images were all unreadable is
+    indices, to resume mid-epoch). A dataset with ``shard_sizes`` (a ``ShardDataset``, or the GPU loader's
+    dataset of one) is read shard by shard (``_ShardSampler``), unless ``balanced_targets`` asks for
+    class-balanced draws. A batch whose images were all unreadable is
     empty (``targets.numel() == 0``) with ``num_skipped == batch_size``; skip it.
     """
     if batch_size < 1:
@@ -314,7 +315,7 @@ def build_loader(
         seed=seed,
         world=world,
         balanced_targets=balanced_targets,
-        shard_sizes=dataset.shard_sizes if isinstance(dataset, ShardDataset) else None,
+        shard_sizes=getattr(dataset, "shard_sizes", None),  # read shard by shard: see _ShardSampler
     )
     rank = world[1] if world else 0
     loader = DataLoader(

@@ -398,8 +398,9 @@ def _check_index(index_url: str, index: dict[str, Any]) -> None:
             raise ValueError(f"{index_url}: {split} lists {record['samples']} samples, its shards {total}")
 
 
-def _decode(data: bytes) -> Image.Image:
-    # torchvision's pil_loader, from bytes: Image.open, then convert("RGB") (which decodes the whole image)
+def decode_image(data: bytes) -> Image.Image:
+    """A stored image file as an RGB PIL image: torchvision's pil_loader, from bytes (Image.open, then
+    convert("RGB"), which decodes the whole image); raises what PIL raises for an undecodable one."""
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
 
@@ -412,6 +413,8 @@ class ShardDataset(Dataset[Any]):
     is pickled), kept open (the ``_MAX_OPEN`` most recently used), and every read is retried; an image that
     does not decode is skipped (None, warned once per key) or, with ``strict``, an error naming shard and key.
     """
+
+    UNREADABLE_FIX = "re-pack it from a fixed image folder"  # what an error about an unreadable item advises
 
     def __init__(
         self,
@@ -475,22 +478,26 @@ class ShardDataset(Dataset[Any]):
     def load_image(self, index: int) -> Image.Image:
         """Item ``index``'s image as an RGB PIL image, as torchvision's loader opens an image file; raises what
         PIL raises for an undecodable one."""
-        return _decode(self.read_bytes(index))
+        return decode_image(self.read_bytes(index))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         data = self.read_bytes(index)  # a failed read is an error, never a skipped image
         try:
-            image = _decode(data)
+            image = decode_image(data)
         except _DECODE_ERRORS as error:
             self._unreadable(index, error)
             return None
         return self.transform(image), self.targets[index]
 
-    def _unreadable(self, index: int, error: BaseException) -> None:
+    def describe(self, index: int) -> str:
+        """How an unreadable item ``index`` is named: ``KEY in shard URL``."""
         shard, key = self.locate(index)
-        what = f"{key} in shard {self.shard_urls[shard]}"
-        fix = "re-pack it from a fixed image folder"
-        report_unreadable(what, error, strict=self.strict, warned=self._warned, fix=fix)
+        return f"{key} in shard {self.shard_urls[shard]}"
+
+    def _unreadable(self, index: int, error: BaseException) -> None:
+        report_unreadable(
+            self.describe(index), error, strict=self.strict, warned=self._warned, fix=self.UNREADABLE_FIX
+        )
 
     def _handle(self, shard: int) -> Any:
         if self._pid != os.getpid():  # a forked worker: the parent's handles share its file positions
@@ -526,7 +533,7 @@ class ShardDataset(Dataset[Any]):
         for index in range(len(self)):
             data = self.read_bytes(index)
             try:
-                _decode(data)
+                decode_image(data)
                 return
             except _DECODE_ERRORS as error:
                 first = first or f"{self.locate(index)[1]}: {type(error).__name__}: {error}"

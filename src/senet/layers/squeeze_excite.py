@@ -7,12 +7,14 @@ One module serves every network family: a family decides *where* the block goes 
 from __future__ import annotations
 
 import numbers
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
+from torch.utils.hooks import RemovableHandle
 
 from senet.ops import squeeze_excite as ops
 
@@ -96,17 +98,36 @@ class SqueezeExcite(nn.Module):
                 "squeeze's training path recomputes the BatchNorm: leave it None"
             )
         self.recompute_norm = recompute_norm
+        # Gate 1 everywhere (the block removed, paper Sec. 7): what senet.analysis's removal study switches.
+        self.removed = False
+        self._gates_hooks: dict[int, Callable[[SqueezeExcite, torch.Tensor], None]] = OrderedDict()
+
+    def register_gates_hook(self, hook: Callable[[SqueezeExcite, torch.Tensor], None]) -> RemovableHandle:
+        """``hook(block, s)`` with the gates s of every input, wherever the block computes: while one is
+        registered, the block steps off its fused paths (which never form s as a tensor of its own). Returns
+        a handle whose ``remove()`` unregisters it."""
+        handle = RemovableHandle(self._gates_hooks)
+        self._gates_hooks[handle.id] = hook
+        return handle
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
-        """The excitation s of Eq. 3: (N, C, 1, 1), or (N, C, H, W) with ``squeeze="none"``."""
-        if self.squeeze == "none":
-            return self._gate_fn(self.fc2(self.relu(self.fc1(x))))
-        # On a squeezed (N, C) vector the 1x1 convs are matrix products: F.linear skips the convolution
-        # machinery (oneDNN primitive look-up, layout reorders), which dominates at this size.
-        z = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
-        if not self._plain_excitation():  # a replaced or hooked fc1 / relu / fc2 runs as the module it is
-            return self._gate_fn(self.fc2(self.relu(self.fc1(z[:, :, None, None]))))
-        return ops.excitation(z, *self._fc_weights(), self.gate)[1][:, :, None, None]
+        """The excitation s of Eq. 3: (N, C, 1, 1), or (N, C, H, W) with ``squeeze="none"``; ones when the
+        block is :attr:`removed`."""
+        if self.removed:
+            s = x.new_ones(x.shape[:2] + (1, 1))
+        elif self.squeeze == "none":
+            s = self._gate_fn(self.fc2(self.relu(self.fc1(x))))
+        else:
+            # On a squeezed (N, C) vector the 1x1 convs are matrix products: F.linear skips the convolution
+            # machinery (oneDNN primitive look-up, layout reorders), which dominates at this size.
+            z = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
+            if self._plain_excitation():
+                s = ops.excitation(z, *self._fc_weights(), self.gate)[1][:, :, None, None]
+            else:  # a replaced or hooked fc1 / relu / fc2 runs as the module it is
+                s = self._gate_fn(self.fc2(self.relu(self.fc1(z[:, :, None, None]))))
+        for hook in self._gates_hooks.values():
+            hook(self, s)
+        return s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused_backward(x):
@@ -199,7 +220,7 @@ class SqueezeExcite(nn.Module):
             and self.training
             and torch.is_grad_enabled()
             and isinstance(x, torch.Tensor)  # not a torch.fx proxy being traced
-            and self._plain_excitation()
+            and self._may_fuse()
         )
 
     def _inference_kernels(self, x: torch.Tensor) -> Any | None:
@@ -211,10 +232,15 @@ class SqueezeExcite(nn.Module):
             or not isinstance(x, torch.Tensor)
             or torch.compiler.is_compiling()
             or torch.jit.is_tracing()
-            or not self._plain_excitation()
+            or not self._may_fuse()
         ):
             return None
         return ops.triton_kernels(x)
+
+    def _may_fuse(self) -> bool:
+        """Whether a fused path computes what the plain ops would: the excitation as built, the block not
+        removed, and nobody waiting for its gates."""
+        return self._plain_excitation() and not self.removed and not self._gates_hooks
 
     def _plain_excitation(self) -> bool:
         """Whether ``fc1 -> relu -> fc2`` are still the modules this block built, unhooked: only then may a fast

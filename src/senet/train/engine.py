@@ -40,7 +40,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from senet.data import DataSpec, build_data, build_loader
-from senet.data.device_pipeline import DecodedLoader, build_raw_loader, device_pipeline_datasets
+from senet.data.device_pipeline import (
+    DeviceLoader,
+    convert_on_device,
+    decodes_on_device,
+    device_pipeline_datasets,
+)
 from senet.data.loaders import shutdown_workers
 from senet.models.registry import create_model
 from senet.train.checkpoint import (
@@ -359,32 +364,54 @@ def _build_data(config: TrainConfig) -> DataSpec:
 
 
 def _loaders(config: TrainConfig, ctx: Dist, device: torch.device, spec: DataSpec, batch: int) -> tuple:
-    """The train and val loaders: images decoded and augmented in the workers (``loader="cpu"``), or only read
-    there and finished on the device (``"gpu"``; ``"auto"``: on CUDA, for image folders)."""
+    """The train and val loaders: images decoded and augmented in the workers (``loader="cpu"``; on CUDA they
+    send uint8 batches, converted and normalised on the device), or only read there and finished on the
+    device (``"gpu"``; ``"auto"``: on CUDA, for image folders and their shards)."""
     cuda = device.type == "cuda"
-    gpu = config.loader == "gpu" or (config.loader == "auto" and cuda and hasattr(spec.train, "samples"))
-    train, val, pipeline = device_pipeline_datasets(spec) if gpu else (spec.train, spec.val, None)
-    make = build_raw_loader if pipeline is not None else build_loader
+    gpu = config.loader == "gpu" or (config.loader == "auto" and cuda and decodes_on_device(spec))
+    if gpu:
+        train, val, pipeline = device_pipeline_datasets(spec)
+        parts = [(train, pipeline), (val, pipeline)]
+    elif cuda:  # a quarter of float32's bytes to pin and copy
+        parts = [convert_on_device(split) or (split, None) for split in (spec.train, spec.val)]
+    else:
+        parts = [(spec.train, None), (spec.val, None)]
+    (train, train_finish), (val, val_finish) = parts
     common = dict(batch_size=batch, workers=config.workers, pin_memory=cuda)
     loaders = (
-        make(
+        build_loader(
             train,
             train=True,
             seed=config.seed,
             distributed=ctx.world_size > 1,
             balanced_targets=spec.train_targets if config.balanced_sampling else None,
+            collate_fn=train_finish.collate if train_finish else None,
             **common,
         ),
-        make(val_shard(val, ctx), train=False, **common),
+        build_loader(
+            val_shard(val, ctx), train=False, collate_fn=val_finish.collate if val_finish else None, **common
+        ),
     )
-    if pipeline is None:
-        return loaders
-    return tuple(DecodedLoader(loader, pipeline, device, config.channels_last) for loader in loaders)
+    return tuple(
+        loader if finish is None else DeviceLoader(loader, finish, device, config.channels_last)
+        for loader, finish in zip(loaders, (train_finish, val_finish))
+    )
 
 
 def val_shard(dataset: Any, ctx: Dist) -> Any:
-    """Every rank evaluates a disjoint slice; no padding, so summed metrics count each image once."""
-    return dataset if ctx.world_size == 1 else Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
+    """Every rank evaluates a disjoint part; no padding, so summed metrics count each image once.
+
+    Shards (a dataset with ``shard_sizes``) are cut into contiguous parts of their stored order, as equal as
+    can be: each rank reads its own run of shards in order, sharing at most the shard at each end of its
+    part with a neighbour (whole shards per rank could leave ranks idle, or twice as busy as others). Other
+    data is strided."""
+    if ctx.world_size == 1:
+        return dataset
+    if getattr(dataset, "shard_sizes", None) is not None:
+        total = len(dataset)
+        start, stop = total * ctx.rank // ctx.world_size, total * (ctx.rank + 1) // ctx.world_size
+        return Subset(dataset, range(start, stop))
+    return Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
 
 
 # -- metrics ------------------------------------------------------------------------------------------
@@ -602,7 +629,7 @@ def train(
             # The loaders' workers end with the run, not whenever the loaders are collected.
             if run is not None:
                 for loader in (run.train_loader, run.val_loader):
-                    shutdown_workers(getattr(loader, "loader", loader))  # a DecodedLoader wraps its loader
+                    shutdown_workers(getattr(loader, "loader", loader))  # a DeviceLoader wraps its loader
 
 
 def lr_text(record: dict[str, Any]) -> str:

@@ -5,6 +5,8 @@ On CUDA a training step is launched, not run: the host returns at once unless so
 copy overlaps the step; :class:`FiniteCheck` keeps the "were the loss and the weights finite?" flag on the
 device and reads it every ``every`` steps (and before anything is saved), naming the exact step where it first
 failed. On CPU both do what the plain loop does, at the same points (no behaviour or result changes there).
+A loader that finishes its batches on the device (``senet.data.device_pipeline.DeviceLoader``: the GPU
+pipeline, or the CPU loader's uint8 batches converted there) runs that work on the side stream too.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class DeviceFeeder:
         rng = rng_state()
         if self.stream is None:
             return (rng, *batch) if (batch := next(self.batches, None)) is not None else None
-        # A loader that finishes batches on the device (senet.data.device_pipeline) runs its kernels here too.
+        # A DeviceLoader (senet.data.device_pipeline) copies, decodes or converts its batch here too.
         with torch.cuda.stream(self.stream):
             if (batch := next(self.batches, None)) is None:
                 return None

@@ -3,6 +3,7 @@ import gc
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -77,22 +78,40 @@ def fused_norm_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--run-slow",
-        action="store_true",
-        help="also run tests marked slow: checks that every run makes another way (e.g. the 101/152-layer "
-        "twins of the 50-layer weight conversions), several minutes on 2 cores",
-    )
+@pytest.fixture
+def figures_inside(monkeypatch) -> dict[str, Any]:
+    """Every figure saved while the test runs is checked first: each visible text (titles, labels, ticks,
+    legends) lies inside the saved image, by matplotlib's own measure of where it draws them. Returns the
+    saved figures by file name."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
 
+    saved: dict[str, Figure] = {}
+    original = Figure.savefig
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-slow"):
-        return
-    skip = pytest.mark.skip(reason="slow, and checked another way in every run; pytest --run-slow runs it")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    def savefig(figure, path, *args, **kwargs):
+        figure.canvas.draw()  # runs the layout engine, as saving does
+        renderer = figure.canvas.get_renderer()
+        drawn, image = figure.get_tightbbox(renderer), figure.bbox_inches  # what is drawn; the image (inches)
+        margin = 1 / figure.dpi
+        if not (drawn.x0 >= -margin and drawn.y0 >= -margin and drawn.x1 <= image.x1 + margin
+                and drawn.y1 <= image.y1 + margin):  # fmt: skip
+            outside = [
+                text.get_text()
+                for text in figure.findobj(Text)
+                if text.get_visible()
+                and text.get_text().strip()
+                and not (
+                    figure.bbox.contains(*text.get_window_extent(renderer).min)
+                    and figure.bbox.contains(*text.get_window_extent(renderer).max)
+                )
+            ]
+            raise AssertionError(f"{Path(path).name}: drawn beyond the image ({drawn} vs {image}): {outside}")
+        saved[Path(path).name] = figure
+        return original(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
 
 
 @pytest.fixture(scope="session", autouse=True)

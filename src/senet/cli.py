@@ -303,7 +303,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from senet.train.demo import format_demo, run_demo
+    from senet.analysis.demo import format_demo, run_demo
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "device": args.device}.items() if v is not None}
     print(format_demo(run_demo(output=args.output, overwrite=args.overwrite, seeds=args.seeds, **overrides)))
@@ -1192,7 +1192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train se_resnet20_cifar and resnet20_cifar on the embedded digits, 3 seeds each, and say "
         "whether their difference is beyond seed noise",
     )
-    demo.add_argument("--output", default="runs/demo", help="folder for the two runs")
+    demo.add_argument("--output", default="runs/demo", help="folder for the runs and the pictures")
     demo.add_argument(
         "--epochs", type=_positive_int, metavar="N", help="epochs per model (default: the demo preset's)"
     )

@@ -72,7 +72,7 @@ def _fake_train(errors):
     return train, calls
 
 
-def test_the_report_marks_only_differences_beyond_seed_noise(tmp_path):
+def test_the_report_marks_only_differences_beyond_seed_noise(tmp_path, figures_inside):
     studies, notes = ablation.study_settings("se_resnet20_cifar", "reduction")
     errors = {}
     for seed in range(3):
@@ -94,6 +94,18 @@ def test_the_report_marks_only_differences_beyond_seed_noise(tmp_path):
     assert all(path.is_file() for path in written)
     with Image.open(tmp_path / "reduction.png") as chart:
         assert chart.size[0] > 300
+    # the chart: our means beside the paper's figures (Table 10), on an axis of their own
+    ours, paper = figures_inside["reduction.png"].axes
+    our_heights = [bar.get_height() for bar in ours.patches]
+    assert our_heights[:2] == pytest.approx([1.01, 1.01]) and our_heights[4] == pytest.approx(6.01)
+    assert [bar.get_height() for bar in paper.patches] == [
+        22.29,
+        22.25,
+        22.26,
+        22.28,
+        22.72,
+        23.30,
+    ]  # Table 10
 
 
 def test_a_study_on_digits_runs_from_the_cli_and_resumes_without_training_again(tmp_path, capsys):

@@ -314,24 +314,36 @@ def write_report(reports: list[StudyReport], output: Path, seeds: int, header: s
 
 
 def _plot(report: StudyReport, output: Path) -> Path:
-    import matplotlib
+    """Per setting, our mean top-1 error (whiskers: std over seeds) and, beside it on its own axis, the paper's
+    figure for that setting; the reference setting's bar is orange."""
+    from senet.train.plot import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     labels = [r.setting.label for r in report.results]
     means, spreads = zip(*(mean_std(r.top1) for r in report.results))
+    papers = [r.setting.paper.top1 if r.setting.paper else None for r in report.results]
+    seeds = max(len(r.top1) for r in report.results)
+    x, width = list(range(len(labels))), 0.38
     colours = ["tab:orange" if r.setting.name == report.reference else "tab:blue" for r in report.results]
-    figure, axes = plt.subplots(figsize=(1.2 + 1.1 * len(labels), 3.6))
-    axes.bar(range(len(labels)), means, yerr=spreads, capsize=4, color=colours)
-    axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    axes.set_ylabel("val top-1 error (%)")
-    axes.set_title(f"{report.study} ({report.table}); bars: mean, whiskers: std over seeds")
-    figure.tight_layout()
-    path = output / f"{report.study}.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    figure, ours = plt.subplots(figsize=(max(6.0, 1.8 + 1.2 * len(labels)), 4.4), layout="constrained")
+    bars = ours.bar([i - width / 2 for i in x], means, width, yerr=spreads, capsize=4, color=colours)
+    ours.set_ylabel("ours: val top-1 error (%)")
+    handles, names = [bars], [f"ours: mean ± std of {seeds} seed(s); orange: the reference"]
+    if any(value is not None for value in papers):
+        paper_axis = ours.twinx()
+        shown = [(i, value) for i, value in zip(x, papers) if value is not None]
+        paper_bars = paper_axis.bar(
+            [i + width / 2 for i, _ in shown], [v for _, v in shown], width, color="0.75", hatch="//",
+            edgecolor="0.35",
+        )  # fmt: skip
+        paper_axis.set_ylabel("paper: top-1 error (%)")
+        handles.append(paper_bars)
+        names.append(f"paper ({report.table}, SE-ResNet-50 on ImageNet)")
+    ours.set_ylim(bottom=0)
+    ours.set_xticks(x, labels, rotation=30, ha="right")
+    figure.suptitle(f"{report.study}: ours beside the paper's {report.table}")
+    figure.legend(handles, names, loc="outside lower center", fontsize="small")
+    return save_figure(figure, output / f"{report.study}.png")
 
 
 def parse_grid(items: Sequence[str]) -> list[tuple[str, list[Any], bool]]:

@@ -953,9 +953,11 @@ def analyze_excitation(
     batch_size: int = 64,
     workers: int = 0,
     device: str = "auto",
+    figures: bool = True,
 ) -> tuple[ExcitationStats, list[Path]]:
     """``senet analyze excitation``: collect the gates of ``blocks`` over a stratified sample of at most
-    ``max_images`` validation images (``None``: all), write the statistics and the figures into ``output``."""
+    ``max_images`` validation images (``None``: all), write the statistics and (with ``figures``, which need
+    matplotlib) the figures into ``output``."""
     if channels < 1:
         raise ValueError(f"--channels must be >= 1, got {channels}")
     inputs = load_for_analysis(checkpoint, data, data_root=data_root, weights=weights, device=device)
@@ -966,7 +968,8 @@ def analyze_excitation(
     stats = collect_excitations(inputs.model, loader, chosen, classes=inputs.classes, device=inputs.device)
     choose_classes(stats, classes)  # a class without images fails before anything is written
     written = stats.save(output)
-    written += plot_excitations(stats, output, classes=classes, channels=channels)
+    if figures:
+        written += plot_excitations(stats, output, classes=classes, channels=channels)
     return stats, written
 
 

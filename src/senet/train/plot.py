@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
+
+import numpy as np
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
@@ -23,11 +25,8 @@ def read_history(run_dir: str | Path) -> list[dict]:
 METRICS = ("top1_err", "top5_err", "loss", "AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str | None = None) -> Path:
-    """Draw train (dashed) and val (solid) ``metric`` against epochs for every run; save to ``out``.
-
-    ``metric`` None: ``top1_err`` for classification runs, ``AP`` for detection runs (by the first run). A run
-    that records ``metric`` for neither split is a one-line ``ValueError``."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no screen needed), or a one-line error naming the install."""
     try:
         import matplotlib
     except ImportError:
@@ -35,11 +34,56 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_seed_curves(groups: Mapping[str, Sequence[str | Path]], out: str | Path) -> Path:
+    """One line per group of runs (e.g. one network trained with several seeds): the mean validation top-1 error
+    per epoch, with a band of +-1 standard deviation over the runs, and the mean training error dashed. The
+    error axis is logarithmic above 1 %, so the first epochs' and the last epochs' errors both show."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    for label, run_dirs in groups.items():
+        histories = [read_history(run_dir) for run_dir in run_dirs]
+        epochs = min(len(history) for history in histories)
+        x = np.arange(1, epochs + 1)
+        val = np.array([[r["val_top1_err"] for r in history[:epochs]] for history in histories])
+        train = np.array([[r["train_top1_err"] for r in history[:epochs]] for history in histories])
+        mean, std = val.mean(0), val.std(0, ddof=1) if len(histories) > 1 else np.zeros(epochs)
+        (line,) = axes.plot(x, mean, "-o", markersize=3, label=f"{label} val (mean of {len(histories)})")
+        axes.fill_between(x, np.maximum(mean - std, 0), mean + std, color=line.get_color(), alpha=0.2)
+        axes.plot(x, train.mean(0), "--", color=line.get_color(), alpha=0.7, label=f"{label} train")
+    axes.set_yscale("symlog", linthresh=1.0)
+    ticks = [0, 0.5, 1, 2, 5, 10, 20, 50, 100]
+    axes.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("top-1 error (%)")
+    axes.set_title("Top-1 error per epoch\nvalidation: mean and ±1 std over seeds; training: dashed, mean")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    return save_figure(figure, out)
+
+
+def save_figure(figure, out: str | Path) -> Path:
+    """Write ``figure`` to ``out`` (its folder made) and close it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    pyplot().close(figure)
+    return out
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str | None = None) -> Path:
+    """Draw train (dashed) and val (solid) ``metric`` against epochs for every run; save to ``out``.
+
+    ``metric`` None: ``top1_err`` for classification runs, ``AP`` for detection runs (by the first run). A run
+    that records ``metric`` for neither split is a one-line ``ValueError``."""
+    plt = pyplot()
     histories = [(run_dir, read_history(run_dir)) for run_dir in run_dirs]
     if metric is None:
         first = histories[0][1][0] if histories and histories[0][1] else {}
         metric = "top1_err" if "val_top1_err" in first or not first else "AP"
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(7, 4.5), layout="constrained")
     for run_dir, history in histories:
         label = _label(Path(run_dir))
         epochs = [r["epoch"] for r in history]
@@ -69,12 +113,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str | Non
     )
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
-    return out
+    return save_figure(figure, out)
 
 
 def _label(run_dir: Path) -> str:

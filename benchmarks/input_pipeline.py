@@ -42,8 +42,9 @@ def write_folder(root: Path, images: int, classes: int = 8) -> None:
 def loader_alone(root: Path, loader: str, args: argparse.Namespace) -> float:
     """Images/s of one epoch of the training loader of ``root`` (an image folder or a shard index), images
     ready on the device."""
+    from senet.runtime import Dist
     from senet.train.config import TrainConfig
-    from senet.train.engine import Dist, _build_data, _loaders
+    from senet.train.engine import _build_data, _loaders
 
     config = TrainConfig(data=str(root), image_size=args.size, workers=args.workers, loader=loader,
                          channels_last=True, batch_size=args.batch)  # fmt: skip

@@ -3,8 +3,8 @@ import gc
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 

@@ -25,7 +25,6 @@ from senet.detection.data import (
 )
 from senet.detection.shapes import _draw_shape, make_shapes
 
-
 SIZE = 64  # the session data set's images (conftest.py)
 WriteAnnotations = Callable[[Callable[[dict[str, Any]], None]], Path]
 LABELS = {3: 1, 7: 2, 11: 3}  # the shapes' category ids, in increasing order -> 1..K

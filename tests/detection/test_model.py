@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
-import senet
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+import senet
 from senet.data.transforms import Preprocessing
 from senet.detection.data import CocoDetection, collate
 from senet.detection.metrics import coco_evaluate

@@ -15,9 +15,9 @@ import pytest
 import torch
 from peer_networks import (
     NUM_CLASSES,
+    TOLERANCE,
     assert_same_logits,
     assert_within_one_grey_level,
-    TOLERANCE,
     convert_and_load,
     inputs,
     photo_image,

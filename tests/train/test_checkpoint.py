@@ -1,6 +1,5 @@
 import json
 import os
-import stat
 
 import pytest
 import torch
@@ -128,21 +127,6 @@ def test_stale_files_of_an_interrupted_save_are_removed(tmp_path, trained, monke
     removed = sorted(p.name for p in ckpt.remove_stale_files(tmp_path))
     assert removed == [".checkpoint-x.json.abc.tmp", ckpt.checkpoint_name(0, 2) + ".safetensors"]
     assert len(list(tmp_path.iterdir())) == 2
-
-
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
-def test_files_follow_the_umask(tmp_path, umask, mode):
-    old = os.umask(umask)
-    try:
-        ckpt.atomic_write(tmp_path / "f", b"x")
-        open(tmp_path / "plain", "w").close()
-    finally:
-        os.umask(old)
-    assert (
-        stat.S_IMODE((tmp_path / "f").stat().st_mode)
-        == mode
-        == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
-    )
 
 
 @pytest.mark.parametrize(

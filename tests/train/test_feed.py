@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 from senet.data import pack_folder
 from senet.data.device_pipeline import ConvertOnDevice, DeviceBatchPipeline, DeviceLoader, Uint8Batch
 from senet.data.loaders import _ShardSampler
-from senet.train import TrainingDiverged, train
-from senet.train import feed
-from senet.train.engine import Dist, _build_data, _loaders
+from senet.runtime import Dist
+from senet.train import TrainingDiverged, feed, train
 from senet.train.checkpoint import list_checkpoints, load_checkpoint
 from senet.train.control import FAULT_ENV
+from senet.train.engine import _build_data, _loaders
 from tests.train.test_engine import tiny_config
 
 

@@ -461,7 +461,7 @@ def collect_excitations(
         device: where to run (default: where the model's parameters are).
         progress: a tqdm bar on a terminal.
     """
-    from senet.train.engine import progress_bar
+    from senet.runtime import progress_bar
 
     chosen = _as_blocks(model, blocks)
     if not chosen:
@@ -885,7 +885,7 @@ def load_for_analysis(
     own data by default, with its evaluation transform; a weights file on an image folder with its recorded
     preprocessing. Refuses a network without SE blocks and data whose classes are not the network's."""
     from senet.data import build_data
-    from senet.train.engine import resolve_device
+    from senet.runtime import resolve_device
     from senet.train.evaluation import load_with_data_source
 
     model, source, root, options, config = load_with_data_source(checkpoint, data, data_root, weights)

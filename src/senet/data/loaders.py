@@ -21,7 +21,6 @@ import torch
 from torch import distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
-
 Batch = tuple[torch.Tensor, torch.Tensor, int]
 
 

@@ -48,6 +48,7 @@ from senet.data.datasets import (
     folder_transforms,
     report_unreadable,
 )
+from senet.fileio import atomic_write, fsync_dir
 
 _LOG = logging.getLogger("senet.data")
 
@@ -143,7 +144,6 @@ def pack_folder(
         "images_per_shard": images_per_shard,
         "splits": splits,
     }
-    from senet.train.checkpoint import atomic_write, fsync_dir  # here: senet.train imports senet.data
 
     # atomic_write made every shard's rename durable before this index that lists them
     atomic_write(index_path, json.dumps(index, separators=(",", ":")).encode())
@@ -228,8 +228,6 @@ def _write_shard(path: Path, samples: list[tuple[str, int, str, str]]) -> dict[s
                     keys.append(key)
                     labels.append(label)
                     sizes.append(len(data))
-
-    from senet.train.checkpoint import atomic_write  # here: senet.train imports senet.data
 
     atomic_write(path, write)  # hidden temporary file beside it, fsynced, renamed once whole
     writer = writers[0]

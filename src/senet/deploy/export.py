@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from senet.deploy.optimize import fold_batchnorm
-from senet.train.checkpoint import atomic_write
+from senet.fileio import atomic_write
 
 ExportFormat = Literal["onnx", "torchscript", "exported-program"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")

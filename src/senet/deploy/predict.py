@@ -276,7 +276,7 @@ def predict(
     with its ``error``; the others go on. Problems of the network, labels or arguments raise at the call,
     before any image is read.
     """
-    from senet.train.engine import resolve_device
+    from senet.runtime import resolve_device
 
     if not (isinstance(topk, int) and topk >= 1):
         raise ValueError(f"topk must be an integer >= 1, got {topk!r}")

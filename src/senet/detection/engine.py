@@ -43,6 +43,7 @@ from senet.data.loaders import build_loader, shutdown_workers
 from senet.detection.data import CategoryMap, CocoDetection, coco_datasets, collate
 from senet.detection.metrics import METRICS, coco_evaluate
 from senet.detection.model import DETECTOR_OPTIONS, build_detector, detector_from_options
+from senet.runtime import Dist, autocast, progress_bar, seed_everything, setup_device
 from senet.train.checkpoint import (
     BEST_NAME,
     Checkpoint,
@@ -55,17 +56,12 @@ from senet.train.checkpoint import (
 from senet.train.config import _check_number
 from senet.train.control import RunControl, StopRequested
 from senet.train.engine import (
-    Dist,
     Meter,
     RunResult,
     TrainingRun,
-    autocast,
     check_batches,
     finished_run,
     lr_text,
-    progress_bar,
-    seed_everything,
-    setup_device,
     val_shard,
     writing_run_dir,
 )

@@ -24,7 +24,7 @@ from torchvision.utils import draw_bounding_boxes
 from senet.deploy.predict import UnreadableImageError, _expand, load_image
 from senet.detection.data import CategoryMap
 from senet.detection.engine import load_detector
-from senet.train.checkpoint import atomic_write
+from senet.fileio import atomic_write
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def predict(
     Problems of the run or the arguments raise at the call, before any image is read; an image that cannot
     be read gives an :class:`ImageDetections` with its ``error``, and the others go on.
     """
-    from senet.train.engine import resolve_device
+    from senet.runtime import resolve_device
 
     for name, value, low, high in (
         ("score_threshold", score_threshold, 0.0, 1.0),

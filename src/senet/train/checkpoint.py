@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +28,8 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
+
+from senet.fileio import atomic_write
 
 FORMAT = "senet-checkpoint/2"
 BEST_NAME = "best.safetensors"
@@ -64,57 +64,6 @@ _SCHEMA: dict[str, type] = {
 def checkpoint_name(epoch: int, batches_done: int) -> str:
     """File stem of the checkpoint taken after ``batches_done`` batches of epoch ``epoch`` (0-based)."""
     return f"checkpoint-e{epoch:04d}-b{batches_done:07d}"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: bytes | Callable[[Path], None], suffix: str = ".tmp") -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one.
-
-    ``data`` is the bytes, or a function that writes the file at the temporary path it is given (e.g.
-    safetensors' ``save_file``, which streams tensors without first building one large bytes object); whatever
-    it raises (a failed check of what it wrote, say) leaves no file and ``path`` as it was. The temporary file
-    is hidden beside ``path`` and ends in ``suffix`` (a loader that insists on ``.pt2`` can read it there).
-    The file gets the mode a plain ``open`` would give (0666 less the umask), not mkstemp's private 0600.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    try:
-        if callable(data):
-            os.close(fd)
-            data(Path(tmp))  # the writer may replace the file: sync and chmod what is at the path afterwards
-            fd = os.open(tmp, os.O_RDONLY)
-            with os.fdopen(fd, "rb") as handle:
-                os.fsync(handle.fileno())
-        else:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable: without this a power loss may forget that it happened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:

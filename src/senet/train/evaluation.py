@@ -6,9 +6,8 @@ same way: by averaging softmax outputs over every (checkpoint, scale, crop) on t
 
 from __future__ import annotations
 
-import math
-
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,8 +15,9 @@ from typing import Sequence
 import torch
 
 from senet.data import build_data, build_loader
+from senet.runtime import resolve_device
 from senet.train.config import TrainConfig
-from senet.train.engine import predict_proba, resolve_device
+from senet.train.engine import predict_proba
 
 
 @dataclass

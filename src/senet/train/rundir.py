@@ -25,10 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from senet.fileio import atomic_write
 from senet.train.checkpoint import (
     BEST_NAME,
     Checkpoint,
-    atomic_write,
     list_checkpoints,
     load_checkpoint,
     remove_stale_files,

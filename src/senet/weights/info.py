@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file as save_safetensors_file
 
 from senet.data.transforms import Preprocessing
+from senet.fileio import atomic_write
 
 FORMAT = "senet-weights/1"
 METADATA_KEY = "senet"
@@ -82,7 +83,6 @@ class WeightsInfo:
 
 def save_weights_file(path: str | Path, state: dict[str, torch.Tensor], info: WeightsInfo) -> Path:
     """Write ``state`` with ``info`` in its metadata, atomically (an existing file is replaced only whole)."""
-    from senet.train.checkpoint import atomic_write  # lazily: senet.train imports this package
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}

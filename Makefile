@@ -18,9 +18,16 @@ demo: install
 test: install
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
+# Style (ruff: format, import sorting, bugbear; lines <= 110), the layers contract (import-linter, in
+# pyproject.toml), no import cycle and no stray function-local import (tests/test_layers.py), and no run of six
+# or more lines repeated in src (pylint's duplicate-code).
 lint: install
-	$(VENV)/bin/ruff format --check src tests
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests benchmarks hubconf.py
+	$(VENV)/bin/ruff check src tests benchmarks hubconf.py
+	$(VENV)/bin/lint-imports
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_layers.py
+	$(VENV)/bin/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --ignore-imports=yes \
+		--ignore-signatures=yes --ignore-docstrings=yes --ignore-comments=yes src/senet
 
 bench: install
 	$(PIP_INSTALL) -e ".[dev,bench]"

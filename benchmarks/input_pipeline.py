@@ -44,12 +44,12 @@ def loader_alone(root: Path, loader: str, args: argparse.Namespace) -> float:
     ready on the device."""
     from senet.runtime import Dist
     from senet.train.config import TrainConfig
-    from senet.train.engine import _build_data, _loaders
+    from senet.train.engine import build_loaders, build_run_data
 
     config = TrainConfig(data=str(root), image_size=args.size, workers=args.workers, loader=loader,
                          channels_last=True, batch_size=args.batch)  # fmt: skip
     device = torch.device(args.device)
-    train_loader, _ = _loaders(config, Dist(), device, _build_data(config), args.batch)
+    train_loader, _ = build_loaders(config, Dist(), device, build_run_data(config), args.batch)
     train_loader.sampler.set_epoch(0)
     for _ in train_loader:  # start the workers
         break

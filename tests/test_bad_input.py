@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from senet.cli import main
-from senet.train.checkpoint import FORMAT
+from senet.weights.checkpoint import FORMAT
 
 
 @dataclass(frozen=True)

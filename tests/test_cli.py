@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import senet
-from senet.cli import _FIELD_HELP, build_parser, main
+from senet.cli import build_parser, main
 from senet.train.config import TrainConfig, parse_model_options
 
 
@@ -86,13 +86,22 @@ def test_every_flag_of_every_command_has_help_and_shows_its_default():
 
 def test_every_train_config_field_has_help_words_and_a_flag():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert fields - {"model_options"} <= set(_FIELD_HELP), (
-        "TrainConfig fields without an entry in _FIELD_HELP"
-    )
-    assert set(_FIELD_HELP) <= fields, "_FIELD_HELP names fields TrainConfig no longer has"
+    described = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("help", "").strip()}
+    assert fields - {"model_options"} <= described, "TrainConfig fields without help in their metadata"
     train = dict(_parsers())["senet train"]
     flags = {option for action in train._actions for option in action.option_strings}
     assert {"--" + name.replace("_", "-") for name in fields - {"model_options"}} <= flags
+
+
+def test_every_detection_config_field_has_help_words_and_a_flag(parser):
+    from senet.detection.config import DetectionConfig
+
+    options = {"backbone_options", "detector_options"}  # given as --backbone-opt / --detector-opt KEY=VALUE
+    fields = {f.name for f in dataclasses.fields(DetectionConfig)}
+    described = {f.name for f in dataclasses.fields(DetectionConfig) if f.metadata.get("help", "").strip()}
+    assert fields - options <= described, "DetectionConfig fields without help in their metadata"
+    args = parser.parse_args(["detect", "train"])
+    assert {name for name in fields - options if getattr(args, name, "absent") is None} == fields - options
 
 
 def test_train_help_shows_the_dataclass_defaults_and_stays_readable(capsys, monkeypatch):
@@ -197,6 +206,6 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
     def broken(args):
         raise BrokenPipeError(32, "Broken pipe")  # e.g. a worker's pipe: stdout (pytest's capture) is fine
 
-    monkeypatch.setattr(senet.cli, "_models", broken)
+    monkeypatch.setattr(senet.cli.models, "models_command", broken)
     assert main(["models"]) == 2
     assert capsys.readouterr().err == "senet models: error: [Errno 32] Broken pipe\n"

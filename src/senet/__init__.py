@@ -3,8 +3,8 @@
 from senet.deploy.optimize import optimize_for_inference
 from senet.layers.squeeze_excite import SqueezeExcite
 from senet.models.add_se import add_se
-from senet.models.registry import create_model, list_models, model_info
-from senet.weights.pretrained import load_pretrained
+from senet.models.registry import list_models, model_info
+from senet.weights.pretrained import create_model, load_pretrained
 
 __version__ = "0.1.0"
 __all__ = [

@@ -25,7 +25,7 @@ from senet.cli import main
 from senet.data import build_data, build_loader
 from senet.data.transforms import Preprocessing
 from senet.train import TrainConfig, train
-from senet.train.engine import evaluate
+from senet.train.evaluation import evaluate
 from senet.weights.info import WeightsInfo, save_weights_file
 
 TINY = {"widths": (4, 8, 8), "se_reduction": 4}  # SE hidden widths 1, 2, 2

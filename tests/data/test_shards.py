@@ -381,7 +381,7 @@ def test_ddp_validation_reads_each_ranks_own_run_of_shards(make_folder, tmp_path
     rank."""
     from senet.data.device_pipeline import device_pipeline_datasets
     from senet.runtime import Dist
-    from senet.train.engine import val_shard
+    from senet.train.lifecycle import val_shard
 
     root = make_folder(per_class=5)  # 15 val images: shards of 4, 4, 4, 3
     spec = build_data(str(_pack(root, tmp_path / "shards", images_per_shard=4)), image_size=16)

@@ -24,10 +24,11 @@ from torch import nn
 import senet
 from senet.cli import main
 from senet.data.transforms import Preprocessing
-from senet.detection.engine import DetectionConfig, evaluate_run, load_detector, lr_factor, train
+from senet.detection.config import DetectionConfig
+from senet.detection.engine import evaluate_run, load_detector, lr_factor, train
 from senet.detection.metrics import METRICS
-from senet.train.checkpoint import load_checkpoint
 from senet.train.control import FAULT_ENV, TrainingInterrupted
+from senet.weights.checkpoint import load_checkpoint
 from senet.weights.info import WeightsInfo, save_weights_file
 
 WIDTHS = (8, 16, 32)

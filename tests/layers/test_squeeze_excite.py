@@ -293,7 +293,9 @@ def test_recompute_norm_is_refused_with_a_squeeze_that_never_takes_the_fused_pat
     for squeeze in ("max", "none"):
         with pytest.raises(ValueError, match=f"se_recompute_norm=True; .*se_squeeze='{squeeze}' never does"):
             SEConfig(squeeze=squeeze, recompute_norm=True)
-        with pytest.raises(ValueError, match=f"recompute_norm=False with squeeze='{squeeze}'"):
+        with pytest.raises(
+            ValueError, match=f"SqueezeExcite got recompute_norm=False; .*squeeze='{squeeze}' never"
+        ):
             SqueezeExcite(8, squeeze=squeeze, recompute_norm=False)
     assert SEConfig(recompute_norm=True).recompute_norm is True
 

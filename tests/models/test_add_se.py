@@ -29,7 +29,7 @@ def _paper_increase(widths: list[int], r: int = 16) -> int:
 
 
 def _blocks(depths, widths):
-    return [c for n, c in zip(depths, widths) for _ in range(n)]
+    return [c for n, c in zip(depths, widths, strict=True) for _ in range(n)]
 
 
 # (torchvision model, where, the SE blocks' names, their channels in order) from each architecture's layout.
@@ -344,7 +344,7 @@ def test_senet_train_add_se_saves_resumes_and_reloads(tmp_path, make_folder):
     resume and load_pretrained (senet eval / predict / export) rebuild the same network. A complete ResNet-18
     (11M parameters) on 8 images of 32 x 32, 2 steps an epoch."""
     from senet.cli import main
-    from senet.train.checkpoint import load_checkpoint
+    from senet.weights.checkpoint import load_checkpoint
 
     root = make_folder(classes=("cat", "dog"), per_class=4)
     run = tmp_path / "run"

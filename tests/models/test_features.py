@@ -183,7 +183,7 @@ def test_backbone_maps_are_the_networks_intermediates_also_with_frozen_batchnorm
     with torch.no_grad():
         maps = backbone(x)
     assert len(maps) == len(stages)
-    for got, want, (_, module, channels, reduction) in zip(maps, expected, stages):
+    for got, want, (_, module, channels, reduction) in zip(maps, expected, stages, strict=True):
         assert torch.equal(got, want), module
         assert got.shape[:2] == (2, channels)
         # Unpadded convs (Inception-ResNet-v2) take a few pixels off: the stride rounds to the reduction.
@@ -408,7 +408,7 @@ def test_stages_agree_with_timms_for_the_networks_timm_has():
     def theirs(name):
         with torch.device("meta"):
             info = timm.create_model(name, features_only=True).feature_info
-        return list(zip(info.channels(), info.reduction()))
+        return list(zip(info.channels(), info.reduction(), strict=True))
 
     assert ours("se_resnet50") == theirs("legacy_seresnet50")
     assert ours("inception_resnet_v2") == theirs("inception_resnet_v2")[1:]  # timm also taps conv2d_2b (1/2)

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import senet
+from senet.models import registry
 
 PAPER_RESNET_FAMILY = [
     "resnet50",
@@ -169,3 +170,31 @@ def test_registering_a_name_twice_is_refused():
 
     with pytest.raises(ValueError, match="registered twice"):
         register_model()(senet.model_info("resnet50").builder)
+
+
+def test_the_registry_builds_randomly_initialised_networks_and_refuses_pretrained(tmp_path):
+    assert isinstance(registry.create_model("resnet20_cifar", pretrained=False), nn.Module)
+    with pytest.raises(
+        ValueError, match=r"randomly initialised.*senet.create_model\('resnet20_cifar', pretrained="
+    ):
+        registry.create_model("resnet20_cifar", pretrained=str(tmp_path / "w.safetensors"))
+
+
+def test_a_prefix_family_resolves_its_names_and_refuses_its_options_for_other_models(monkeypatch):
+    def resolve(name: str) -> registry.ModelInfo:
+        return registry.ModelInfo(
+            name, "toy", "", registry.PaperFigures(), (), 3, lambda **o: nn.Linear(2, o["num_classes"])
+        )
+
+    def check(info: registry.ModelInfo, options: dict) -> None:
+        if "toy_option" in options:
+            raise ValueError(f"{info.name} got toy_option, an option of toy:NAME models")
+
+    monkeypatch.setattr(registry, "_PREFIXES", dict(registry._PREFIXES))  # registered for this test only
+    registry.register_prefix(registry.PrefixFamily("toy:", resolve, check))
+    assert senet.model_info("toy:anything").family == "toy"
+    assert senet.create_model("toy:anything").out_features == 3
+    with pytest.raises(ValueError, match="resnet20_cifar got toy_option, an option of toy:NAME models"):
+        senet.create_model("resnet20_cifar", toy_option=1)
+    with pytest.raises(ValueError, match="prefix 'toy:' is registered twice"):
+        registry.register_prefix(registry.PrefixFamily("toy:", resolve))

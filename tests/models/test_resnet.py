@@ -75,14 +75,21 @@ def test_standard_se_rescales_the_residual_branch_before_the_sum():
         torch.testing.assert_close(block(x), torch.relu(x))  # branch gated off: out = relu(identity)
 
 
+def _branch(block, x):
+    """A bottleneck's residual branch by hand: conv-BN-ReLU twice, then conv-BN (torchvision's order)."""
+    out = block.relu(block.bn1(block.conv1(x)))
+    out = block.relu(block.bn2(block.conv2(out)))
+    return block.bn3(block.conv3(out))
+
+
 @pytest.mark.parametrize(
     "position, expected",
     [
         ("post", lambda x, block: torch.zeros_like(x)),  # SE after the sum rescales everything
-        ("identity", lambda x, block: torch.relu(block.branch(x))),  # SE on the shortcut removes it
+        ("identity", lambda x, block: torch.relu(_branch(block, x))),  # SE on the shortcut removes it
         (
             "pre",
-            lambda x, block: torch.relu(block.branch(torch.zeros_like(x)) + x),
+            lambda x, block: torch.relu(_branch(block, torch.zeros_like(x)) + x),
         ),  # SE feeds only the branch
     ],
 )

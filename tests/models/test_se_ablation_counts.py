@@ -28,7 +28,7 @@ def se_blocks(position: str = "standard", stages=(1, 2, 3, 4)) -> list[tuple[int
     standard / post / identity act on a unit's output (4w channels), pre on its input (the previous unit's
     output, the 64-channel stem for the very first), 3x3 on the 3x3 conv's output (w channels)."""
     blocks, unit_input = [], 64
-    for stage, (width, depth, side) in enumerate(zip(WIDTHS, DEPTHS, SIDES), 1):
+    for stage, (width, depth, side) in enumerate(zip(WIDTHS, DEPTHS, SIDES, strict=True), 1):
         for _ in range(depth):
             output = width * EXPANSION
             channels = {"pre": unit_input, "3x3": width}.get(position, output)

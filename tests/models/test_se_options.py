@@ -28,7 +28,7 @@ def _blocks(path: str, n: int, channels: int, side: int) -> list[tuple[str, int,
 def _resnet(widths, depths, sides, expansion=1):
     return {
         s + 1: _blocks(f"layer{s + 1}", d, w * expansion, side)
-        for s, (w, d, side) in enumerate(zip(widths, depths, sides))
+        for s, (w, d, side) in enumerate(zip(widths, depths, sides, strict=True))
     }
 
 

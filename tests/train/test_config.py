@@ -5,12 +5,12 @@ import torch
 
 import senet
 from senet.train.config import TrainConfig, parse_model_options, resolve_config
-from senet.train.engine import _bn_frozen, _lr_factor
+from senet.train.engine import _bn_frozen, lr_factor
 
 
 def _lr_at(config, epoch: float, steps_per_epoch: int = 100) -> float:
     """The learning rate the engine's schedule gives at ``epoch`` (steps_per_epoch sets the resolution)."""
-    return config.scaled_lr() * _lr_factor(config, steps_per_epoch)(round(epoch * steps_per_epoch))
+    return config.scaled_lr() * lr_factor(config, steps_per_epoch)(round(epoch * steps_per_epoch))
 
 
 def test_imagenet_paper_preset_follows_sec_5_1():
@@ -53,7 +53,7 @@ def test_cifar_paper_resnet_follows_he_et_al_iterations():
     config = resolve_config("cifar-paper", model="resnet110_cifar")
     assert (config.batch_size, config.data, config.weight_decay) == (128, "cifar10", 1e-4)
     per_epoch = math.ceil(50_000 / config.batch_size)
-    factor = _lr_factor(config, per_epoch)
+    factor = lr_factor(config, per_epoch)
     for iteration, before, after in [(32_000, 1.0, 0.1), (48_000, 0.1, 0.01)]:
         assert factor(iteration - per_epoch) == pytest.approx(before)
         assert factor(iteration + per_epoch) == pytest.approx(after)
@@ -62,8 +62,8 @@ def test_cifar_paper_resnet_follows_he_et_al_iterations():
 
 
 def test_cifar_paper_wrn_follows_zagoruyko_and_komodakis():
-    # WRN Sec. 3: Nesterov momentum 0.9, weight decay 5e-4, batch 128, lr 0.1 times 0.2 at epochs 60, 120, 160,
-    # 200 epochs in all.
+    # WRN Sec. 3: Nesterov momentum 0.9, weight decay 5e-4, batch 128, lr 0.1 times 0.2 at epochs 60, 120,
+    # 160, 200 epochs in all.
     config = resolve_config("cifar-paper", model="se_wrn16_8")
     assert (config.nesterov, config.momentum, config.weight_decay, config.batch_size) == (
         True,
@@ -79,8 +79,9 @@ def test_cifar_paper_wrn_follows_zagoruyko_and_komodakis():
 @pytest.mark.parametrize(
     "model, dataset, lr, batch, weight_decay, cutout",
     [
-        # Gastaldi 2017: cosine annealing without restarts over 1800 epochs; CIFAR-10 26 2x96d from lr 0.2 at batch
-        # 128, CIFAR-100 29 2x4x64d from 0.025 at batch 32, wd 5e-4; Cutout 16 px on CIFAR-10, 8 px on CIFAR-100.
+        # Gastaldi 2017: cosine annealing without restarts over 1800 epochs; CIFAR-10 26 2x96d from lr 0.2 at
+        # batch 128, CIFAR-100 29 2x4x64d from 0.025 at batch 32, wd 5e-4; Cutout 16 px on CIFAR-10, 8 px on
+        # CIFAR-100.
         ("se_shake_shake26_2x96d", "cifar10", 0.2, 128, 1e-4, 16),
         ("shake_even29_2x4x64d", "cifar100", 0.025, 32, 5e-4, 8),
     ],

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from senet.train import TrainConfig, train
-from senet.train.checkpoint import load_checkpoint
+from senet.weights.checkpoint import load_checkpoint
 
 CONFIG = dict(
     model="se_resnet20_cifar",

@@ -6,7 +6,7 @@ import torch
 
 from senet.cli import main
 from senet.train import TrainConfig, TrainingDiverged, train
-from senet.train.checkpoint import load_checkpoint
+from senet.weights.checkpoint import load_checkpoint
 
 TINY = {"widths": (4, 8, 8)}  # a CIFAR ResNet-20 a few thousand parameters wide: seconds per epoch on digits
 
@@ -72,10 +72,10 @@ def test_a_cosine_run_logs_the_rates_its_epochs_trained_at_and_warm_up_stays_bel
 def test_warm_up_never_exceeds_the_base_rate():
     # 0.5 warm-up epochs of 7 steps: warm-up ends mid-way through step 3 (3.5 steps), which the factor
     # ceil(3.5) / 3.5 = 1.14 used to overshoot.
-    from senet.train.engine import _lr_factor
+    from senet.train.engine import lr_factor
 
     config = TrainConfig(model="resnet20_cifar", schedule="step", step_epochs=30, warmup_epochs=0.5)
-    factors = [_lr_factor(config, 7)(step) for step in range(20)]
+    factors = [lr_factor(config, 7)(step) for step in range(20)]
     assert factors[:3] == pytest.approx([1 / 3.5, 2 / 3.5, 3 / 3.5]) and factors[3:] == [1.0] * 17
 
 
@@ -147,8 +147,7 @@ def test_eval_scores_a_run_at_its_own_evaluation_crop(tmp_path, capsys):
 def test_an_amp_run_validates_in_float32_as_senet_eval_scores(tmp_path):
     # bf16 logits tie (3 of the 360 digits had equal top-2 logits): a run's validation ranks float32 ones.
     from senet.data import build_data, build_loader
-    from senet.train.engine import evaluate
-    from senet.train.evaluation import evaluate_runs
+    from senet.train.evaluation import evaluate, evaluate_runs
 
     result = train(tiny_config(tmp_path, epochs=1, batch_size=256, amp=True))
     (record,) = result.history

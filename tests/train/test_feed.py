@@ -12,9 +12,9 @@ from senet.data.device_pipeline import ConvertOnDevice, DeviceBatchPipeline, Dev
 from senet.data.loaders import _ShardSampler
 from senet.runtime import Dist
 from senet.train import TrainingDiverged, feed, train
-from senet.train.checkpoint import list_checkpoints, load_checkpoint
 from senet.train.control import FAULT_ENV
-from senet.train.engine import _build_data, _loaders
+from senet.train.engine import build_loaders, build_run_data
+from senet.weights.checkpoint import list_checkpoints, load_checkpoint
 from tests.train.test_engine import tiny_config
 
 
@@ -163,7 +163,8 @@ def test_the_gpu_loader_trains_exactly_as_the_cpu_loader_where_both_decode_alike
     assert [r["train_loss"] for r in cpu.history] == [r["train_loss"] for r in gpu.history]
     assert [r["val_top1_err"] for r in cpu.history] == [r["val_top1_err"] for r in gpu.history]
     assert all(
-        torch.equal(a, b) for a, b in zip(cpu.model.state_dict().values(), gpu.model.state_dict().values())
+        torch.equal(a, b)
+        for a, b in zip(cpu.model.state_dict().values(), gpu.model.state_dict().values(), strict=True)
     )
 
 
@@ -185,17 +186,17 @@ def test_on_cuda_the_cpu_loader_sends_uint8_and_auto_decodes_shards_on_the_devic
     if packed:
         root = pack_folder(root, tmp_path / "shards", images_per_shard=3)
     config = _folder_config(tmp_path, root, "run", loader="cpu")
-    spec = _build_data(config)
+    spec = build_run_data(config)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    for loader in _loaders(config, Dist(), cuda, spec, 4):
+    for loader in build_loaders(config, Dist(), cuda, spec, 4):
         assert isinstance(loader, DeviceLoader) and isinstance(loader.pipeline, ConvertOnDevice)
         assert isinstance(loader.sampler, _ShardSampler) == packed
         loader.loader.pin_memory = False  # no GPU here to pin for
         batch = next(iter(loader.loader))
         assert isinstance(batch, Uint8Batch) and batch.images.dtype == torch.uint8
-    for loader in _loaders(config, Dist(), cpu, spec, 4):
+    for loader in build_loaders(config, Dist(), cpu, spec, 4):
         images, _, _ = next(iter(loader))
         assert images.dtype == torch.float32
-    auto = _loaders(dataclasses.replace(config, loader="auto"), Dist(), cuda, spec, 4)
+    auto = build_loaders(dataclasses.replace(config, loader="auto"), Dist(), cuda, spec, 4)
     assert all(isinstance(loader.pipeline, DeviceBatchPipeline) for loader in auto)
     assert all(isinstance(loader.sampler, _ShardSampler) == packed for loader in auto)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from senet.train import TrainConfig, TrainingInterrupted, train
-from senet.train.checkpoint import list_checkpoints, load_checkpoint
 from senet.train.control import FAULT_ENV
+from senet.weights.checkpoint import list_checkpoints, load_checkpoint
 
 STEPS_PER_EPOCH = 1437 // 128  # digits' training split in full batches of 128
 SETTINGS = dict(
@@ -56,7 +56,7 @@ def assert_same_run(result, straight):
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]  # never a duplicated or missing metrics line
-    for ours, theirs in zip(records, history):
+    for ours, theirs in zip(records, history, strict=True):
         assert ours["train_images"] == theirs["train_images"] == STEPS_PER_EPOCH * 128
         assert ours["train_loss"] == theirs["train_loss"] and ours["val_top1_err"] == theirs["val_top1_err"]
 
@@ -137,10 +137,10 @@ def test_the_cli_exits_with_128_plus_the_signal_after_saving(tmp_path, monkeypat
 
 
 def test_a_failed_save_after_a_signal_exits_1_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from senet.train import engine
+    from senet.train import lifecycle
 
     run = tmp_path / "run"
-    real_save = engine.save_checkpoint
+    real_save = lifecycle.save_checkpoint
     saves = []
 
     def disk_full_on_the_second_save(*args, **kwargs):
@@ -149,7 +149,7 @@ def test_a_failed_save_after_a_signal_exits_1_and_keeps_the_last_checkpoint(tmp_
             raise OSError(28, "No space left on device")
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "save_checkpoint", disk_full_on_the_second_save)
+    monkeypatch.setattr(lifecycle, "save_checkpoint", disk_full_on_the_second_save)
     monkeypatch.setenv(FAULT_ENV, "SIGTERM@step=6")
     with pytest.raises(TrainingInterrupted, match="No space left on device") as stopped:
         train(config(run, save_every_steps=4))

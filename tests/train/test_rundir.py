@@ -14,8 +14,8 @@ import pytest
 
 from senet.cli import main
 from senet.train import TrainConfig, train
-from senet.train.checkpoint import list_checkpoints, load_checkpoint
 from senet.train.rundir import LOCK_NAME, RunDirInUse, lock_run_dir, run_dir_holder
+from senet.weights.checkpoint import list_checkpoints, load_checkpoint
 
 ARGS = (
     "--model resnet20_cifar --model-opt widths=(4,4,4) --batch-size 256 --schedule step --step-epochs 1 "

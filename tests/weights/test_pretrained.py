@@ -11,9 +11,8 @@ from safetensors.torch import save_file
 import senet
 from senet.data.transforms import Preprocessing
 from senet.train import TrainConfig, train
-from senet.train.checkpoint import load_checkpoint
+from senet.weights.checkpoint import load_checkpoint
 from senet.weights.info import WeightsInfo, read_weights_file, save_weights_file
-from senet.weights.pretrained import layout_options
 
 TINY = {"widths": [4, 8, 8], "in_chans": 1}  # recorded with the weights: the run config does not repeat it
 GREY = Preprocessing((0.5,), (0.25,), 32, 1.0, "bilinear")
@@ -187,26 +186,26 @@ def test_fine_tuning_refuses_weights_of_another_model(tmp_path, weights_file):
         train(_config(tmp_path, model="resnet20_cifar", pretrained=str(path)))
 
 
-# (model, a layout option, a value other than the builder's default)
-LAYOUT_CASES = [
-    ("resnet18", "stem_pool", "torchvision"),
-    ("se_resnet50", "stride_in_1x1", False),
-    ("se_resnet50", "stem_pool", "torchvision"),
-    ("se_resnet50", "se_squeeze", "max"),
-    ("se_resnet50", "se_gate", "tanh"),
-    ("se_resnet50", "se_position", "post"),
-    ("senet154", "stride_in_1x1", True),
-    ("se_resnet164_cifar", "stride_in_1x1", True),
-    ("se_bn_inception", "se_gate", "relu"),
-]
+def _drop_build_options(run_dir):
+    """Make ``run_dir`` a run of an earlier version, whose checkpoints do not record their build options."""
+    for path in run_dir.glob("checkpoint-*.json"):
+        meta = json.loads(path.read_text())
+        del meta["build_options"]
+        path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("name,option,value", LAYOUT_CASES)
-def test_layout_options_are_read_from_the_built_network(name, option, value):
-    """What layout_options reads is what the builder was given, defaults included, and a network built from
-    what it reads is built the same way."""
-    with torch.device("meta"):
-        default = layout_options(senet.create_model(name))
-        assert default[option] != value
-        assert layout_options(senet.create_model(name, **default)) == default
-        assert layout_options(senet.create_model(name, **{option: value})) == {**default, option: value}
+def test_a_run_records_its_build_options_and_one_of_an_earlier_version_loads_the_same_network(tmp_path):
+    options = {"widths": [4, 8, 8], "se_reduction": 2}
+    result = train(_config(tmp_path, model_options=options, drop_rate=0.25))  # digits: 10 classes, grey
+    built_with = {**options, "drop_rate": 0.25, "in_chans": 1}  # what the engine passed the builder
+    assert load_checkpoint(result.run_dir).meta["build_options"] == built_with
+    x = torch.randn(3, 1, 8, 8)
+    now = senet.load_pretrained(result.run_dir).eval()
+    _drop_build_options(result.run_dir)
+    assert "build_options" not in load_checkpoint(result.run_dir).meta
+    earlier = senet.load_pretrained(result.run_dir).eval()
+    assert now.pretrained_info.options == earlier.pretrained_info.options == built_with
+    assert now.dropout.p == earlier.dropout.p == 0.25 and earlier.layer1[0].se.fc1.out_channels == 2
+    assert earlier.state_dict().keys() == now.state_dict().keys()
+    assert all(torch.equal(earlier.state_dict()[k], v) for k, v in now.state_dict().items())
+    assert torch.equal(earlier(x), now(x))

@@ -19,8 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from senet.analysis.complexity import count_macs, count_params
 from senet.analysis.paper_ablations import STUDIES, PaperRow
-from senet.models.registry import list_models, model_info
+from senet.models.registry import create_model, list_models, model_info
+from senet.train.config import TrainConfig, parse_model_options
+from senet.train.engine import build_run_data
+from senet.train.engine import train as train_run
+from senet.train.plot import pyplot, save_figure
 from senet.train.rundir import lock_output_dir
 
 STUDY_NAMES: tuple[str, ...] = (*STUDIES, "all")
@@ -94,8 +99,6 @@ def _stage_rows(model: str, paper: tuple[PaperRow, ...]) -> tuple[PaperRow, ...]
 
 def _accepts(model: str, options: dict[str, Any]) -> bool:
     import torch
-
-    from senet.models.registry import create_model
 
     try:
         with torch.device("meta"):
@@ -174,14 +177,8 @@ def run_settings(
 
     Each run lives in ``output/runs/<slug>-seed<seed>``: a finished one is read back, a killed one resumed,
     unless ``overwrite`` trains every run afresh."""
-    from senet.analysis.complexity import count_macs, count_params
-    from senet.train.config import TrainConfig
-
-    if train is None:
-        from senet.train.engine import train
-    from senet.train.engine import _build_data
-
-    spec = _build_data(base_config)  # the image size and channels the FLOPs are counted at
+    train = train or train_run
+    spec = build_run_data(base_config)  # the image size and channels the FLOPs are counted at
     outcomes: dict[str, tuple[list[float], list[float], int, float]] = {}
     for setting in settings:  # a setting shared by studies ("all") trains once: same slug
         if setting.slug in outcomes:
@@ -316,8 +313,6 @@ def write_report(reports: list[StudyReport], output: Path, seeds: int, header: s
 def _plot(report: StudyReport, output: Path) -> Path:
     """Per setting, our mean top-1 error (whiskers: std over seeds) and, beside it on its own axis, the paper's
     figure for that setting; the reference setting's bar is orange."""
-    from senet.train.plot import pyplot, save_figure
-
     plt = pyplot()
     labels = [r.setting.label for r in report.results]
     means, spreads = zip(*(mean_std(r.top1) for r in report.results))
@@ -350,8 +345,6 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, list[Any], bool]]:
     """``KEY=V1,V2`` -> (key, values, is_build_option): a TrainConfig field is a training option, anything
     else a build option of the model (values parsed as Python literals where they are ones)."""
     import dataclasses
-
-    from senet.train.config import TrainConfig, parse_model_options
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     grid = []

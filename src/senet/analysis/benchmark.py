@@ -26,7 +26,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from senet.deploy.export import INPUT_NAME, export_module, onnx_session, require_onnx
+from senet.deploy.optimize import optimize_for_inference
 from senet.models.registry import create_model
+from senet.train.config import parse_model_options
 
 
 @dataclass
@@ -103,8 +106,6 @@ def build_benchmark_model(spec: str, num_classes: int = 1000) -> nn.Module:
     """``se_resnet50`` (ours; ``NAME@key=value,...`` passes build options), ``timm:NAME`` or ``torchvision:NAME``."""
     source, _, name = spec.partition(":") if ":" in spec else ("senet", "", spec)
     if source == "senet":
-        from senet.train.config import parse_model_options
-
         name, _, opts = spec.partition("@")  # e.g. resnet50@stride_in_1x1=False,stem_pool=torchvision
         return create_model(
             name, num_classes=num_classes, **parse_model_options(opts.split(",") if opts else [])
@@ -162,8 +163,6 @@ def _prepare(spec: str, settings: BenchSettings, onnx_file: Path | None = None) 
     if settings.mode == "infer":
         model.eval()
         if optimize:
-            from senet.deploy.optimize import optimize_for_inference
-
             model = optimize_for_inference(model, example=x)
         elif settings.compile:
             model = torch.compile(model)
@@ -200,14 +199,11 @@ def _check_onnxruntime(specs: Sequence[str], settings: BenchSettings) -> None:
             f"{', amp' if settings.amp else ''})"
         )
     if named:
-        from senet.deploy.export import require_onnx
-
         require_onnx()
 
 
 def _export_onnx(spec: str, settings: BenchSettings, path: Path) -> Path:
     """``spec``'s model (random weights) as ONNX at the benchmark's batch and size, checked against eager."""
-    from senet.deploy.export import export_module
 
     model = build_benchmark_model(_base_spec(spec))
     export_module(model, path, "onnx", input_shape=(3, settings.size, settings.size), batch=settings.batch)
@@ -216,7 +212,6 @@ def _export_onnx(spec: str, settings: BenchSettings, path: Path) -> Path:
 
 def _prepare_onnxruntime(spec: str, settings: BenchSettings, onnx_file: Path | None) -> Callable[[], None]:
     """A closure running ``onnx_file`` (the export of ``spec``) once in onnxruntime."""
-    from senet.deploy.export import INPUT_NAME, onnx_session
 
     if onnx_file is None:
         raise ValueError(f"{spec}: no ONNX file to time; benchmark() exports it")

@@ -51,7 +51,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from senet.data import build_data, build_loader
 from senet.layers.squeeze_excite import SqueezeExcite
+from senet.runtime import progress_bar, resolve_device
+from senet.train.evaluation import evaluate, load_with_data_source
 
 # A gate's range: its histogram's bins. An unbounded gate (relu) starts at [0, 1] and doubles the range.
 _GATE_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "relu": (0.0, 1.0)}
@@ -461,7 +464,6 @@ def collect_excitations(
         device: where to run (default: where the model's parameters are).
         progress: a tqdm bar on a terminal.
     """
-    from senet.runtime import progress_bar
 
     chosen = _as_blocks(model, blocks)
     if not chosen:
@@ -779,7 +781,6 @@ def evaluate_se_removal(
     """Top-1/top-5 error (%) of ``model`` on ``loader`` with each choice of SE blocks removed (gates 1,
     :func:`se_removed`), the change vs the full model, and the parameters each removal saves (the removed
     blocks' ``fc1``/``fc2``). ``choices``: see :func:`removal_choices`."""
-    from senet.train.engine import evaluate
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     total = sum(p.numel() for p in model.parameters())
@@ -884,9 +885,6 @@ def load_for_analysis(
     :func:`senet.load_pretrained` and build the validation split of ``data`` as ``senet eval`` does: a run on its
     own data by default, with its evaluation transform; a weights file on an image folder with its recorded
     preprocessing. Refuses a network without SE blocks and data whose classes are not the network's."""
-    from senet.data import build_data
-    from senet.runtime import resolve_device
-    from senet.train.evaluation import load_with_data_source
 
     model, source, root, options, config = load_with_data_source(checkpoint, data, data_root, weights)
     info = model.pretrained_info
@@ -924,8 +922,6 @@ def load_for_analysis(
 
 def _loader(inputs: AnalysisInput, max_images: int | None, seed: int, batch_size: int, workers: int) -> Any:
     from torch.utils.data import Subset
-
-    from senet.data import build_loader
 
     indices = sample_indices(inputs.targets, len(inputs.dataset), max_images, seed)
     dataset = inputs.dataset if len(indices) == len(inputs.dataset) else Subset(inputs.dataset, indices)

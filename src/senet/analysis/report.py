@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from senet.analysis.benchmark import BenchSettings, benchmark, build_benchmark_model, format_results
+from senet.data import build_data, build_loader
 
 TV_LAYOUT = "@stride_in_1x1=False,stem_pool='torchvision'"
 
@@ -68,8 +69,6 @@ def loader_throughput(workers: int, images: int = 192, batch: int = 32) -> float
     """Images/s of the ImageNet training pipeline (JPEG decode, random-size crop 224, flip, normalise)."""
     import numpy as np
     from PIL import Image
-
-    from senet.data import build_data, build_loader
 
     with tempfile.TemporaryDirectory() as root:
         rng = np.random.default_rng(0)

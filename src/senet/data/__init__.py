@@ -6,9 +6,10 @@ as tar shards, which ``build_data`` reads by their index (a path or an fsspec UR
 internal; this is the public API.
 """
 
-from senet.data.datasets import DataSpec, build_data
+from senet.data.datasets import build_data
 from senet.data.loaders import build_loader
 from senet.data.shards import pack_folder, verify_shards
+from senet.data.spec import DataSpec
 from senet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, make_eval_transform
 
 __all__ = [

@@ -8,8 +8,6 @@ decodes is refused up front). CIFAR's pickles are read without running code (``_
 
 from __future__ import annotations
 
-import logging
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,45 +15,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as nnf
 from torch.utils.data import Dataset
-from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder, VisionDataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets import CIFAR10, CIFAR100, VisionDataset
 
+from senet.data import shards
 from senet.data import transforms as T
+from senet.data.folders import DEFAULT_FOLDER_SIZE, FOLDER_LAYOUT, build_folder, preview_names
+from senet.data.spec import DataSpec
 
-_LOG = logging.getLogger("senet.data")
-
-_FOLDER_LAYOUT = "ROOT/train/CLASS/*.jpg and ROOT/val/CLASS/*.jpg (the same CLASS folders in both)"
-_DEFAULT_FOLDER_SIZE = 224  # the paper's training crop (Sec. 5.1)
 _SMALL_SIZE = 32  # native size of CIFAR, and of digits once upsampled
-
-# What PIL raises on a file it cannot decode: garbage (UnidentifiedImageError is an OSError), truncation
-# (OSError), broken plugin data (SyntaxError, ValueError), or a decompression bomb.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-# A split of at most this many images with none decodable is refused by build_data; larger splits are not
-# decoded up front (an ImageNet would take hours): the engine refuses an epoch without a usable image.
-_PROBE_LIMIT = 64
-
-
-@dataclass
-class DataSpec:
-    """A dataset ready for training: both splits and what a model and the engine need to know of them.
-
-    ``train``/``val`` items are ``(image, label)``: a normalised float tensor (C, H, W) -- (10, C, H, W) for
-    ten-crop evaluation -- and an int; image-folder items are None for an unreadable file (see ``build_loader``).
-    """
-
-    train: Dataset[Any]
-    val: Dataset[Any]
-    num_classes: int
-    classes: list[str]
-    in_chans: int
-    image_size: int
-    name: str
-    train_targets: list[int]
-    preprocessing: T.Preprocessing  # the evaluation transform, recorded with the weights for `senet predict`
 
 
 def build_data(
@@ -127,24 +96,22 @@ def _build_source(
         return _build_cifar(
             source, _cifar_root(source, root), image_size or _SMALL_SIZE, eval_crop, download, cutout
         )
-    from senet.data import shards  # it builds on this module
-
     index = shards.find_index(source)
     if index is not None:  # written by `senet data pack`: a local path or an fsspec URL
-        size = image_size or (preprocessing.input_size if preprocessing else _DEFAULT_FOLDER_SIZE)
+        size = image_size or (preprocessing.input_size if preprocessing else DEFAULT_FOLDER_SIZE)
         return shards.build_shard_data(index, size, eval_crop, ten_crop, strict_data, cutout, preprocessing)
     path = Path(source).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
             f"data source {source!r} is neither digits, cifar10, cifar100, a shard index (senet data pack) "
-            f"nor an existing directory; an image folder needs {_FOLDER_LAYOUT}"
+            f"nor an existing directory; an image folder needs {FOLDER_LAYOUT}"
         )
     cifar_name, cifar_root = _detect_cifar(path)
     if cifar_name is not None:
         _no_ten_crop(cifar_name, ten_crop)
         return _build_cifar(cifar_name, cifar_root, image_size or _SMALL_SIZE, eval_crop, download, cutout)
-    size = image_size or (preprocessing.input_size if preprocessing else _DEFAULT_FOLDER_SIZE)
-    return _build_folder(path, size, eval_crop, ten_crop, strict_data, cutout, preprocessing)
+    size = image_size or (preprocessing.input_size if preprocessing else DEFAULT_FOLDER_SIZE)
+    return build_folder(path, size, eval_crop, ten_crop, strict_data, cutout, preprocessing)
 
 
 def _check_classes(source: str, spec: DataSpec) -> None:
@@ -158,7 +125,7 @@ def _check_classes(source: str, spec: DataSpec) -> None:
     else:
         found = f"training images of only {len(used)} of its {spec.num_classes} classes"
         names = [spec.classes[i] for i in used]
-    found += f" ({_names(names)})" if names else ""
+    found += f" ({preview_names(names)})" if names else ""
     raise ValueError(f"{source} has {found}; classification needs at least two classes")
 
 
@@ -168,12 +135,6 @@ def _no_ten_crop(name: str, ten_crop: bool) -> None:
         raise ValueError(
             f"ten_crop needs images larger than the crop; {name} is 32 x 32: evaluate without it"
         )
-
-
-def _names(items: list[str], limit: int = 5) -> str:
-    """'a, b, c' -- or the first ``limit`` and a count, so that one bad ImageNet split keeps the error one line."""
-    shown = ", ".join(items[:limit])
-    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
 
 
 class _TensorImages(Dataset[tuple[torch.Tensor, int]]):
@@ -333,7 +294,7 @@ class _CIFARFiles(CIFAR10):
         wrong = sorted({label for label in self.targets if not 0 <= label < len(self.classes)})
         if wrong:
             raise ValueError(
-                f"labels {_names([str(label) for label in wrong])} are not in 0..{len(self.classes) - 1} "
+                f"labels {preview_names([str(label) for label in wrong])} are not in 0..{len(self.classes) - 1} "
                 f"({len(self.classes)} classes in {meta.name})"
             )
 
@@ -470,153 +431,3 @@ def _load_cifar(cifar: _Cifar, root: Path, *, train: bool, transform: Callable[[
             f"{cifar.title} files in {root / cifar.folder} are damaged or not in CIFAR's python format "
             f"({type(error).__name__}: {error}); replace them with the originals (or delete them and pass --download)"
         ) from error
-
-
-# ----------------------------------------------------------------------------------------- image folders
-
-
-def report_unreadable(
-    what: str,
-    error: BaseException,
-    *,
-    strict: bool,
-    warned: set[str],
-    fix: str = "fix or delete the file",
-) -> None:
-    """An image that does not decode: fatal under ``strict`` (naming it; raised in a loader worker, the
-    DataLoader re-raises it with this message inside), else a warning once per image (``warned``, per process)."""
-    reason = f"{type(error).__name__}: {error}"
-    if strict:
-        raise ValueError(
-            f"unreadable image {what} ({reason}); --strict-data made this fatal: "
-            f"{fix}, or drop --strict-data to skip unreadable images with a warning"
-        ) from error
-    if what not in warned:
-        warned.add(what)
-        _LOG.warning(
-            "skipping unreadable image %s (%s); pass --strict-data to make this an error", what, reason
-        )
-
-
-class _ImageFolder(ImageFolder):
-    """ImageFolder whose unreadable images are skipped (None, warned once per path) or fatal (``strict``)."""
-
-    def __init__(self, root: Path, transform: Callable[[Any], torch.Tensor], *, strict: bool) -> None:
-        # allow_empty: build_data reports every empty class folder by path rather than torchvision's first error.
-        super().__init__(str(root), transform=transform, allow_empty=True)
-        self.strict = strict
-        self._warned: set[str] = set()  # per process: each loader worker warns on its own
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
-        path, target = self.samples[index]
-        try:
-            image = self.loader(path)
-        except _DECODE_ERRORS as error:
-            self._unreadable(path, error)
-            return None
-        assert self.transform is not None  # always given, see __init__
-        return self.transform(image), target
-
-    def _unreadable(self, path: str, error: BaseException) -> None:
-        report_unreadable(path, error, strict=self.strict, warned=self._warned)
-
-    def check_decodable(self) -> None:
-        """Refuse a small split (``_PROBE_LIMIT``) in which no image decodes; stops at the first good one."""
-        if len(self.samples) > _PROBE_LIMIT:
-            return
-        first = ""
-        for path, _ in self.samples:
-            try:
-                self.loader(path)
-                return
-            except _DECODE_ERRORS as error:
-                first = first or f"{path}: {type(error).__name__}: {error}"
-        raise ValueError(
-            f"none of the {len(self.samples)} images in {self.root} can be decoded (first: {first}); "
-            "replace them with readable images"
-        )
-
-    def empty_class_folders(self) -> list[str]:
-        """Class folders without a single image file."""
-        present = set(self.targets)
-        return [
-            os.path.join(self.root, name) for name, index in self.class_to_idx.items() if index not in present
-        ]
-
-
-def _class_folders(split: Path) -> list[str]:
-    return sorted(entry.name for entry in os.scandir(split) if entry.is_dir())
-
-
-def _check_folder_layout(root: Path) -> None:
-    """Missing splits, missing class folders and train/val class mismatches, as one clear error each."""
-    missing = [split for split in ("train", "val") if not (root / split).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"image folder {root} has no {' or '.join(missing)} folder; expected {_FOLDER_LAYOUT}"
-        )
-    train, val = set(_class_folders(root / "train")), set(_class_folders(root / "val"))
-    for split, classes in (("train", train), ("val", val)):
-        if not classes:
-            raise FileNotFoundError(f"{root / split} has no class folders; expected {_FOLDER_LAYOUT}")
-    if train != val:
-        only = [
-            f"only in {split}: {_names(sorted(extra))}"
-            for split, extra in (("train", train - val), ("val", val - train))
-            if extra
-        ]
-        raise ValueError(
-            f"train and val of {root} have different class folders ({'; '.join(only)}); "
-            "every class needs a folder in both splits"
-        )
-
-
-def _scan_folder(
-    root: Path,
-    train_transform: Callable[[Any], torch.Tensor],
-    val_transform: Callable[[Any], torch.Tensor],
-    strict: bool,
-) -> tuple[_ImageFolder, _ImageFolder]:
-    """Both splits of an image folder, its layout checked (also what ``senet data pack`` reads)."""
-    _check_folder_layout(root)
-    train = _ImageFolder(root / "train", train_transform, strict=strict)
-    val = _ImageFolder(root / "val", val_transform, strict=strict)
-    empty = train.empty_class_folders() + val.empty_class_folders()
-    if empty:
-        raise FileNotFoundError(
-            f"class folders with no images: {_names(empty)}; every class needs at least one image "
-            f"({' '.join(IMG_EXTENSIONS)}) in both train and val"
-        )
-    return train, val
-
-
-def folder_transforms(
-    image_size: int, eval_crop: int | None, ten_crop: bool, cutout: int, preprocessing: T.Preprocessing | None
-) -> tuple[Any, Any, T.Preprocessing]:
-    """The train and eval transforms of ImageNet-style images (folders and their shards) and the preprocessing
-    recorded with the weights: the paper's, or ``preprocessing`` (e.g. converted weights'), at the eval crop."""
-    default = T.Preprocessing(T.IMAGENET_MEAN, T.IMAGENET_STD, image_size)
-    preprocessing = (preprocessing or default).at_size(eval_crop or image_size)
-    return T.folder_train_transform(image_size, cutout), preprocessing.eval_transform(ten_crop), preprocessing
-
-
-def _build_folder(
-    root: Path,
-    image_size: int,
-    eval_crop: int | None,
-    ten_crop: bool,
-    strict: bool,
-    cutout: int,
-    preprocessing: T.Preprocessing | None,
-) -> DataSpec:
-    """ImageNet-layout folders with the paper's augmentation (Sec. 5.1) and resize-then-crop evaluation."""
-    train_transform, eval_transform, preprocessing = folder_transforms(
-        image_size, eval_crop, ten_crop, cutout, preprocessing
-    )
-    train, val = _scan_folder(root, train_transform, eval_transform, strict)
-    train.check_decodable()
-    val.check_decodable()
-    classes = list(train.classes)
-    return DataSpec(
-        train, val, len(classes), classes, 3, image_size, "folder", list(train.targets), preprocessing
-    )

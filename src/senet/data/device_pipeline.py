@@ -61,9 +61,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
 
-from senet.data.datasets import DataSpec, report_unreadable
+from senet.data.folders import report_unreadable
 from senet.data.loaders import build_loader
 from senet.data.shards import ShardDataset, decode_image
+from senet.data.spec import DataSpec
 from senet.data.transforms import Cutout
 
 __all__ = [
@@ -304,7 +305,7 @@ class RawImageDataset(Dataset[RawItem | None]):
     ``dataset``: a ``senet.data.shards.ShardDataset`` (its ``shard_sizes`` are kept: ``build_loader`` reads it
     shard by shard), or a folder dataset with ``samples`` ((path, label) pairs) and ``loader`` (PIL by
     default). Its ``transform`` is the CPU transform this replays (see ``plan_transform``); ``strict`` is
-    used when present, as in ``senet.data.datasets._ImageFolder``. Items that are not RGB/greyscale JPEGs come
+    used when present, as in ``senet.data.folders.SkippingImageFolder``. Items that are not RGB/greyscale JPEGs come
     transformed, ``(image float (C, S, S), label, ImageParams(fallback=True))``; an unreadable image gives
     None (warned once per image per process), or raises naming it under ``strict``. ``train=False`` needs a
     deterministic transform (evaluation).

@@ -39,15 +39,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from senet.data import transforms as T
-from senet.data.datasets import (
-    _DECODE_ERRORS,
-    _FOLDER_LAYOUT,
-    _PROBE_LIMIT,
-    DataSpec,
-    _scan_folder,
+from senet.data.folders import (
+    DECODE_ERRORS,
+    FOLDER_LAYOUT,
+    PROBE_LIMIT,
     folder_transforms,
     report_unreadable,
+    scan_folder,
 )
+from senet.data.spec import DataSpec
 from senet.fileio import atomic_write, fsync_dir
 
 _LOG = logging.getLogger("senet.data")
@@ -100,8 +100,8 @@ def pack_folder(
         raise ValueError(f"seed must be >= 0, got {seed}")
     root, out = Path(folder).expanduser(), Path(out_dir).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} is not a directory; expected {_FOLDER_LAYOUT}")
-    train, val = _scan_folder(root, _identity, _identity, strict=True)
+        raise FileNotFoundError(f"image folder {root} is not a directory; expected {FOLDER_LAYOUT}")
+    train, val = scan_folder(root, _identity, _identity, strict=True)
     # In ROOT, build_data(ROOT) would read the shards instead; in ROOT/train, the output would be a class.
     for inner in (root, root / "train", root / "val"):
         if out.resolve() == inner.resolve() or (inner != root and inner.resolve() in out.resolve().parents):
@@ -482,7 +482,7 @@ class ShardDataset(Dataset[Any]):
         data = self.read_bytes(index)  # a failed read is an error, never a skipped image
         try:
             image = decode_image(data)
-        except _DECODE_ERRORS as error:
+        except DECODE_ERRORS as error:
             self._unreadable(index, error)
             return None
         return self.transform(image), self.targets[index]
@@ -524,8 +524,8 @@ class ShardDataset(Dataset[Any]):
             self._close(shard)
 
     def check_decodable(self) -> None:
-        """Refuse a small split (``_PROBE_LIMIT``) in which no image decodes; stops at the first good one."""
-        if len(self) > _PROBE_LIMIT:
+        """Refuse a small split (``PROBE_LIMIT``) in which no image decodes; stops at the first good one."""
+        if len(self) > PROBE_LIMIT:
             return
         first = ""
         for index in range(len(self)):
@@ -533,7 +533,7 @@ class ShardDataset(Dataset[Any]):
             try:
                 decode_image(data)
                 return
-            except _DECODE_ERRORS as error:
+            except DECODE_ERRORS as error:
                 first = first or f"{self.locate(index)[1]}: {type(error).__name__}: {error}"
         raise ValueError(
             f"none of the {len(self)} {self.split} images in {self.index_url} can be decoded (first: {first}); "

@@ -41,6 +41,7 @@ from torch import nn
 
 from senet.deploy.optimize import fold_batchnorm
 from senet.fileio import atomic_write
+from senet.weights.pretrained import load_pretrained
 
 ExportFormat = Literal["onnx", "torchscript", "exported-program"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
@@ -129,7 +130,6 @@ def export_model(
     """
     if format == "onnx":
         require_onnx()  # before loading the weights: a missing package is the first thing to say
-    from senet.weights.pretrained import load_pretrained
 
     model = load_pretrained(source, weights=weights).eval()
     info = model.pretrained_info

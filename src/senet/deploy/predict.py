@@ -24,7 +24,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from senet.data.transforms import Preprocessing
+from senet.runtime import resolve_device
 from senet.weights.info import WeightsInfo
+from senet.weights.pretrained import load_pretrained
 
 _LOG = logging.getLogger("senet.deploy")
 
@@ -238,7 +240,6 @@ def _resolve_model(source: str | Path | nn.Module, weights: str) -> tuple[nn.Mod
                 "(it carries .pretrained_info), a weights file or a run directory"
             )
         return source, info
-    from senet.weights.pretrained import load_pretrained
 
     model = load_pretrained(source, weights=weights)  # type: ignore[arg-type]  # checked there
     return model, model.pretrained_info
@@ -276,7 +277,6 @@ def predict(
     with its ``error``; the others go on. Problems of the network, labels or arguments raise at the call,
     before any image is read.
     """
-    from senet.runtime import resolve_device
 
     if not (isinstance(topk, int) and topk >= 1):
         raise ValueError(f"topk must be an integer >= 1, got {topk!r}")

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from senet.data.datasets import _DECODE_ERRORS
+from senet.data.folders import DECODE_ERRORS
 
 _LOG = logging.getLogger("senet.detection")
 
@@ -388,7 +388,7 @@ class CocoDetection(Dataset):
         try:  # PIL, as COCO's tools: pixels as stored, EXIF orientation not applied (the boxes are on those)
             with Image.open(path) as file:
                 image = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1)
-        except _DECODE_ERRORS as error:
+        except DECODE_ERRORS as error:
             return self._unreadable(str(path), f"{type(error).__name__}: {error}")
         if tuple(image.shape[1:]) != (entry.height, entry.width):
             return self._unreadable(

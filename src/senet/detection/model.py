@@ -33,6 +33,9 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from senet.models.registry import create_model
+from senet.weights.pretrained import load_pretrained
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ANCHOR_SCALE = 8  # anchor size per unit of stride (Detectron's FPN: 32 px at stride 4)
@@ -111,8 +114,6 @@ def build_detector(
             box-head sampling, thresholds, detections per image).
         backbone_options: build options of the network (``senet.create_model``'s, e.g. ``widths``).
     """
-    from senet.models.registry import create_model
-    from senet.weights.pretrained import load_pretrained
 
     _check_int("num_classes", num_classes, 1)
     sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
@@ -214,7 +215,6 @@ def _default_out_indices(backbone: str, backbone_options: dict[str, Any]) -> tup
     """The last four stages of ``backbone`` after its stem, or all where it has fewer (Detectron's C2..C5 of a
     ResNet; C3..C5 of a CIFAR ResNet; VGG's and MobileNet's stride-2 stage left out). The network is built on
     the meta device: no memory, no initialisation."""
-    from senet.models.registry import create_model
 
     with torch.device("meta"):
         network = create_model(backbone, **backbone_options)

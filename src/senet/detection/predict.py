@@ -25,6 +25,7 @@ from senet.deploy.predict import UnreadableImageError, _expand, load_image
 from senet.detection.data import CategoryMap
 from senet.detection.engine import load_detector
 from senet.fileio import atomic_write
+from senet.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,6 @@ def predict(
     Problems of the run or the arguments raise at the call, before any image is read; an image that cannot
     be read gives an :class:`ImageDetections` with its ``error``, and the others go on.
     """
-    from senet.runtime import resolve_device
 
     for name, value, low, high in (
         ("score_threshold", score_threshold, 0.0, 1.0),

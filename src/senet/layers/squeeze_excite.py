@@ -31,6 +31,39 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _positive_int(value: Any) -> bool:
+    return _is_int(value) and value >= 1
+
+
+# Every option of an SE block, the one place they are checked: (valid?, how to fix it), by the option's name.
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "channels": (_positive_int, "use an integer >= 1"),
+    "reduction": (_positive_int, "use an integer >= 1 (paper: 16)"),
+    "squeeze": (lambda v: v in SQUEEZES, f"choose one of {', '.join(SQUEEZES)}"),
+    "gate": (lambda v: v in GATES, f"choose one of {', '.join(GATES)}"),
+    "bias": (lambda v: isinstance(v, bool), "use True or False"),  # a truthy string would give biases
+    # a 0-wide bottleneck would build and gate every channel at the constant gate(fc2.bias)
+    "hidden_channels": (lambda v: v is None or _positive_int(v), "use an integer >= 1, or None for C // r"),
+    "position": (lambda v: v in POSITIONS, f"choose one of {', '.join(POSITIONS)}"),
+    "recompute_norm": (lambda v: v in (None, True, False), "use True, False or None (auto)"),
+}
+
+
+def _check_options(owner: str, prefix: str, **options: Any) -> None:
+    """Refuse a bad SE option in one line, named as its owner takes it (``SqueezeExcite``'s arguments, or the
+    ``se_*`` build options of a network)."""
+    for name, value in options.items():
+        valid, fix = _CHECKS[name]
+        if not valid(value):
+            raise ValueError(f"{owner} got {prefix}{name}={value!r}; {fix}")
+    if options.get("recompute_norm") is not None and options["squeeze"] != "avg":
+        raise ValueError(  # the fused BatchNorm path would silently not recompute
+            f"{owner} got {prefix}recompute_norm={options['recompute_norm']!r}; only the average squeeze's "
+            f"training path recomputes the BatchNorm; {prefix}squeeze={options['squeeze']!r} never does: leave "
+            "it out"
+        )
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze (global pooling) -> excitation (FC-ReLU-FC-gate) -> channel-wise rescale. Paper Sec. 3.
 
@@ -68,20 +101,10 @@ class SqueezeExcite(nn.Module):
         recompute_norm: bool | None = None,
     ) -> None:
         super().__init__()
-        if squeeze not in SQUEEZES:
-            raise ValueError(f"unknown squeeze {squeeze!r}; choose one of {', '.join(SQUEEZES)}")
-        if gate not in GATES:
-            raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATES)}")
-        if not (_is_int(reduction) and reduction >= 1):
-            raise ValueError(f"SqueezeExcite got reduction={reduction!r}; use an integer >= 1 (paper: 16)")
-        if not (_is_int(channels) and channels >= 1):
-            raise ValueError(f"SqueezeExcite got channels={channels!r}; use an integer >= 1")
-        # A 0-wide bottleneck would build and gate every channel at the constant gate(fc2.bias).
-        if hidden_channels is not None and not (_is_int(hidden_channels) and hidden_channels >= 1):
-            raise ValueError(
-                f"SqueezeExcite got hidden_channels={hidden_channels!r}; use an integer >= 1, "
-                "or None for channels // reduction"
-            )
+        _check_options(
+            "SqueezeExcite", "", channels=channels, reduction=reduction, squeeze=squeeze, gate=gate, bias=bias,
+            hidden_channels=hidden_channels, recompute_norm=recompute_norm,
+        )  # fmt: skip
         hidden = hidden_channels if hidden_channels is not None else max(1, channels // reduction)
         self.channels = channels
         self.squeeze = squeeze
@@ -90,13 +113,6 @@ class SqueezeExcite(nn.Module):
         self.relu = nn.ReLU()  # not in place: a full backward hook on fc1 forbids that, and it is (N, C / r)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=bias)
         self._gate_fn = ops.GATE_FUNCTIONS[gate]
-        if recompute_norm not in (None, True, False):
-            raise ValueError(f"SqueezeExcite got recompute_norm={recompute_norm!r}; use True, False or None")
-        if recompute_norm is not None and squeeze != "avg":  # norm_scale_and_add would silently not recompute
-            raise ValueError(
-                f"SqueezeExcite got recompute_norm={recompute_norm!r} with squeeze={squeeze!r}; only the average "
-                "squeeze's training path recomputes the BatchNorm: leave it None"
-            )
         self.recompute_norm = recompute_norm
         # Gate 1 everywhere (the block removed, paper Sec. 7): what senet.analysis's removal study switches.
         self.removed = False
@@ -343,23 +359,10 @@ class SEConfig:
         elif isinstance(self.stages, list):
             object.__setattr__(self, "stages", tuple(self.stages))
         # Fail at build time, in the terms of the se_* build options, rather than deep inside the first block.
-        checks = [
-            ("reduction", _is_int(self.reduction) and self.reduction >= 1, "use an integer >= 1 (paper: 16)"),
-            ("squeeze", self.squeeze in SQUEEZES, f"choose one of {', '.join(SQUEEZES)}"),
-            ("gate", self.gate in GATES, f"choose one of {', '.join(GATES)}"),
-            ("bias", isinstance(self.bias, bool), "use True or False"),  # a truthy string would give biases
-            ("position", self.position in POSITIONS, f"choose one of {', '.join(POSITIONS)}"),
-            ("recompute_norm", self.recompute_norm in (None, True, False), "use True, False or None (auto)"),
-            (
-                "recompute_norm",
-                self.recompute_norm is None or self.squeeze == "avg",
-                f"only the average squeeze's training path recomputes the BatchNorm; se_squeeze={self.squeeze!r} "
-                "never does: leave it out",
-            ),
-        ]
-        for name, ok, fix in checks:
-            if not ok:
-                raise ValueError(f"SE blocks got se_{name}={getattr(self, name)!r}; {fix}")
+        _check_options(
+            "SE blocks", "se_", reduction=self.reduction, squeeze=self.squeeze, gate=self.gate, bias=self.bias,
+            position=self.position, recompute_norm=self.recompute_norm,
+        )  # fmt: skip
 
     def block(self, channels: int) -> SqueezeExcite:
         return SqueezeExcite(

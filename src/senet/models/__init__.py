@@ -6,6 +6,7 @@ from senet.models import inception  # noqa: F401  (BN-Inception, Inception-ResNe
 from senet.models import vgg  # noqa: F401
 from senet.models import mobile  # noqa: F401  (MobileNet, ShuffleNet)
 from senet.models import shake  # noqa: F401  (Shake-Shake, Shake-Even)
+from senet.models import torchvision_models  # noqa: F401  (torchvision:NAME, resolved by its prefix)
 from senet.models.registry import (
     ModelInfo,
     PaperFigures,

@@ -18,20 +18,20 @@ def check_option(ok: bool, family: str, option: str, value: object, fix: str) ->
         raise ValueError(f"{family} got {option}={value!r}; {fix}")
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_positive(family: str, option: str, values: int | Iterable[int]) -> None:
     """Every entry of ``values`` (a width, a depth...) is an integer >= 1: a 0 builds a layer-less stage or a
     zero-width conv that fails, if at all, deep in the first forward pass."""
-    entries = [values] if _is_int(values) or not isinstance(values, Iterable) else list(values)
-    check_option(all(_is_int(v) and v >= 1 for v in entries), family, option, values, "use integers >= 1")
+    entries = [values] if is_int(values) or not isinstance(values, Iterable) else list(values)
+    check_option(all(is_int(v) and v >= 1 for v in entries), family, option, values, "use integers >= 1")
 
 
 def check_num_classes(family: str, num_classes: int) -> None:
     check_option(
-        _is_int(num_classes) and num_classes >= 0,
+        is_int(num_classes) and num_classes >= 0,
         family,
         "num_classes",
         num_classes,
@@ -43,7 +43,7 @@ def check_common_options(family: str, num_classes: int, in_chans: int, drop_rate
     """The options every family takes: classifier size, input channels, dropout before the classifier."""
     check_num_classes(family, num_classes)
     check_option(
-        _is_int(in_chans) and in_chans >= 1,
+        is_int(in_chans) and in_chans >= 1,
         family,
         "in_chans",
         in_chans,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from senet.models.base import FeatureStage, StagedNetwork, _is_int, check_option, keep_frozen_in_eval
+from senet.models.base import FeatureStage, StagedNetwork, check_option, is_int, keep_frozen_in_eval
 
 NORMS: tuple[str, ...] = ("bn", "frozen_bn")
 BACKBONE_OPTIONS: tuple[str, ...] = ("features_only", "out_indices", "frozen_stages", "norm")
@@ -82,7 +82,7 @@ def apply_backbone_options(
         f"; stages after out_indices' last ({last}) are not in the backbone" if last < indices[-1] else ""
     )
     check_option(
-        _is_int(frozen_stages) and -1 <= frozen_stages <= last,
+        is_int(frozen_stages) and -1 <= frozen_stages <= last,
         family,
         "frozen_stages",
         frozen_stages,
@@ -107,14 +107,14 @@ def _check_out_indices(family: str, value: object, stages: Sequence[FeatureStage
     )
     indices = tuple(value)  # type: ignore[arg-type]
     check_option(
-        all(_is_int(i) and i in valid for i in indices),
+        all(is_int(i) and i in valid for i in indices),
         family,
         "out_indices",
         value,
         f"use integers in {valid[0]}..{valid[-1]} ({names})",
     )
     check_option(
-        all(a < b for a, b in zip(indices, indices[1:])),
+        all(a < b for a, b in zip(indices, indices[1:], strict=False)),
         family,
         "out_indices",
         value,

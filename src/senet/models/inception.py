@@ -240,7 +240,7 @@ class BNInception(PooledClassifier):
         width = self.conv2.conv.out_channels
         stages = [FeatureStage(0, ("conv1", "pool1", "conv2_reduce", "conv2"), width, 4)]
         modules, channels, reduction = ["pool2"], width, 8
-        for name, module in zip(self.module_names, self.inception_modules()):
+        for name, module in zip(self.module_names, self.inception_modules(), strict=True):
             if module.stride > 1 and modules != ["pool2"]:
                 stages.append(FeatureStage(len(stages), tuple(modules), channels, reduction))
                 modules = []

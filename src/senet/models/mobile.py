@@ -127,14 +127,14 @@ class MobileNet(PooledClassifier):
             spans = [[i for i, s in enumerate(unit_stages) if s == stage] for stage in stages]
             meaning = ", ".join(
                 f"{stage} = blocks.{span[0]}" + (f"-{span[-1]}" if len(span) > 1 else "")
-                for stage, span in zip(stages, spans)
+                for stage, span in zip(stages, spans, strict=True)
             )
             se = se.resolve_stages("MobileNet", stages, meaning=meaning)
         self.se_config = se
         self.stem = nn.Sequential(*_conv_bn(in_chans, stem_width, 3, 2), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
         channels = stem_width
-        for (width, stride), stage in zip(units, unit_stages):
+        for (width, stride), stage in zip(units, unit_stages, strict=True):
             unit_se = se if se is not None and se.in_stage(stage) else None
             blocks.append(DepthwiseSeparable(channels, width, stride, unit_se))
             channels = width
@@ -150,7 +150,9 @@ class MobileNet(PooledClassifier):
         stages = [FeatureStage(0, ("stem",), self.stem[0].out_channels, 2)]
         reduction = 2
         strides = [unit.conv_dw.stride[0] for unit in self.blocks]
-        for index, (unit, stage, stride) in enumerate(zip(self.blocks, _unit_stages(strides), strides)):
+        for index, (unit, stage, stride) in enumerate(
+            zip(self.blocks, _unit_stages(strides), strides, strict=True)
+        ):
             reduction *= stride
             earlier = stages.pop().modules if stages[-1].index == stage else ()
             modules = (*earlier, f"blocks.{index}")
@@ -310,7 +312,7 @@ class ShuffleNet(PooledClassifier):
         self.stem = nn.Sequential(*_conv_bn(in_chans, stem_width, 3, 2), nn.ReLU(inplace=True))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         channels = stem_width
-        for index, (depth, width) in enumerate(zip(depths, widths)):
+        for index, (depth, width) in enumerate(zip(depths, widths, strict=True)):
             stage_se = se if se is not None and se.in_stage(index + 1) else None
             units = [
                 ShuffleUnit(

@@ -1,6 +1,9 @@
 """Model registry: every network is a small builder function registered by name with the paper's figures.
 
-Builders take keyword options only and return an ``nn.Module``; ``create_model`` adds ``num_classes``.
+Builders take keyword options only and return an ``nn.Module``; ``create_model`` adds ``num_classes``. Names
+of other projects' models (``torchvision:NAME``) are resolved by the module that registered their prefix
+(:func:`register_prefix`). Weights are not this module's: ``senet.create_model(name, pretrained=...)``
+(:mod:`senet.weights.pretrained`) loads them, and builds through this registry.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
+
+from senet.models.features import apply_backbone_options, pop_backbone_options
 
 Builder = Callable[..., nn.Module]
 
@@ -47,8 +51,21 @@ class ModelInfo:
     builder: Builder
 
 
+@dataclass(frozen=True)
+class PrefixFamily:
+    """Models named ``<prefix>NAME`` that live in another project (``torchvision:resnet50``).
+
+    ``model_info`` resolves one such name (unknown ones fail with the closest); ``check_options`` sees the
+    options given to any *other* model, to refuse those only this family takes (``add_se``...)."""
+
+    prefix: str
+    model_info: Callable[[str], ModelInfo]
+    check_options: Callable[[ModelInfo, dict[str, Any]], None] | None = None
+
+
 _MODELS: dict[str, ModelInfo] = {}
 _ALIASES: dict[str, str] = {}
+_PREFIXES: dict[str, PrefixFamily] = {}
 
 
 def register_model(
@@ -80,6 +97,18 @@ def register_model(
     return register
 
 
+def register_prefix(family: PrefixFamily) -> None:
+    """Resolve the names that start with ``family.prefix`` through ``family`` (its module calls this once,
+    when imported: ``senet.models`` imports it)."""
+    if family.prefix in _PREFIXES:
+        raise ValueError(f"model prefix {family.prefix!r} is registered twice")
+    _PREFIXES[family.prefix] = family
+
+
+def _prefix_family(name: str) -> PrefixFamily | None:
+    return next((f for prefix, f in _PREFIXES.items() if name.startswith(prefix)), None)
+
+
 def _resolve(name: str) -> str:
     if name in _MODELS:
         return name
@@ -91,41 +120,23 @@ def _resolve(name: str) -> str:
     raise ValueError(f"unknown model {name!r}; {hint}")
 
 
-def create_model(
-    name: str, num_classes: int | None = None, *, pretrained: bool | str | Path = False, **options
-) -> nn.Module:
-    """Build the registered network ``name`` (or one of its aliases), randomly initialised or ``pretrained``.
+def create_model(name: str, num_classes: int | None = None, **options: Any) -> nn.Module:
+    """Build the registered network ``name`` (or one of its aliases), randomly initialised.
 
-    ``num_classes`` defaults to the model's dataset: 1000 (ImageNet), 10 for the CIFAR networks.
-
-    ``options`` are the family's build options, e.g. ``in_chans``, ``drop_rate``, ``stride_in_1x1`` or the
-    SE options ``se_reduction``, ``se_squeeze``, ``se_gate``, ``se_bias``, ``se_stages``, ``se_position``,
-    ``se_recompute_norm`` (:class:`senet.layers.SEConfig`; docs/ablations.md). An option the family would
-    ignore or cannot honour is refused, e.g. a stage it lacks: ``se_stages`` numbers stages from 1, the first
-    after the stem (``layer1``, the paper's ``"conv2_x"``, which the ImageNet ResNets also accept).
-
-    Backbone options, every family (:mod:`senet.models.features`, docs/backbones.md): ``features_only=True``
-    returns a :class:`~senet.models.features.FeatureNet` whose forward gives the maps of ``out_indices`` (stage
-    numbers as ``se_stages``'s, 0 the stem's output; default all) as a list, described by its ``feature_info``;
-    ``frozen_stages=k`` freezes the stem and stages 1..k (-1: nothing; mmdet's rule); ``norm="frozen_bn"``
-    makes every BatchNorm a ``FrozenBatchNorm2d``.
-
-    ``pretrained``: a weights file (``senet convert``) or run directory holding ``name``'s weights, or True for
-    the published weights of ``name``; see :func:`senet.load_pretrained`, which this calls. The weights'
-    recorded build options win over the builder's defaults; a ``num_classes`` other than theirs gets a new,
-    randomly initialised classifier.
+    ``num_classes`` defaults to the model's dataset: 1000 (ImageNet), 10 for the CIFAR networks; ``options``
+    are the family's build options and the backbone options (see :func:`senet.create_model`, which also loads
+    weights: ``pretrained=`` is its option, refused here rather than ignored).
     """
-    if pretrained is not False:
-        from senet.weights.pretrained import load_pretrained
-
-        source = name if pretrained is True else pretrained
-        return load_pretrained(source, model=name, num_classes=num_classes, **options)
+    pretrained = options.pop("pretrained", False)
+    if pretrained is not False and pretrained is not None:
+        raise ValueError(
+            f"senet.models.create_model builds randomly initialised networks; load weights with "
+            f"senet.create_model({name!r}, pretrained={pretrained!r})"
+        )
     info = model_info(name)
-    from senet.models.add_se import refuse_add_se_options
-
-    refuse_add_se_options(info.name, info.family, options)  # add_se is for torchvision:NAME models
-    from senet.models.features import apply_backbone_options, pop_backbone_options
-
+    for family in _PREFIXES.values():
+        if family.check_options is not None and not info.name.startswith(family.prefix):
+            family.check_options(info, options)
     backbone = pop_backbone_options(options)
     try:
         model = info.builder(num_classes=info.num_classes if num_classes is None else num_classes, **options)
@@ -156,9 +167,6 @@ def model_info(name: str) -> ModelInfo:
     """The registry entry of ``name`` (aliases resolve); unknown names fail with the closest known ones.
 
     ``torchvision:NAME`` is torchvision's classification model NAME (weights=None), with SE blocks on request
-    (``add_se=True``, ``se_reduction``, ``se_where``, ``se_init``: :mod:`senet.models.add_se`)."""
-    if name.startswith("torchvision:"):
-        from senet.models.add_se import torchvision_model_info
-
-        return torchvision_model_info(name)
-    return _MODELS[_resolve(name)]
+    (``add_se=True``, ``se_reduction``, ``se_where``, ``se_init``: :mod:`senet.models.torchvision_models`)."""
+    family = _prefix_family(name)
+    return family.model_info(name) if family is not None else _MODELS[_resolve(name)]

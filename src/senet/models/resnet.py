@@ -16,7 +16,7 @@ Two layout options matter for matching published numbers and weights:
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -40,55 +40,65 @@ STEM_POOLS: tuple[str, ...] = ("torchvision", "caffe")
 
 
 class _ResidualUnit(nn.Module):
-    """Shared forward of residual units: where the SE block acts (paper Fig. 5, Tables 14-15).
+    """What every residual unit shares: ``join(branch(x), shortcut(x))``, and where its SE block acts (paper
+    Fig. 5, Tables 14-15): ``standard`` on the residual branch before the sum; ``pre`` on the unit's input;
+    ``post`` after the sum and its ReLU; ``identity`` on the shortcut, in parallel to the branch; ``3x3`` inside
+    the branch, right after the 3x3 conv (each unit's :meth:`branch` places it).
 
-    ``standard``: on the residual branch before the sum; ``pre``: on the branch input; ``post``: after
-    the sum and its ReLU; ``identity``: on the shortcut, in parallel to the branch; ``3x3``: inside the
-    branch, right after the 3x3 conv (subclasses place it there themselves).
+    A unit's :meth:`branch` runs up to (not including) its last BatchNorm, which :meth:`join` applies: so SE, the
+    sum and the ReLU can take it into one operator (:meth:`SqueezeExcite.norm_scale_and_add`). Pre-activation
+    units (He et al. 2016b) end their branch in a conv and add without a ReLU. How a unit joins is chosen once,
+    at construction, by where its SE block acts.
     """
 
     se: nn.Module | None
-    se_position: str
-    preact = False  # pre-activation units (He et al. 2016b) add without a ReLU after the sum
-
-    @property
-    def last_norm(self) -> nn.Module:
-        """The BatchNorm that ends the residual branch of a post-activation unit."""
-        raise NotImplementedError
-
-    def branch_convs(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual branch up to its last BatchNorm."""
-        raise NotImplementedError
-
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_norm(self.branch_convs(x))
+    se_position: str | None  # None: no SE block
+    preact = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        position = self.se_position if self.se is not None else None
-        if position == "pre":
+        if self.se_position == "pre":
             x = self.se(x)
-        activation = None if self.preact else self.relu  # the SE operator fuses a plain ReLU after the sum
-        if position == "standard" and not self.preact:
-            out = self.se.norm_scale_and_add(self.branch_convs(x), self.last_norm, shortcut, activation)
-        elif position == "standard":
-            out = self.se.scale_and_add(self.branch(x), shortcut)
-        elif position == "identity":
-            out = self.se.scale_and_add(shortcut, self.branch(x), activation)
-        else:
-            out = self.branch(x) + shortcut
-            out = activation(out) if activation is not None else out
-        if position == "post":
+        out = self.join(self.branch(x), shortcut)
+        if self.se_position == "post":
             out = self.se(out)
         return out
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def last_norm(self) -> nn.Module:
+        """The BatchNorm that ends the branch; an identity for pre-activation units."""
+        raise NotImplementedError
+
+    @property
+    def activation(self) -> nn.Module | None:
+        """The ReLU after the sum; none for pre-activation units."""
+        return None if self.preact else self.relu
+
+    def _add(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """BN, sum, ReLU: no SE at the join."""
+        out = self.last_norm(out) + shortcut
+        return self.activation(out) if self.activation is not None else out
+
+    def _se_on_branch(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """BN, SE on the branch, sum, ReLU: one operator in training (paper Fig. 3)."""
+        return self.se.norm_scale_and_add(out, self.last_norm, shortcut, self.activation)
+
+    def _se_on_shortcut(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """BN, SE on the shortcut, sum, ReLU (Fig. 5e, the "identity" integration)."""
+        return self.se.scale_and_add(shortcut, self.last_norm(out), self.activation)
+
     def _attach_se(self, se: SEConfig | None, inplanes: int, width: int, out_channels: int) -> None:
-        self.se_position = se.position if se is not None else "standard"
+        self.se_position = se.position if se is not None else None
         channels = {"pre": inplanes, "3x3": width}.get(self.se_position, out_channels)
         self.se = se.block(channels) if se is not None else None
+        joins = {"standard": self._se_on_branch, "identity": self._se_on_shortcut}
+        self.join = joins.get(self.se_position, self._add)
 
-    def _se_after_3x3(self, out: torch.Tensor) -> torch.Tensor:
-        return self.se(out) if self.se is not None and self.se_position == "3x3" else out
+
+_NO_NORM = nn.Identity()  # the "last BatchNorm" of pre-activation branches, which end in a conv
 
 
 class BasicBlock(_ResidualUnit):
@@ -120,12 +130,15 @@ class BasicBlock(_ResidualUnit):
         self.downsample = downsample
         self._attach_se(se, inplanes, planes, planes)
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        if self.se_position == "3x3":
+            out = self.se(out)
+        return self.conv2(out)
+
     @property
     def last_norm(self) -> nn.Module:
         return self.bn2
-
-    def branch_convs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self._se_after_3x3(self.relu(self.bn1(self.conv1(x)))))
 
 
 class Bottleneck(_ResidualUnit):
@@ -164,13 +177,16 @@ class Bottleneck(_ResidualUnit):
         self.downsample = downsample
         self._attach_se(se, inplanes, width, out_channels)
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        if self.se_position == "3x3":
+            out = self.se(out)
+        return self.conv3(out)
+
     @property
     def last_norm(self) -> nn.Module:
         return self.bn3
-
-    def branch_convs(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.conv3(self._se_after_3x3(self.relu(self.bn2(self.conv2(out)))))
 
 
 class PreActBasicBlock(BasicBlock):
@@ -189,8 +205,14 @@ class PreActBasicBlock(BasicBlock):
         self.bn2 = nn.BatchNorm2d(planes)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._se_after_3x3(self.conv1(self.relu(self.bn1(x))))
+        out = self.conv1(self.relu(self.bn1(x)))
+        if self.se_position == "3x3":
+            out = self.se(out)
         return self.conv2(self.relu(self.bn2(out)))
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return _NO_NORM
 
 
 class PreActBottleneck(Bottleneck):
@@ -208,8 +230,14 @@ class PreActBottleneck(Bottleneck):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.relu(self.bn1(x)))
-        out = self._se_after_3x3(self.conv2(self.relu(self.bn2(out))))
+        out = self.conv2(self.relu(self.bn2(out)))
+        if self.se_position == "3x3":
+            out = self.se(out)
         return self.conv3(self.relu(self.bn3(out)))
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return _NO_NORM
 
 
 class ResNet(PooledClassifier):
@@ -302,7 +330,7 @@ class ResNet(PooledClassifier):
             first_conv_ratio=first_conv_ratio,
         )
         inplanes = stem_out
-        for index, (depth, planes) in enumerate(zip(depths, widths)):
+        for index, (depth, planes) in enumerate(zip(depths, widths, strict=True)):  # checked: one per stage
             stage = index + 1
             stride = 1 if stage == 1 else 2
             stage_se = se if se is not None and se.in_stage(stage) else None
@@ -338,10 +366,24 @@ class ResNet(PooledClassifier):
     def _zero_init_residual(self) -> None:
         for module in self.modules():
             # The last BN of a post-activation branch; pre-activation branches end in a conv.
-            if isinstance(module, Bottleneck) and not module.preact:
-                nn.init.zeros_(module.bn3.weight)
-            elif isinstance(module, BasicBlock) and not module.preact:
-                nn.init.zeros_(module.bn2.weight)
+            if isinstance(module, _ResidualUnit) and not module.preact:
+                nn.init.zeros_(module.last_norm.weight)
+
+    def layout_options(self) -> dict[str, Any]:
+        """The build options a state dict cannot show (:mod:`senet.models.layout`): how the stem pools, and where
+        a down-sampling bottleneck puts its stride."""
+        layout: dict[str, Any] = {}
+        if isinstance(self.maxpool, nn.MaxPool2d):  # the cifar stem has none
+            layout["stem_pool"] = "caffe" if self.maxpool.ceil_mode else "torchvision"
+        strided = (
+            unit
+            for unit in self.modules()
+            if isinstance(unit, Bottleneck) and max(unit.conv1.stride + unit.conv2.stride) > 1
+        )
+        unit = next(strided, None)
+        if unit is not None:
+            layout["stride_in_1x1"] = unit.conv1.stride[0] > 1
+        return layout
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]

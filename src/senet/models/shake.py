@@ -302,7 +302,7 @@ class ShakeResNet(PooledClassifier):
         self.relu = nn.Identity() if preact else nn.ReLU(inplace=True)
 
         in_channels = stem_width
-        for index, (depth, out_channels) in enumerate(zip(depths, widths)):
+        for index, (depth, out_channels) in enumerate(zip(depths, widths, strict=True)):
             stage = index + 1
             stage_se = se if se is not None and se.in_stage(stage) else None
             options = dict(

@@ -97,7 +97,7 @@ class VGG(StagedNetwork):
 
         layers: list[nn.Module] = []
         channels = in_chans
-        for index, (depth, width) in enumerate(zip(depths, widths)):
+        for index, (depth, width) in enumerate(zip(depths, widths, strict=True)):
             use_se = se is not None and se.in_stage(index + 1)
             for _ in range(depth):
                 act: nn.Module = ReLUThenSE(se.block(width)) if use_se else nn.ReLU(inplace=True)

@@ -1,8 +1,11 @@
-"""Training and evaluation: configs and presets, the engine (one process or torchrun DDP), checkpoints."""
+"""Training and evaluation: configs and presets, one training lifecycle (one process or torchrun DDP) that
+classification and detection run as tasks, evaluation, plots."""
 
 from senet.train.config import PRESETS, TrainConfig, resolve_config
 from senet.train.control import TrainingInterrupted
-from senet.train.engine import RunResult, TrainingDiverged, evaluate, train
+from senet.train.engine import train
+from senet.train.evaluation import evaluate
+from senet.train.lifecycle import RunResult, TrainingDiverged
 
 __all__ = [
     "PRESETS",

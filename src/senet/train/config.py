@@ -13,67 +13,125 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
+from senet.models.registry import create_model, model_info
+
 Schedule = str  # "step" | "multistep" | "cosine"
+
+
+# The fields that every task's config declares alike (TrainConfig here, and DetectionConfig in
+# senet.detection.config): each one's default and the help of its flag, written once. A task may give one
+# another default (batch size).
+SHARED_FIELDS: dict[str, tuple[Any, str]] = {
+    "batch_size": (64, "global batch size, split over the processes of a torchrun job"),
+    "momentum": (0.9, "SGD momentum, in [0, 1)"),
+    "weight_decay": (1e-4, "L2 weight decay"),
+    "seed": (0, "random seed of weights, data order and augmentation"),
+    "device": ("auto", "auto, cpu, cuda or cuda:N"),
+    "amp": (False, "mixed precision: bf16 on CPU, fp16 with a gradient scaler on CUDA"),
+    "log_interval": (20, "plain progress line every N batches when not on a terminal (0: none)"),
+    # Run control: how often and how many checkpoints; not what is trained, so a resume may change them.
+    "save_every_steps": (0, "also checkpoint every N optimizer steps (0: at epoch ends only)"),
+    "save_every_minutes": (0.0, "also checkpoint when this many minutes passed since the last save (0: off)"),
+    "keep": (2, "checkpoints kept in the run directory: the newest N"),
+}
+
+
+def option(default: Any, help: str, **flag: Any) -> Any:
+    """A config field with its default and the help of its command-line flag (``metadata["help"]``); ``flag``:
+    the flag's ``metavar`` or ``choices`` where the field's type does not say them."""
+    return field(default=default, metadata={"help": help, **flag})
+
+
+def shared_field(name: str, default: Any = dataclasses.MISSING) -> Any:
+    """The config field ``name`` of :data:`SHARED_FIELDS`, with ``default`` instead of its own if given."""
+    own, text = SHARED_FIELDS[name]
+    return option(own if default is dataclasses.MISSING else default, text)
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs. ``lr`` is the rate at ``lr_reference_batch`` (scaled linearly with the
-    global batch size, Goyal et al. 2017) or, when that is ``None``, the rate used as is."""
+    global batch size, Goyal et al. 2017) or, when that is ``None``, the rate used as is.
 
-    model: str = "se_resnet20_cifar"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = None  # weights to start from: a senet weights file or run directory
-    data: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    image_size: int | None = None
-    eval_crop: int | None = None
-    cutout: int = 0
-    balanced_sampling: bool = False
-    strict_data: bool = False
-    workers: int = 0
-    loader: str = "auto"  # where images are decoded and augmented: auto (gpu on CUDA), cpu, gpu
+    Each field declares the help of its ``senet train`` flag (:func:`option`); a field's default is appended
+    to it unless the text names it."""
 
-    epochs: int = 10
-    batch_size: int = 64  # global: split evenly over the processes of a distributed run
-    lr: float = 0.1
-    lr_reference_batch: int | None = None
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: Schedule = "cosine"
-    step_epochs: int = 30  # "step": divide by 1/gamma every step_epochs
-    milestones: tuple[
-        float, ...
-    ] = ()  # "multistep": epochs (fractions allowed) where lr is multiplied by gamma
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    drop_rate: float | None = None  # None: the model's own default
-    freeze_bn_epochs: int = 0
-
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    output: str | None = None
-    log_interval: int = 20
-    # Run control: how often and how many checkpoints; not part of what is trained, so a resume may change them.
-    save_every_steps: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
-    save_every_minutes: float = (
-        0.0  # also checkpoint when this many minutes passed since the last save (0: off)
+    model: str = option("se_resnet20_cifar", "registered model name (senet models)")
+    model_options: dict[str, Any] = field(default_factory=dict)  # given as --model-opt KEY=VALUE
+    pretrained: str | None = option(
+        None,
+        "start from these weights: a senet weights file (senet convert) or a run directory; a "
+        "new classifier where the data has another class count (default: none, random initialisation)",
     )
-    keep: int = 2  # checkpoints kept in the run directory (the newest K; at least 1)
+    data: str = option(
+        "digits",
+        "digits, cifar10, cifar100, an image folder ROOT with train/ and val/, or the index.json "
+        "of its shards (senet data pack; a path or fsspec URL)",
+    )
+    data_root: str | None = option(None, "folder holding the CIFAR files (default: none)")
+    download: bool = option(False, "download CIFAR into --data-root when the network allows")
+    image_size: int | None = option(
+        None, "training crop (default: 32 for digits/CIFAR, 224 for folders, or the preset's)"
+    )
+    eval_crop: int | None = option(
+        None, "evaluation crop, e.g. 320: resize 366, centre crop 320 (default: the training crop)"
+    )
+    cutout: int = option(0, "Cutout square size in pixels (0: off)")
+    balanced_sampling: bool = option(False, "class-balanced minibatches (the CVPR paper's data balancing)")
+    strict_data: bool = option(False, "stop at the first unreadable image instead of skipping it")
+    workers: int = option(0, "DataLoader worker processes (0: load in the training process)")
+    loader: str = option(
+        "auto",
+        "where JPEGs are decoded and augmented: cpu (in the workers), gpu (workers read the "
+        "bytes and draw the crops; the device decodes with nvJPEG and augments), auto (gpu on CUDA for "
+        "image folders)",
+    )
+
+    epochs: int = option(10, "epochs to train")
+    batch_size: int = shared_field("batch_size")
+    lr: float = option(0.1, "learning rate (at --lr-reference-batch when that is set)")
+    lr_reference_batch: int | None = option(
+        None,
+        "batch size at which --lr is given; the rate scales linearly from it (default: none, "
+        "--lr as is, or the preset's)",
+    )
+    momentum: float = shared_field("momentum")
+    nesterov: bool = option(False, "Nesterov momentum")
+    weight_decay: float = shared_field("weight_decay")
+    schedule: Schedule = option("cosine", "learning-rate schedule: step, multistep or cosine")
+    step_epochs: int = option(30, "with --schedule step: multiply the rate by --gamma every N epochs")
+    milestones: tuple[float, ...] = option(
+        (),
+        "with --schedule multistep: epochs (fractions allowed) where the rate is multiplied by "
+        "--gamma (default: none, or the preset's)",
+        metavar="E1,E2",
+    )
+    gamma: float = option(0.1, "factor of each step/multistep decay")
+    warmup_epochs: float = option(0.0, "linear warm-up from 0 over this many epochs (fractions allowed)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy, in [0, 1)")
+    drop_rate: float | None = option(
+        None, "dropout before the classifier, in [0, 1) (default: the model's own, or the preset's)"
+    )
+    freeze_bn_epochs: int = option(0, "freeze BatchNorm for the last N epochs (SENet-154)")
+
+    seed: int = shared_field("seed")
+    device: str = shared_field("device")
+    amp: bool = shared_field("amp")
+    channels_last: bool = option(False, "channels-last memory format for the model and its inputs")
+    compile: bool = option(False, "torch.compile the model")
+    output: str | None = option(None, "run directory (default: runs/<time>-<model>)")
+    log_interval: int = shared_field("log_interval")
+    save_every_steps: int = shared_field("save_every_steps")
+    save_every_minutes: float = shared_field("save_every_minutes")
+    keep: int = shared_field("keep")
 
     def __post_init__(self) -> None:
         """Refuse every value that cannot be meant, naming the field and its valid range: a run that starts
         with a wrong setting gives plausible numbers for the wrong experiment."""
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a registered model name (senet models), got {self.model!r}")
-        from senet.models.registry import model_info
-
         model_info(self.model)  # an unknown name fails here, with the closest known names
         if not isinstance(self.model_options, dict) or not all(
             isinstance(k, str) for k in self.model_options
@@ -89,7 +147,7 @@ class TrainConfig:
                 f"milestones must be a sequence of epochs, e.g. (82, 123), got {self.milestones!r}"
             )
         for m in self.milestones:
-            _check_number("milestones", m, float)
+            check_number("milestones", m, float)
         self.milestones = tuple(float(m) for m in self.milestones)
         if self.loader not in ("auto", "cpu", "gpu"):
             raise ValueError(f"unknown loader {self.loader!r}; choose auto (gpu on CUDA), cpu or gpu")
@@ -102,11 +160,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is None and name in _OPTIONAL:
                 continue
-            _check_number(name, value, kind)
+            check_number(name, value, kind)
             if (low is not None and not low(value)) or (high is not None and not high(self, value)):
                 raise ValueError(f"{name} must be {text.format(epochs=self.epochs)}, got {value!r}")
         given = _epochs_text(self.milestones)
-        steps = zip(self.milestones, self.milestones[1:])
+        steps = zip(self.milestones, self.milestones[1:], strict=False)
         if any(m <= 0 for m in self.milestones) or any(later <= earlier for earlier, later in steps):
             raise ValueError(f"milestones must be increasing epochs > 0, got {given}")
         if self.schedule == "multistep" and any(m > self.epochs for m in self.milestones):
@@ -130,7 +188,7 @@ class TrainConfig:
         return cls(**values)
 
 
-def _check_number(name: str, value: Any, kind: type) -> None:
+def check_number(name: str, value: Any, kind: type) -> None:
     """``value`` must be a finite number of ``kind`` (an int is a float too; a bool is neither)."""
     allowed = (int,) if kind is int else (int, float)
     if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value):
@@ -214,8 +272,8 @@ def _cifar_paper(model: str) -> dict[str, Any]:
             "gamma": 0.2,
         }
     if "shake_even" in model:
-        # Gastaldi 2017 on CIFAR-100 (29 2x4x64d): cosine from 0.025, batch 32, wd 5e-4, 1800 epochs; the paper
-        # adds Cutout, 8 px on CIFAR-100 (DeVries & Taylor 2017).
+        # Gastaldi 2017 on CIFAR-100 (29 2x4x64d): cosine from 0.025, batch 32, wd 5e-4, 1800 epochs; the
+        # paper adds Cutout, 8 px on CIFAR-100 (DeVries & Taylor 2017).
         return {
             **common,
             "data": "cifar100",
@@ -227,7 +285,8 @@ def _cifar_paper(model: str) -> dict[str, Any]:
             "cutout": 8,
         }
     if "shake" in model:
-        # Gastaldi 2017 on CIFAR-10 (26 2x96d): cosine from 0.2, batch 128, wd 1e-4, 1800 epochs; Cutout 16 px.
+        # Gastaldi 2017 on CIFAR-10 (26 2x96d): cosine from 0.2, batch 128, wd 1e-4, 1800 epochs; Cutout 16
+        # px.
         return {**common, "epochs": 1800, "lr": 0.2, "weight_decay": 1e-4, "schedule": "cosine", "cutout": 16}
     # He et al. 2016: lr 0.1, divided by 10 at 32k and 48k iterations, 64k in all, at batch 128 on 50k images
     # (391 iterations per epoch): 164 epochs, milestones at epochs 82 and 123.
@@ -291,10 +350,6 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
 def check_model_options(config: TrainConfig) -> None:
     """Build ``config``'s network on the meta device (no memory, no weights) so that an unknown or ill-typed
     model option fails now, in one line, rather than after a run directory was made."""
-    import torch
-
-    from senet.models.registry import create_model
-
     options = dict(config.model_options)
     if config.drop_rate is not None:
         options["drop_rate"] = config.drop_rate  # as the engine's build_model passes it

@@ -20,7 +20,7 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
-from senet.train import checkpoint
+from senet.weights import checkpoint
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 FAULT_ENV = "SENET_FAULT"  # test hook: "SIGTERM@step=3" signals this process after optimizer step 3,
@@ -117,7 +117,7 @@ class RunControl:
         return int(flag.item())
 
     def check_stop(self) -> None:
-        """Raise :class:`StopRequested` on every rank if a stop signal reached any rank (outside the steps)."""
+        """Raise :class:`StopRequested` on every rank if a stop signal reached any rank (outside steps)."""
         signum = self.poll(step=0).stop_signal
         if signum:
             raise StopRequested(signum)

@@ -1,4 +1,5 @@
-"""``senet eval``: evaluate trained runs, with the test-time fusion of the paper's ILSVRC 2017 entry.
+"""Evaluating classifiers: :func:`evaluate` (what training validates with) and :func:`predict_proba`, and
+``senet eval``, with the test-time fusion of the paper's ILSVRC 2017 entry.
 
 Multi-crop (``ten_crop``), multi-scale (``scales``) and ensembles (several checkpoints) are all fused the
 same way: by averaging softmax outputs over every (checkpoint, scale, crop) on the same validation images.
@@ -13,11 +14,98 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
 from senet.data import build_data, build_loader
-from senet.runtime import resolve_device
+from senet.runtime import Dist, autocast, progress_bar, resolve_device
 from senet.train.config import TrainConfig
-from senet.train.engine import predict_proba
+from senet.train.control import RunControl
+from senet.train.feed import to_device
+from senet.train.meters import TopkMeter
+from senet.weights.pretrained import load_pretrained
+
+_ONE_PROCESS = Dist()  # a process that evaluates alone
+
+
+def _scores(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    amp: bool,
+    channels_last: bool,
+) -> tuple[torch.Tensor, bool, torch.Tensor]:
+    """The batch's logits, or for multi-crop batches (N, K, C, H, W) the mean softmax over the K crops (then
+    True), and its targets, on ``device``."""
+    images, targets = to_device(images, targets, device, channels_last)
+    with autocast(device, amp):
+        if images.dim() == 5:
+            n, k = images.shape[:2]
+            logits = model(images.flatten(0, 1)).float()
+            return logits.softmax(-1).view(n, k, -1).mean(1), True, targets
+        return model(images).float(), False, targets
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+    ctx: Dist = _ONE_PROCESS,
+    prefix: str = "val",
+    log_interval: int = 0,
+    control: RunControl | None = None,
+) -> dict[str, float]:
+    """Loss and top-1/top-5 error (in %) over ``loader``, summed over all processes of a distributed run.
+
+    ``amp``: autocast the forward pass (faster on GPUs, but low-precision logits can tie, so a run validates
+    in float32 whatever its ``amp``). With ``control``, a stop signal ends evaluation early
+    (:class:`senet.train.control.StopRequested`) on every rank.
+    """
+    model.eval()
+    meter = TopkMeter(device)
+    # Ranks' shards may differ by a batch: they agree on stopping only over the batches all of them have.
+    polls = control.min_over_ranks(len(loader)) if control is not None else 0
+    for index, (images, targets, skipped) in enumerate(
+        progress_bar(loader, f"{prefix}", log_interval, ctx.is_main)
+    ):
+        if index < polls:
+            control.check_stop()  # type: ignore[union-attr]
+        meter.skipped += skipped
+        if targets.numel() == 0:
+            continue
+        scores, are_probs, targets = _scores(model, images, targets, device, amp, channels_last)
+        if are_probs:
+            loss = nn.functional.nll_loss(scores.clamp_min(1e-12).log(), targets)
+        else:
+            loss = nn.functional.cross_entropy(scores, targets)
+        meter.add(loss, scores, targets)
+    return meter.result(ctx, prefix)
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax outputs (averaged over crops for multi-crop batches) and targets of a whole loader, on CPU."""
+    model.eval()
+    probs, labels = [], []
+    for images, targets, _ in progress_bar(loader, "predict", 0, True):
+        if targets.numel() == 0:
+            continue
+        scores, are_probs, targets = _scores(model, images, targets, device, amp, channels_last)
+        probs.append((scores if are_probs else scores.softmax(-1)).cpu())
+        labels.append(targets.cpu())
+    return torch.cat(probs), torch.cat(labels)
 
 
 @dataclass
@@ -46,8 +134,6 @@ def load_with_data_source(
 
     Returns the model, the data source and root, ``build_data`` options (all but the crop) and the run's
     config (None for a weights file)."""
-    from senet.weights.pretrained import load_pretrained
-
     is_run = Path(path).is_dir() or Path(path).suffix == ".json"
     model = load_pretrained(path, weights=weights if is_run else "last").eval()
     info = model.pretrained_info
@@ -76,7 +162,8 @@ def evaluate_runs(
     """Top-1/top-5 error of one network or an ensemble on ``data`` (default: the first run's data).
 
     Each checkpoint is a run directory of ``senet train`` (``weights="best"``: its best epoch instead of its
-    last checkpoint) or a senet weights file (``senet convert``), loaded through :func:`senet.load_pretrained`.
+    last checkpoint) or a senet weights file (``senet convert``), loaded through
+    :func:`senet.load_pretrained`.
     A weights file is evaluated on an image folder with its own recorded preprocessing (converted timm weights
     as timm evaluates them); a run with its data's evaluation transform at the run's own crop (``eval_crop``:
     the figure its validation logged), unless ``scales`` names others.

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from senet.train.checkpoint import RngState, rng_state
+from senet.weights.checkpoint import RngState, rng_state
 
 # Steps between host reads of the on-device finite flag on CUDA: one sync per this many (CPU: every step).
 CUDA_CHECK_EVERY = 50
@@ -31,23 +31,39 @@ def to_device(
     return images, targets.to(device, non_blocking=True)
 
 
-class DeviceFeeder:
-    """``(rng, images, targets, skipped)`` for each batch of ``batches``: ``rng`` is every RNG's state before the
-    batch was drawn (what a checkpoint taken before training on it must hold, for exact resume).
+class HostFeeder:
+    """``(rng, images, targets, skipped)`` for each batch of ``batches``: ``rng`` is every RNG's state before
+    the batch was drawn (what a checkpoint taken before training on it must hold, for exact resume). The
+    batch stays on the host until :meth:`ready` moves it with ``move`` (batches of any structure: detection's
+    lists of images and target dicts)."""
 
-    On CUDA the tensors arrive already on the device: :meth:`fetch` is called right after a step is launched
-    and copies on a side stream; :meth:`ready` makes the compute stream wait for that copy only. Elsewhere they
-    stay on the host and :meth:`ready` copies them, as a plain loop would.
+    def __init__(self, batches: Iterator[Any], move: Callable[[Any, Any], tuple[Any, Any]]) -> None:
+        self.batches, self.move = batches, move
+
+    def fetch(self) -> tuple[RngState, Any, Any, int] | None:
+        rng = rng_state()
+        return (rng, *batch) if (batch := next(self.batches, None)) is not None else None
+
+    def ready(self, images: Any, targets: Any) -> tuple[Any, Any]:
+        return self.move(images, targets)
+
+
+class DeviceFeeder(HostFeeder):
+    """A :class:`HostFeeder` of image and target tensors that, on CUDA, has them on the device already:
+    :meth:`fetch` is called right after a step is launched and copies on a side stream; :meth:`ready` makes
+    the compute stream wait for that copy only. Elsewhere they stay on the host and :meth:`ready` copies
+    them, as a plain loop would.
     """
 
     def __init__(self, batches: Iterator[Any], device: torch.device, channels_last: bool) -> None:
-        self.batches, self.device, self.channels_last = batches, device, channels_last
+        super().__init__(batches, lambda images, targets: to_device(images, targets, device, channels_last))
+        self.device, self.channels_last = device, channels_last
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def fetch(self) -> tuple[RngState, torch.Tensor, torch.Tensor, int] | None:
-        rng = rng_state()
         if self.stream is None:
-            return (rng, *batch) if (batch := next(self.batches, None)) is not None else None
+            return super().fetch()
+        rng = rng_state()
         # A DeviceLoader (senet.data.device_pipeline) copies, decodes or converts its batch here too.
         with torch.cuda.stream(self.stream):
             if (batch := next(self.batches, None)) is None:
@@ -59,7 +75,7 @@ class DeviceFeeder:
 
     def ready(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.stream is None:
-            return to_device(images, targets, self.device, self.channels_last)
+            return super().ready(images, targets)
         current = torch.cuda.current_stream(self.device)
         current.wait_stream(self.stream)
         # The side stream allocated them: tell the allocator the compute stream uses them too.

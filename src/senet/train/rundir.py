@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from senet.fileio import atomic_write
-from senet.train.checkpoint import (
+from senet.weights.checkpoint import (
     BEST_NAME,
     Checkpoint,
     list_checkpoints,
@@ -36,7 +36,7 @@ from senet.train.checkpoint import (
 
 
 class RunConfig(Protocol):
-    """What a run's config must offer here (``TrainConfig``, ``senet.detection.engine.DetectionConfig``)."""
+    """What a run's config must offer here (``TrainConfig``, ``senet.detection.config.DetectionConfig``)."""
 
     @property
     def output(self) -> str | None: ...
@@ -136,12 +136,13 @@ def prepare_run_dir(
     foreign = _foreign_files(run_dir)
     if foreign:
         raise ValueError(
-            f"{run_dir} holds files that are not a senet run's ({foreign[0].name}, ...); choose another --output"
+            f"{run_dir} holds files that are not a senet run's ({foreign[0].name}, ...); "
+            "choose another --output"
         )
     if _run_files(run_dir) and not overwrite and str(resume) != "auto":
         raise ValueError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir}, replace it with --overwrite, "
-            "or choose another --output"
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+            "replace it with --overwrite, or choose another --output"
         )
     return run_dir, None  # a new run, or one that saved nothing yet and starts again
 

@@ -33,6 +33,8 @@ import torch
 from safetensors.torch import load_file as load_safetensors_file
 
 from senet.data.transforms import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from senet.models.layout import layout_options
+from senet.models.registry import create_model
 from senet.weights.info import WeightsInfo, save_weights_file
 
 PROJECTS = ("timm", "pretrainedmodels", "torchvision")
@@ -361,9 +363,6 @@ def convert_state(project: str, name: str, state: dict[str, torch.Tensor]) -> Co
     and a source in the other key layout (:func:`_check_key_layout`). BatchNorm's ``num_batches_tracked``
     counters, which old files lack and which take no part in evaluation, are filled with 0 where missing.
     """
-    from senet.models.registry import create_model
-    from senet.weights.pretrained import layout_options
-
     entry, _ = source_model(project, name)
     _check_key_layout(project, name, entry, list(state))
     renamed: dict[str, torch.Tensor] = {}

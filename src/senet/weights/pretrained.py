@@ -1,4 +1,5 @@
-"""``load_pretrained``: the one way weights come into a network, for every loader of the library.
+"""``load_pretrained``: the one way weights come into a network, for every loader of the library; and
+``senet.create_model``, which builds through the registry or, given ``pretrained=``, loads through it.
 
 It takes a senet weights file (``senet convert``'s output, or a trained network saved with its record), a run
 directory of ``senet train`` (its last checkpoint, or its best epoch), or a registered model name with
@@ -16,41 +17,52 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from senet.data import build_data
 from senet.data.transforms import Preprocessing
+from senet.models import registry
+from senet.models.features import apply_backbone_options, pop_backbone_options
+from senet.models.layout import LAYOUT_OPTIONS, layout_options
+from senet.models.torchvision_models import reset_last_linear
+from senet.weights.checkpoint import (
+    BEST_NAME,
+    load_checkpoint,
+    load_weights_file,
+    load_weights_into,
+    run_build_options,
+)
 from senet.weights.info import WeightsInfo, read_weights_file
+from senet.weights.published import published_weights
 
 _log = logging.getLogger("senet.weights")
 
 
 def _from_run(path: Path, weights: str) -> tuple[WeightsInfo, dict[str, torch.Tensor]]:
     """A run directory (or one checkpoint's JSON): its model as trained, with the data's preprocessing."""
-    from senet.train.checkpoint import BEST_NAME, load_checkpoint, load_weights_file
-    from senet.train.config import TrainConfig
-    from senet.train.engine import model_build_options
-
     checkpoint = load_checkpoint(path)
     meta = checkpoint.meta
     if meta.get("task") == "detection":  # a detector, not a classifier: its own commands rebuild it
         raise ValueError(
-            f"{path} is a detection run (senet detect train); use senet detect eval / predict --checkpoint {path}"
+            f"{path} is a detection run (senet detect train); use senet detect eval / predict "
+            f"--checkpoint {path}"
         )
-    config = TrainConfig.from_dict(meta["config"])
+    config = meta["config"]  # the run's TrainConfig as a dict: read as such, no training code needed
     if "preprocessing" in meta:
         preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     else:  # a run of an earlier version: its data's evaluation transform, if the data is still there
-        from senet.data import build_data
-
         spec = build_data(
-            config.data, root=config.data_root, image_size=config.image_size, eval_crop=config.eval_crop
+            config["data"],
+            root=config.get("data_root"),
+            image_size=config.get("image_size"),
+            eval_crop=config.get("eval_crop"),
         )
         preprocessing = spec.preprocessing
-    options = {**model_build_options(config), "in_chans": meta.get("in_chans", preprocessing.in_chans)}
+    options = run_build_options(meta, preprocessing.in_chans)
     if weights == "best":
         state = load_weights_file(checkpoint.run_dir / BEST_NAME)
     else:
         state = checkpoint.model_state()
     info = WeightsInfo(
-        model=config.model,
+        model=meta["model"],
         options=options,
         num_classes=meta["num_classes"],
         preprocessing=preprocessing,
@@ -85,15 +97,12 @@ def read_pretrained(
         raise FileNotFoundError(
             f"no checkpoint in {path}: there is no run directory or weights file of that name"
         )
-    from senet.models.registry import list_models, model_info
-    from senet.weights.published import published_weights
-
     try:
-        model_info(str(source))
+        registry.model_info(str(source))
     except ValueError:
         raise FileNotFoundError(
             f"no checkpoint in {source}: there is no run directory or weights file of that name, nor a model "
-            f"(for published weights) among {len(list_models())} in `senet models`"
+            f"(for published weights) among {len(registry.list_models())} in `senet models`"
         ) from None
     cached = published_weights(str(source))  # a model name: its published weights, fetched once
     info, state = read_weights_file(cached, tensors)
@@ -101,43 +110,12 @@ def read_pretrained(
 
 
 def _check_model(expected: str, info: WeightsInfo, origin: str) -> None:
-    from senet.models.registry import model_info
-
-    wanted, held = model_info(expected).name, model_info(info.model).name
+    wanted, held = registry.model_info(expected).name, registry.model_info(info.model).name
     if wanted != held:
         raise ValueError(
             f"{origin} holds {held} weights, not {wanted}'s; load it as senet.load_pretrained({origin!r}) "
             f"or create_model({held!r}, pretrained=...)"
         )
-
-
-# Build options that a state dict cannot show: they change what a network computes, not its tensors' names or
-# shapes, so a strict load cannot catch an option that contradicts the weights.
-LAYOUT_OPTIONS = ("stride_in_1x1", "stem_pool", "se_squeeze", "se_gate", "se_position")
-
-
-def layout_options(network: nn.Module) -> dict[str, Any]:
-    """The :data:`LAYOUT_OPTIONS` that ``network`` was built with, read from its modules: where a ResNet's
-    down-sampling bottlenecks put their stride and how its stem pools, how its SE blocks squeeze, gate and
-    sit. Options that the network's family does not take are absent."""
-    from senet.models.resnet import Bottleneck, ResNet
-
-    layout: dict[str, Any] = {}
-    if isinstance(network, ResNet):
-        if isinstance(network.maxpool, nn.MaxPool2d):  # the cifar stem has none
-            layout["stem_pool"] = "caffe" if network.maxpool.ceil_mode else "torchvision"
-        strided = (
-            unit
-            for unit in network.modules()
-            if isinstance(unit, Bottleneck) and max(unit.conv1.stride + unit.conv2.stride) > 1
-        )
-        unit = next(strided, None)
-        if unit is not None:
-            layout["stride_in_1x1"] = unit.conv1.stride[0] > 1
-    se = getattr(network, "se_config", None)
-    if se is not None:
-        layout.update(se_squeeze=se.squeeze, se_gate=se.gate, se_position=se.position)
-    return layout
 
 
 def _same_option(recorded: Any, value: Any) -> bool:
@@ -158,8 +136,6 @@ def _build_options(info: WeightsInfo, options: dict[str, Any], origin: str) -> d
     defaults: a layout option they leave out is the default of the recorded model under the recorded options,
     read from that network (built on the meta device), and a caller's value that contradicts it is refused
     as well."""
-    from senet.models.registry import create_model
-
     merged = dict(info.options)
     for key, value in options.items():
         if key in merged and not _same_option(merged[key], value):
@@ -168,7 +144,8 @@ def _build_options(info: WeightsInfo, options: dict[str, Any], origin: str) -> d
     implicit = [key for key in options if key in LAYOUT_OPTIONS and key not in info.options]
     if implicit:
         with torch.device("meta"):
-            built = layout_options(create_model(info.model, num_classes=info.num_classes, **info.options))
+            network = registry.create_model(info.model, num_classes=info.num_classes, **info.options)
+            built = layout_options(network)
         for key in implicit:
             if key in built and not _same_option(built[key], options[key]):
                 default = f" (the default of {info.model}, which the record leaves implicit)"
@@ -211,16 +188,12 @@ def load_pretrained(
     The model comes back in training mode, as ``create_model`` gives it, with ``model.pretrained_info`` (a
     :class:`WeightsInfo`: preprocessing, labels, source) attached.
     """
-    from senet.models.features import apply_backbone_options, pop_backbone_options
-    from senet.models.registry import create_model
-    from senet.train.checkpoint import load_weights_into
-
     backbone = pop_backbone_options(options)
     info, state, origin = read_pretrained(source, weights)
     if model is not None:
         _check_model(model, info, origin)
     with torch.device("meta"):  # no random initialisation of what the weights replace: loading is I/O-bound
-        network = create_model(
+        network = registry.create_model(
             info.model, num_classes=info.num_classes, **_build_options(info, options, origin)
         )
     own = network.state_dict()
@@ -235,8 +208,6 @@ def load_pretrained(
             names = [n for n, m in network.named_modules() if m is head]
             network.reset_classifier(num_classes)
         else:  # another project's network (torchvision:NAME): its last Linear
-            from senet.models.add_se import reset_last_linear
-
             names = [reset_last_linear(network, num_classes)]
         _log.warning(
             f"{info.model} weights from {origin}: new classifier {names[0] if names else 'head'} "
@@ -250,3 +221,37 @@ def load_pretrained(
             raise ValueError(f"{info.model}: {error}") from error
     network.pretrained_info = info
     return network
+
+
+def create_model(
+    name: str, num_classes: int | None = None, *, pretrained: bool | str | Path | None = False, **options: Any
+) -> nn.Module:
+    """Build the registered network ``name`` (or one of its aliases), randomly initialised or ``pretrained``.
+
+    ``num_classes`` defaults to the model's dataset: 1000 (ImageNet), 10 for the CIFAR networks.
+
+    ``options`` are the family's build options, e.g. ``in_chans``, ``drop_rate``, ``stride_in_1x1`` or the
+    SE options ``se_reduction``, ``se_squeeze``, ``se_gate``, ``se_bias``, ``se_stages``, ``se_position``,
+    ``se_recompute_norm`` (:class:`senet.layers.SEConfig`; docs/ablations.md). An option the family would
+    ignore or cannot honour is refused, e.g. a stage it lacks: ``se_stages`` numbers stages from 1, the first
+    after the stem (``layer1``, the paper's ``"conv2_x"``, which the ImageNet ResNets also accept).
+
+    Backbone options, every family (:mod:`senet.models.features`, docs/backbones.md): ``features_only=True``
+    returns a :class:`~senet.models.features.FeatureNet` whose forward gives the maps of ``out_indices``
+    (stage numbers as ``se_stages``'s, 0 the stem's output; default all) as a list, described by its
+    ``feature_info``; ``frozen_stages=k`` freezes the stem and stages 1..k (-1: nothing; mmdet's rule);
+    ``norm="frozen_bn"`` makes every BatchNorm a ``FrozenBatchNorm2d``.
+
+    ``torchvision:NAME`` is torchvision's classification model NAME, with SE blocks on request
+    (``add_se=True``, ``se_reduction``, ``se_where``, ``se_init``: :mod:`senet.models.torchvision_models`).
+
+    ``pretrained``: a weights file (``senet convert``) or run directory holding ``name``'s weights, or True
+    for the published weights of ``name``; see :func:`load_pretrained`, which this calls. The weights'
+    recorded build options win over the builder's defaults; a ``num_classes`` other than theirs gets a new,
+    randomly initialised classifier. ``False`` (or ``None``): randomly initialised, by the registry's builder
+    (:func:`senet.models.registry.create_model`).
+    """
+    if pretrained is False or pretrained is None:
+        return registry.create_model(name, num_classes, **options)
+    source = name if pretrained is True else pretrained
+    return load_pretrained(source, model=name, num_classes=num_classes, **options)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from senet.models.registry import model_info
 from senet.weights.convert import convert_file, file_sha256
 
 _CADENE = "http://data.lip6.fr/cadene/pretrainedmodels/"
@@ -80,8 +81,6 @@ def published_weights(name: str) -> Path:
     Without network (or with a file that fails its hash), one line names the file to place and the
     ``senet convert`` command that does the same by hand.
     """
-    from senet.models.registry import model_info
-
     canonical = model_info(name).name  # aliases resolve; an unknown name lists the closest ones
     entry = PUBLISHED.get(canonical)
     if entry is None:

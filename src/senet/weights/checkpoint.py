@@ -5,7 +5,8 @@ A checkpoint is two files in the run directory, named by where training stands (
 * ``checkpoint-e<epoch>-b<batches>.safetensors``: every tensor (model weights as ``model.*``, optimizer state
   as ``optimizer.<param>.<name>``, RNG states as ``rng.*``);
 * ``checkpoint-e<epoch>-b<batches>.json``: everything else (config, step, metrics so far, scheduler and RNG
-  state), the name and size of its tensor file.
+  state), the name and size of its tensor file, and the options the model was built with (``build_options``),
+  so that reading a run needs no training config (:func:`run_build_options`).
 
 Both are written to a temporary file, flushed to disk and renamed into place; the JSON is renamed last and
 is the commit point, so a process killed at any moment leaves every earlier checkpoint whole. A run keeps
@@ -33,6 +34,7 @@ from senet.fileio import atomic_write
 
 FORMAT = "senet-checkpoint/2"
 BEST_NAME = "best.safetensors"
+BUILD_OPTIONS = "build_options"  # the model's build options; earlier versions wrote none (run_build_options)
 _NAME = re.compile(r"checkpoint-e(\d+)-b(\d+)\.json")
 _log = logging.getLogger("senet.train")
 
@@ -202,7 +204,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def remove_stale_files(run_dir: Path) -> list[Path]:
-    """Delete what an interrupted save left behind: temp files and tensor files whose JSON was never written."""
+    """Delete what an interrupted save left behind: temp files, and tensor files whose JSON was never
+    written."""
     committed = {p.with_suffix(".safetensors") for p in list_checkpoints(run_dir)}
     stale = [p for p in run_dir.glob(".*.tmp")]
     stale += [p for p in run_dir.glob("checkpoint-*.safetensors") if p not in committed]
@@ -255,6 +258,8 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
             f"{meta_path} is damaged: missing or wrong fields {', '.join(wrong[:4])}"
             f"{' and more' if len(wrong) > 4 else ''}"
         )
+    if BUILD_OPTIONS in meta and not isinstance(meta[BUILD_OPTIONS], dict):
+        raise ValueError(f"{meta_path} is damaged: its {BUILD_OPTIONS} are not a mapping of option names")
     if Path(meta["tensors"]).name != meta["tensors"]:
         raise ValueError(
             f"{meta_path} is damaged: its tensor file {meta['tensors']!r} is not a plain file name"
@@ -298,8 +303,9 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     candidates = list_checkpoints(path) if path.is_dir() else []
     if not candidates and (path / "checkpoint.json").is_file():
         raise ValueError(
-            f"{path} holds a checkpoint in the first format (checkpoint.json, senet-checkpoint/1), which this "
-            "version does not resume; its checkpoint-*.safetensors file holds the weights as model.* tensors"
+            f"{path} holds a checkpoint in the first format (checkpoint.json, senet-checkpoint/1), which "
+            "this version does not resume; its checkpoint-*.safetensors file holds the weights as model.* "
+            "tensors"
         )
     if not candidates:
         raise FileNotFoundError(
@@ -317,6 +323,20 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         return checkpoint
     assert first_error is not None
     raise first_error
+
+
+def run_build_options(meta: dict[str, Any], data_in_chans: int) -> dict[str, Any]:
+    """The options a classification run's model was built with, besides ``num_classes``: its checkpoint's
+    ``build_options``. A checkpoint of an earlier version has none: its config's ``model_options``, with its
+    ``drop_rate`` where one was set (what the training engine passed the builder), and the data's input
+    channels (``in_chans``, or ``data_in_chans`` where even that is not recorded)."""
+    if BUILD_OPTIONS in meta:
+        return dict(meta[BUILD_OPTIONS])
+    config = meta["config"]
+    options = dict(config.get("model_options") or {})
+    if config.get("drop_rate") is not None:
+        options["drop_rate"] = config["drop_rate"]
+    return {**options, "in_chans": meta.get("in_chans", data_in_chans)}
 
 
 def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:

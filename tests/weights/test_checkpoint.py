@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from senet.train import checkpoint as ckpt
+from senet.weights import checkpoint as ckpt
 
 
 def _save(run_dir, model, optimizer, step, keep=2):
@@ -175,3 +175,27 @@ def test_a_run_of_the_first_checkpoint_format_is_named_as_such(tmp_path):
     (tmp_path / "checkpoint.json").write_text('{"format": "senet-checkpoint/1"}')
     with pytest.raises(ValueError, match="first format"):
         ckpt.load_checkpoint(tmp_path)
+
+
+def test_build_options_that_are_not_a_mapping_are_one_line(tmp_path, trained):
+    model, optimizer = trained
+    meta_path = _complete(_save(tmp_path, model, optimizer, 1))
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "build_options": ["widths", 4]}))
+    with pytest.raises(ValueError, match="is damaged: its build_options are not a mapping") as error:
+        ckpt.read_checkpoint(meta_path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_run_of_an_earlier_version_is_built_as_its_config_says():
+    """Checkpoints without build_options: the config's model_options, its drop_rate where set, the data's
+    channels (the checkpoint's in_chans, else the caller's)."""
+    config = {"model_options": {"widths": [4, 8, 8]}, "drop_rate": 0.1}
+    assert ckpt.run_build_options({"config": config, "in_chans": 1}, 3) == {
+        "widths": [4, 8, 8],
+        "drop_rate": 0.1,
+        "in_chans": 1,
+    }
+    assert ckpt.run_build_options({"config": {"model_options": {}, "drop_rate": None}}, 3) == {"in_chans": 3}
+    recorded = {"build_options": {"in_chans": 2}, "config": config}
+    assert ckpt.run_build_options(recorded, 3) == {"in_chans": 2}

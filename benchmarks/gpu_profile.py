@@ -70,7 +70,8 @@ def main() -> None:
     for name in args.models.split(","):
         rows = profile_step(name, args)
         print(
-            f"\n**{name}: {what} time per training step, batch {args.batch} at {args.size}, top {args.top}**\n"
+            f"\n**{name}: {what} time per training step, batch {args.batch} at {args.size}, "
+            f"top {args.top}**\n"
         )
         print("| kernel | ms per step | calls per step |\n|---|---:|---:|")
         for key, ms, calls in rows[: args.top]:

@@ -4,10 +4,10 @@
     PYTHONPATH=src python benchmarks/input_pipeline.py --device cpu --images 16 --batch 4 --size 32 \
         --workers 1 --epochs 1 --no-amp --models resnet18 --shards              # a smoke run of this script
 
-It writes a folder of ImageNet-sized JPEGs (500x375, smooth content that compresses like photos) in a temporary
-directory, then prints one Markdown table with images/s: the loader alone (decode and augment, CPU workers vs
-the device pipeline; with --shards also from a packed copy of the folder), `senet bench`'s training step on
-random tensors, and `senet train` end to end (the last epoch of a short run, so that workers, cuDNN's
+It writes a folder of ImageNet-sized JPEGs (500x375, smooth content that compresses like photos) in a
+temporary directory, then prints one Markdown table with images/s: the loader alone (decode and augment, CPU
+workers vs the device pipeline; with --shards also from a packed copy of the folder), `senet bench`'s training
+step on random tensors, and `senet train` end to end (the last epoch of a short run, so that workers, cuDNN's
 autotuning and the page cache are warm), with the machine. On CUDA the CPU loader sends uint8 batches (a
 quarter of float32's bytes) that the device converts and normalises.
 """
@@ -66,7 +66,8 @@ def loader_alone(root: Path, loader: str, args: argparse.Namespace) -> float:
 def step_alone(model: str, args: argparse.Namespace) -> float:
     command = [sys.executable, "-m", "senet", "bench", "--models", model, "--batch", str(args.batch),
                "--size", str(args.size), "--mode", "train", "--device", args.device, "--repeats", "10",
-               "--no-memory", "--format", "json", *(["--amp", "--channels-last"] if args.amp else [])]  # fmt: skip
+               "--no-memory", "--format", "json",
+               *(["--amp", "--channels-last"] if args.amp else [])]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     rows = json.loads(result.stdout)
     row = rows[0] if isinstance(rows, list) else rows

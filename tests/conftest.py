@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-# The Triton kernels (tests/ops/test_triton_kernels.py) run on CPU under Triton's interpreter, which triton.jit
-# reads when triton is imported; torchvision imports it (through torch._dynamo), so set it before anything else.
+# The Triton kernels (tests/ops/test_triton_kernels.py) run on CPU under Triton's interpreter,
+# which triton.jit reads when triton is imported; torchvision imports it (through torch._dynamo),
+# so set it before anything else.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

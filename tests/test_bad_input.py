@@ -102,7 +102,8 @@ def _write(path: Path, text: str) -> None:
 
 # A detector of a few hundred thousand parameters on 64 px images (tests/detection/test_detection_engine.py).
 _TINY_DETECTOR = [
-    *"--device cpu --epochs 1 --backbone resnet20_cifar --backbone-opt widths=(8,16,32) --out-indices 2,3".split(),
+    *"--device cpu --epochs 1 --backbone resnet20_cifar".split(),
+    *"--backbone-opt widths=(8,16,32) --out-indices 2,3".split(),
     *"--fpn-channels 32 --box-head-size 128 --min-size 64 --max-size 64 --log-interval 0".split(),
 ]
 

@@ -14,8 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
-    """A torch.hub cache holding this clone as the GitHub repository ``senet-org/senet`` (branch main), the way
-    torch.hub stores a downloaded repository: list and help take GitHub names only, and nothing is fetched."""
+    """A torch.hub cache holding this clone as the GitHub repository ``senet-org/senet`` (branch
+    main), the way torch.hub stores a downloaded repository: list and help take GitHub names
+    only, and nothing is fetched."""
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     (tmp_path / "hub").mkdir()
     (tmp_path / "hub" / "senet-org_senet_main").symlink_to(REPO, target_is_directory=True)

@@ -1,6 +1,6 @@
-"""The package's shape, as import-linter's layers contract (pyproject.toml) cannot see it: no import cycle anywhere
-in senet, inside one layer included, and no function-local import of a senet module except where the CLI defers a
-command's modules (so that ``senet --help`` stays fast)."""
+"""The package's shape, as import-linter's layers contract (pyproject.toml) cannot see it: no import cycle
+anywhere in senet, inside one layer included, and no function-local import of a senet module except where the
+CLI defers a command's modules (so that ``senet --help`` stays fast)."""
 
 import ast
 from pathlib import Path
@@ -10,7 +10,8 @@ import pytest
 grimp = pytest.importorskip("grimp")
 
 PACKAGE = Path(__file__).parents[1] / "src" / "senet"
-# senet modules that exist to wrap an optional dependency: imported where it is needed, as the dependency would be
+# senet modules that exist to wrap an optional dependency: imported where it is
+# needed, as the dependency would be
 WRAP_OPTIONAL_DEPENDENCIES = {"senet.ops._triton_se"}  # Triton comes with CUDA builds of torch only
 
 

@@ -1,4 +1,5 @@
-"""Files that readers see whole or not at all: atomic writes (temporary file, fsync, rename, fsync of the folder).
+"""Files that readers see whole or not at all: atomic writes (temporary file, fsync, rename,
+fsync of the folder).
 
 Every file senet writes (checkpoints, weights files, shards and their index, exports, detection outputs) goes
 through :func:`atomic_write`, so a kill or a full disk mid-write leaves the previous file, never a torn one.

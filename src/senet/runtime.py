@@ -125,8 +125,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise ValueError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
         if name == "cuda" and local_rank >= torch.cuda.device_count():
             raise ValueError(
-                f"process with LOCAL_RANK {local_rank} needs a GPU of its own, but {torch.cuda.device_count()} "
-                "are visible; start at most one process per GPU"
+                f"process with LOCAL_RANK {local_rank} needs a GPU of its own, but "
+                f"{torch.cuda.device_count()} are visible; start at most one process per GPU"
             )
         return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
     if name != "cpu":
@@ -151,7 +151,8 @@ def seed_everything(seed: int) -> None:
 
 
 def mark_run_failed() -> None:
-    """The process group this process created ends with an abort at exit, not a clean destroy: a run failed."""
+    """The process group this process created ends with an abort at exit, not a clean destroy:
+    a run failed."""
     _process_group_end.failed()
 
 

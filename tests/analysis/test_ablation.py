@@ -1,4 +1,5 @@
-"""senet ablate: the studies' settings, the statistics, the report, resuming, and one real study from the CLI."""
+"""senet ablate: the studies' settings, the statistics, the report, resuming, and
+one real study from the CLI."""
 
 import csv
 import math

@@ -7,8 +7,9 @@ import torchvision
 import senet
 from senet.analysis.complexity import count_macs, count_params, model_complexity
 
-# Table 3 prints ShuffleNet 1x (g=3) as 1.8M / SE 2.4M; the architecture of Zhang et al. (and Megvii's own code)
-# has 1.87M / 2.48M: the table truncates to 0.1M (4.23 -> 4.2, 4.72 -> 4.7 for MobileNet too). Kept as known gaps.
+# Table 3 prints ShuffleNet 1x (g=3) as 1.8M / SE 2.4M; the architecture of Zhang et al. (and
+# Megvii's own code) has 1.87M / 2.48M: the table truncates to 0.1M (4.23 -> 4.2, 4.72 -> 4.7 for
+# MobileNet too). Kept as known gaps.
 TRUNCATED_IN_TABLE_3 = {"shufflenet", "se_shufflenet"}
 WITH_PAPER_PARAMS = [
     pytest.param(
@@ -19,8 +20,9 @@ WITH_PAPER_PARAMS = [
     for n in senet.list_models()
     if senet.model_info(n).paper.params_m is not None
 ]
-# Inception-ResNet-v2 as released (timm's 55,843,464 params) costs 13.16 GMACs at 299x299; Table 2 prints 11.75.
-# The paper does not say how it counted; its SE delta (+0.01) matches ours (+0.0085). Kept as a known gap.
+# Inception-ResNet-v2 as released (timm's 55,843,464 params) costs 13.16 GMACs at 299x299; Table 2
+# prints 11.75. The paper does not say how it counted; its SE delta (+0.01) matches ours
+# (+0.0085). Kept as a known gap.
 OVER_TABLE_2_GFLOPS = {"inception_resnet_v2", "se_inception_resnet_v2"}
 WITH_PAPER_GFLOPS = [
     pytest.param(

@@ -136,7 +136,8 @@ def test_statistics_equal_an_independent_computation(model, val):
     stats = collect_excitations(model, loader, "SE_2_1,SE_4_3", max_images=90, progress=False)
     assert stats.images == 90 and [b.name for b in stats.blocks] == ["SE_2_1", "SE_4_3"]
 
-    # Gates by hand: the input of each unit's SE (its branch ends in conv2), through functional ops in float64.
+    # Gates by hand: the input of each unit's SE (its branch ends in conv2),
+    # through functional ops in float64.
     units = {"SE_2_1": model.layer1[0], "SE_4_3": model.layer3[2]}
     captured = {name: [] for name in units}
     hooks = [
@@ -261,7 +262,7 @@ def test_removal_table_errors_and_parameter_savings(model, val):
     assert "paper Sec. 7" in rows[3].label
     se_params = {n: p.numel() for n, p in model.named_parameters() if ".se." in n}
     assert rows[0].params_saved == 0
-    for row, layer in zip(rows[1:4], ("layer1.", "layer2.", "layer3.")):
+    for row, layer in zip(rows[1:4], ("layer1.", "layer2.", "layer3."), strict=True):
         assert row.params_saved == sum(v for n, v in se_params.items() if n.startswith(layer))
     assert rows[4].params_saved == sum(se_params.values()) > 0
     full = evaluate(model, loader, torch.device("cpu"))

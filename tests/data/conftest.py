@@ -28,7 +28,8 @@ def _batch(rng: np.random.Generator, n: int, num_classes: int, label_key: str) -
 
 @pytest.fixture
 def cifar10_root(tmp_path: Path) -> Path:
-    """ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}: 2 images a batch, 3 test images."""
+    """ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}:
+    2 images a batch, 3 test images."""
     root, per_batch, test = tmp_path / "c10", 2, 3
     rng = np.random.default_rng(10)
     folder = root / "cifar-10-batches-py"

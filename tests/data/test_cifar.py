@@ -88,7 +88,7 @@ def test_ten_crop_is_refused(cifar10_root: Path):
         build_data("cifar10", root=str(cifar10_root), ten_crop=True)
 
 
-# ------------------------------------------------------------------------------- no code from data, no nonsense
+# ----------------------------------------------------------------------------- no code from data, no nonsense
 
 
 def _pickle(path: Path, obj: object) -> None:
@@ -176,7 +176,8 @@ def test_unpickler_reads_numpy_arrays_of_any_dtype(tmp_path: Path, protocol: int
     assert loaded["others"] == others and type(loaded["others"]["np"]) is np.int64
     assert loaded["arrays"].keys() == arrays.keys()
     for name, array in arrays.items():
-        # numpy itself unpickles ">i4" as native int32: compare dtypes with plain pickle, values with the original
+        # numpy itself unpickles ">i4" as native int32: compare dtypes with plain
+        # pickle, values with the original
         assert loaded["arrays"][name].dtype == plain["arrays"][name].dtype, name
         assert np.array_equal(loaded["arrays"][name], array), name
 

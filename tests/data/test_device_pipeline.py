@@ -400,7 +400,7 @@ def test_the_cpu_loader_on_a_gpu_sends_uint8_and_converts_there_bit_identically(
         torch.manual_seed(0)
         sent = list(build_loader(host, collate_fn=finish.collate, **options))
         assert len(sent) == len(expected) > 0
-        for (images, targets, skipped), batch in zip(expected, sent):
+        for (images, targets, skipped), batch in zip(expected, sent, strict=True):
             assert images.dtype == torch.float32
             if kind == "digits":
                 assert batch.images.dtype == torch.float32

@@ -92,7 +92,7 @@ def test_shards_follow_webdataset_conventions(make_folder, tmp_path):
             members = tar.getmembers()
             assert len(members) == 2 * shard["samples"]
             assert all((m.mtime, m.uid, m.gid, m.uname, m.mode) == (0, 0, 0, "", 0o644) for m in members)
-            for n, (image, label) in enumerate(zip(members[::2], members[1::2])):
+            for n, (image, label) in enumerate(zip(members[::2], members[1::2], strict=True)):
                 key, extension = image.name.split(".", 1)
                 assert label.name == f"{key}.cls" and key == shard["keys"][n]
                 assert tar.extractfile(label).read() == str(shard["labels"][n]).encode("ascii")

@@ -1,6 +1,7 @@
-"""``senet export``: the written files run without senet, match eager PyTorch, hold the preprocessing, and a failed
-check writes nothing. A tiny post-activation SE-ResNet (every BN follows a conv) at 32x32 keeps this fast. Every
-family's ONNX file against onnxruntime, and the full se_resnet50, are tests/peers/test_onnxruntime.py's."""
+"""``senet export``: the written files run without senet, match eager PyTorch, hold the preprocessing, and a
+failed check writes nothing. A tiny post-activation SE-ResNet (every BN follows a conv) at 32x32 keeps this
+fast. Every family's ONNX file against onnxruntime, and the full se_resnet50, are
+tests/peers/test_onnxruntime.py's."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ PRE = Preprocessing(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), input_size=32, c
 LABELS = [f"class {k}" for k in range(10)]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 
-# Run in a fresh interpreter (-I: no PYTHONPATH, no current folder on the path) where `import senet` fails even
-# though the package is installed in this environment: a None entry in sys.modules stops every import of it.
+# Run in a fresh interpreter (-I: no PYTHONPATH, no current folder on the path) where `import senet` fails
+# even though the package is installed in this environment: a None entry in sys.modules stops every
+# import of it.
 _WITHOUT_SENET = 'import sys\nsys.modules["senet"] = None\n'
 _RUNNER = (
     _WITHOUT_SENET

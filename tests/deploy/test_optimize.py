@@ -1,5 +1,5 @@
-"""``optimize_for_inference``: every path (BN folded, channels_last, compiled, bf16) against the eager network's
-own outputs, float32 by default wherever it runs, and the weights' record kept."""
+"""``optimize_for_inference``: every path (BN folded, channels_last, compiled, bf16) against the eager
+network's own outputs, float32 by default wherever it runs, and the weights' record kept."""
 
 import pytest
 import torch
@@ -37,7 +37,8 @@ def tiny() -> torch.nn.Module:
 
 
 def _max_diff(module: torch.nn.Module, eager: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
-    """Largest |module(x) - eager(x)| and the scale of eager's logits (a wrong network differs at that scale)."""
+    """Largest |module(x) - eager(x)| and the scale of eager's logits (a wrong
+    network differs at that scale)."""
     with torch.no_grad():
         expected = eager(x)
         got = module(x)

@@ -82,7 +82,8 @@ def _by_hand(resize: int, crop: int, mean: tuple[float, ...], std: tuple[float, 
 
 def _reference(weights: Path, image: Image.Image, k: int) -> tuple[list[float], list[int]]:
     """Top-k by hand: the loaded network in eval mode on the transform of RGB_PRE / GREY_PRE written out
-    (mean 0.5, std 0.25, 32 x 32 from a shorter side of 32), independent of the recorded preprocessing's code."""
+    (mean 0.5, std 0.25, 32 x 32 from a shorter side of 32), independent of the
+    recorded preprocessing's code."""
     model = senet.load_pretrained(weights).eval()
     grey = image.mode == "L"
     transform = _by_hand(32, 32, (0.5,) if grey else (0.5, 0.5, 0.5), (0.25,) if grey else (0.25, 0.25, 0.25))
@@ -235,7 +236,7 @@ def test_top_k_matches_an_independent_forward_pass(rgb_weights, tmp_path):
     paths = [_noise(tmp_path / f"{k}.png", k) for k in range(3)]
     results = list(predict(rgb_weights, paths, topk=2, device="cpu"))
     assert [r.path for r in results] == [str(p) for p in paths]
-    for path, result in zip(paths, results):
+    for path, result in zip(paths, results, strict=True):
         probs, indices = _reference(rgb_weights, Image.open(path).convert("RGB"), 2)
         assert [s.index for s in result.top] == indices
         assert [s.label for s in result.top] == [LABELS[i] for i in indices]
@@ -258,7 +259,7 @@ def test_batches_give_the_same_results_as_single_images_in_input_order(rgb_weigh
     two = list(predict(rgb_weights, inputs, topk=3, batch_size=2, device="cpu"))
     assert [r.path for r in one] == [r.path for r in two] == [str(p) for p in inputs]
     assert [r.ok for r in two] == [True, False, True, True, False, True, True]
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert [s.index for s in a.top] == [s.index for s in b.top] and a.error == b.error
         assert np.allclose([s.prob for s in a.top], [s.prob for s in b.top], atol=1e-6, rtol=0)
 
@@ -315,7 +316,7 @@ def test_an_optimized_network_keeps_its_record_and_predicts_as_the_eager_one(rgb
     paths = [_noise(tmp_path / f"{k}.png", 65 + k) for k in range(2)]
     optimized = senet.optimize_for_inference(senet.load_pretrained(rgb_weights), compile=False)
     fast = list(predict(optimized, paths, topk=3, device="cpu"))
-    for path, result in zip(paths, fast):
+    for path, result in zip(paths, fast, strict=True):
         probs, indices = _reference(rgb_weights, Image.open(path).convert("RGB"), 3)
         assert [s.index for s in result.top] == indices and [s.label for s in result.top] == [
             LABELS[i] for i in indices
@@ -338,7 +339,7 @@ def test_cli_table_and_jsonl(rgb_weights, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(rgb_weights), *map(str, paths), "--format", "jsonl"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in records] == [str(p) for p in paths]
-    for record, result in zip(records, expected):
+    for record, result in zip(records, expected, strict=True):
         top = record["top"]
         assert len(top) == 3 and [t["index"] for t in top[:2]] == [s.index for s in result.top]
         assert all(t["label"] == LABELS[t["index"]] for t in top)

@@ -164,7 +164,7 @@ def test_flip_moves_boxes_with_the_pixels(shapes_root: Path) -> None:
         x0, y0, x1, y1 = target["boxes"].unbind(1)
         assert torch.equal(target_f["boxes"], torch.stack([SIZE - x1, y0, SIZE - x0, y1], 1))
         assert torch.equal(target_f["labels"], target["labels"])
-        for box, box_f in zip(target["boxes"].int().tolist(), target_f["boxes"].int().tolist()):
+        for box, box_f in zip(target["boxes"].int().tolist(), target_f["boxes"].int().tolist(), strict=True):
             crop = image[:, box[1] : box[3], box[0] : box[2]]
             crop_f = image_f[:, box_f[1] : box_f[3], box_f[0] : box_f[2]]
             assert torch.equal(crop_f, crop.flip(-1))

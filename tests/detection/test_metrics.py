@@ -90,8 +90,8 @@ def _coco(annotations: list[dict]) -> object:
 
 def test_a_case_worked_out_by_hand() -> None:
     # Category 9 is label 2 (ids in increasing order: 2 -> 1, 9 -> 2). Two objects; the first found exactly,
-    # the second by a box of IoU 100/160 = 0.625 ([0, 0, 10, 10] in [0, 0, 16, 10]); a detection inside a crowd
-    # region, scored highest, neither counts nor costs.
+    # the second by a box of IoU 100/160 = 0.625 ([0, 0, 10, 10] in [0, 0, 16, 10]); a detection inside a
+    # crowd region, scored highest, neither counts nor costs.
     gt = _coco(
         [
             {"bbox": [50, 50, 20, 20], "category_id": 9},

@@ -83,7 +83,7 @@ def test_tiny_detector_detects_and_rebuilds_from_its_options(shapes_root: Path) 
     twin.load_state_dict(detector.state_dict())  # strict: the same tensors
     with torch.no_grad():
         again = twin(images)
-    for a, b in zip(outputs, again):
+    for a, b in zip(outputs, again, strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -189,7 +189,7 @@ def test_a_tiny_detector_overfits_a_few_images(shapes_root: Path) -> None:
     detector.eval()
     with torch.no_grad():
         outputs = detector([ground_truth[ground_truth.image_ids.index(i)][0] for i in ids])
-    metrics = coco_evaluate(dict(zip(ids, outputs)), ground_truth, image_ids=ids)
+    metrics = coco_evaluate(dict(zip(ids, outputs, strict=True)), ground_truth, image_ids=ids)
     elapsed = time.perf_counter() - start
     print(f"overfit: AP50 {metrics['AP50']:.3f}, AP {metrics['AP']:.3f} in {elapsed:.1f} s")
     assert metrics["AP50"] >= 0.5, (metrics, losses[::10], elapsed)

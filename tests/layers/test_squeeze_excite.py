@@ -173,7 +173,7 @@ def test_fused_training_path_has_the_gradients_of_the_plain_ops(gate, bias, with
     out = fused()
     assert "senet_se_scale" in out.grad_fn.name()  # the SE operator's hand-written backward
     actual = torch.autograd.grad((out * weights).sum(), inputs)
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e)
 
 

@@ -41,7 +41,8 @@ def _resnet(depths, widths):
 VGG16_CONVS = [(0, 64), (3, 64), (7, 128), (10, 128), (14, 256), (17, 256), (20, 256)]
 VGG16_CONVS += [(24, 512), (27, 512), (30, 512), (34, 512), (37, 512), (40, 512)]
 # MobileNetV2 (Sandler et al. 2018, Table 2): a block adds its input where it keeps width and resolution: all
-# but the first of each stage; features.1 is the first stage (16 channels, one block), features.18 the last conv.
+# but the first of each stage; features.1 is the first stage (16 channels, one
+# block), features.18 the last conv.
 MOBILENET_V2_STAGES = [(16, 1), (24, 2), (32, 3), (64, 4), (96, 3), (160, 3), (320, 1)]
 
 
@@ -91,7 +92,8 @@ def test_torchvision_networks_become_se_networks_that_train(name):
         "input_size": [224, 224],
         "blocks": names,
     }
-    # Exactly the new keys appear; every original tensor is there, equal, and a copy (the plain model is intact).
+    # Exactly the new keys appear; every original tensor is there, equal, and a
+    # copy (the plain model is intact).
     original, state = plain.state_dict(), model.state_dict()
     new = {f"{block}.{fc}.{p}" for block in names for fc in ("fc1", "fc2") for p in ("weight", "bias")}
     assert set(state) == set(original) | new

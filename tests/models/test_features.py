@@ -1,4 +1,5 @@
-"""Every family as a multi-scale backbone (create_model(..., features_only=True)), frozen stages, frozen BatchNorms.
+"""Every family as a multi-scale backbone (create_model(..., features_only=True)),
+frozen stages, frozen BatchNorms.
 
 The stage tables below are written out by hand (docs/backbones.md says the same); the maps a backbone returns
 are checked against the classification network's own intermediate outputs, caught with forward hooks.
@@ -140,7 +141,8 @@ def _network(name: str) -> nn.Module:
 
 def _hooked_outputs(net: nn.Module, modules: list[str], x: torch.Tensor) -> list[torch.Tensor]:
     """The outputs of ``modules`` and, last, ``forward_features``'s (the input of the head's pooling), in one
-    classification forward pass of ``net``; copied when produced, so a later in-place op cannot change them."""
+    classification forward pass of ``net``; copied when produced, so a later
+    in-place op cannot change them."""
     seen: dict[str, torch.Tensor] = {}
     handles = [
         net.get_submodule(m).register_forward_hook(
@@ -159,7 +161,8 @@ def _hooked_outputs(net: nn.Module, modules: list[str], x: torch.Tensor) -> list
 
 
 def _load_backbone(backbone: nn.Module, net: nn.Module) -> nn.Module:
-    """The network's tensors that the backbone has, loaded strictly (so the backbone asks for no other key)."""
+    """The network's tensors that the backbone has, loaded strictly (so the
+    backbone asks for no other key)."""
     own = backbone.state_dict()
     backbone.load_state_dict({k: v for k, v in net.state_dict().items() if k in own}, strict=True)
     return backbone

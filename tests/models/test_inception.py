@@ -21,7 +21,8 @@ FEATURES = {
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """These forwards are tiny: one intra-op thread is as fast, and spares a loaded machine's OpenMP spinning."""
+    """These forwards are tiny: one intra-op thread is as fast, and spares a
+    loaded machine's OpenMP spinning."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -44,7 +44,8 @@ def test_every_model_maps_an_image_to_logits(name):
 def test_shufflenet_counts_are_table_3_figures_truncated_and_the_se_delta_is_the_branch_placement():
     plain, se = model_complexity("shufflenet"), model_complexity("se_shufflenet")
     assert plain.params == 1_865_728 and se.params == 2_484_533
-    # Table 3 prints every mobile count as if truncated to 0.1M: 4.23 -> 4.2, 4.72 -> 4.7, 1.87 -> 1.8, 2.48 -> 2.4.
+    # Table 3 prints every mobile count as if truncated to 0.1M:
+    # 4.23 -> 4.2, 4.72 -> 4.7, 1.87 -> 1.8, 2.48 -> 2.4.
     for name in MOBILE:
         c = model_complexity(name)
         assert math.floor(c.params_m * 10) / 10 == c.paper_params, name

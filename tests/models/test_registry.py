@@ -165,6 +165,15 @@ def test_se_models_take_an_empty_batch_like_their_plain_twin(name, options, size
             torch.testing.assert_close(value, plain_state[key], msg=key)
 
 
+def test_each_description_is_its_builders_whole_summary_where_the_summary_wraps():
+    for name in senet.list_models():
+        description = senet.model_info(name).description
+        assert description.endswith(".") and "\n" not in description, (name, description)
+    # Two summaries that wrap over two docstring lines: their first line alone stops mid-sentence.
+    assert senet.model_info("senet154").description.endswith("shortcuts and dropout 0.2 (appendix).")
+    assert senet.model_info("se_shufflenet").description.endswith("concat (paper Table 3).")
+
+
 def test_registering_a_name_twice_is_refused():
     from senet.models.registry import register_model
 

@@ -146,8 +146,8 @@ def _meta(name: str, **options) -> nn.Module:
 @pytest.mark.parametrize(
     "name, options, fix",
     [
-        # Accepted and ignored before: basic blocks have no 1x1 conv; a pre-activation branch ends in a conv, so
-        # there is no last BN to zero; the CIFAR stem has no pooling.
+        # Accepted and ignored before: basic blocks have no 1x1 conv; a pre-activation branch ends in a conv,
+        # so there is no last BN to zero; the CIFAR stem has no pooling.
         (
             "resnet18",
             {"stride_in_1x1": True},
@@ -265,9 +265,9 @@ def test_fused_norm_and_se_training_path_matches_the_plain_ops(name):
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     for model in (fused, plain):
         model(x).square().sum().backward()
-    for (key, a), b in zip(fused.named_parameters(), plain.parameters()):
+    for (key, a), b in zip(fused.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, msg=key)
-    for (key, a), b in zip(fused.named_buffers(), plain.buffers()):
+    for (key, a), b in zip(fused.named_buffers(), plain.buffers(), strict=True):
         torch.testing.assert_close(a, b, msg=key)
     unit = fused.layer1[0]
     out = unit(torch.randn(2, unit.conv1.in_channels, 8, 8, dtype=torch.float64))

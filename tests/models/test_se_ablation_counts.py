@@ -1,9 +1,11 @@
-"""SE-ResNet-50's ablation variants (paper Sec. 6, Tables 10-16) counted exactly, and set beside the paper's figures.
+"""SE-ResNet-50's ablation variants (paper Sec. 6, Tables 10-16) counted exactly, and
+set beside the paper's figures.
 
-Every count is asserted against a formula written from the architecture (ResNet-50: bottleneck widths 64/128/256/512,
-expansion 4, depths 3/4/6/3; torchvision's published 25,557,032 parameters for the plain network), never a
-tolerance. Where the paper's printed figure differs from the exact count by more than its rounding, the gap is
-kept in a table (KNOWN_PARAM_GAPS, KNOWN_GFLOP_GAPS) that the tests hold both ways, and in docs/ablations.md.
+Every count is asserted against a formula written from the architecture (ResNet-50: bottleneck widths
+64/128/256/512, expansion 4, depths 3/4/6/3; torchvision's published 25,557,032 parameters for the plain
+network), never a tolerance. Where the paper's printed figure differs from the exact count by more than
+its rounding, the gap is kept in a table (KNOWN_PARAM_GAPS, KNOWN_GFLOP_GAPS) that the tests hold both
+ways, and in docs/ablations.md.
 """
 
 import functools
@@ -39,7 +41,8 @@ def se_blocks(position: str = "standard", stages=(1, 2, 3, 4)) -> list[tuple[int
 
 
 def se_params(blocks, r: int = 16, bias: bool = False) -> int:
-    """Sec. 3: W1 is C_hidden x C and W2 C x C_hidden, C_hidden = C // r (at least 1); biases add C_hidden + C."""
+    """Sec. 3: W1 is C_hidden x C and W2 C x C_hidden, C_hidden = C // r
+    (at least 1); biases add C_hidden + C."""
     hidden = [(c, max(1, c // r)) for c, _ in blocks]
     return sum(2 * c * h + (h + c if bias else 0) for c, h in hidden)
 
@@ -50,7 +53,8 @@ def se_fc_macs(blocks, r: int = 16, squeeze: bool = True) -> int:
 
 
 def rescale_macs(blocks) -> int:
-    """The rescale x * s: one multiply per element of each block's input (the FLOP counter does not count it)."""
+    """The rescale x * s: one multiply per element of each block's input (the FLOP
+    counter does not count it)."""
     return sum(c * side * side for c, side in blocks)
 
 
@@ -139,7 +143,8 @@ KNOWN_PARAM_GAPS = {
     ("stages", "SE Stage 4"): 26_343_464,  # Table 13 prints 26.4 M (its other rows match)
     ("integration", "SE_3x3"): 25_714_216,  # Table 15 prints 25.8 M
 }
-# Ours counts convolutions and matrix products; the paper's 3.87 for SE-ResNet-50 comes out with the rescale too.
+# Ours counts convolutions and matrix products; the paper's 3.87 for SE-ResNet-50
+# comes out with the rescale too.
 KNOWN_GFLOP_GAPS = {
     ("stages", "SE All"): 3_860_488_192,  # Table 13 prints 3.87
     ("integration", "SE"): 3_860_488_192,  # Table 15

@@ -1,8 +1,8 @@
 """The se_* build options in every family: what a stage number means, and what each family refuses.
 
-The stage tables below are written from the papers' layouts (ResNet Table 1, Ioffe & Szegedy's modules, TF-slim's
-Inception-ResNet-v2, VGG configuration D, Howard / Zhang Table 1, Gastaldi), not read from our modules; the same
-tables are docs/ablations.md.
+The stage tables below are written from the papers' layouts (ResNet Table 1, Ioffe & Szegedy's modules,
+TF-slim's Inception-ResNet-v2, VGG configuration D, Howard / Zhang Table 1, Gastaldi), not read from our
+modules; the same tables are docs/ablations.md.
 """
 
 import functools
@@ -60,7 +60,8 @@ STAGES = {
         2: _blocks("repeat_1", 20, 1088, 17),
         3: _blocks("repeat_2", 9, 2080, 8) + [("block8", 2080, 8)],
     },
-    # No stem: stage s is the s-th block of convs between pools; SE follows each conv's ReLU (torchvision indices).
+    # No stem: stage s is the s-th block of convs between pools; SE follows each
+    # conv's ReLU (torchvision indices).
     "se_vgg16_bn": {
         1: [("features.2", 64, 224), ("features.5", 64, 224)],
         2: [("features.9", 128, 112), ("features.12", 128, 112)],
@@ -87,7 +88,8 @@ STAGES = {
 
 
 def _se_inputs(model: nn.Module, size: int) -> dict[str, tuple[int, int, int]]:
-    """The unit holding each SE block -> the (C, H, W) the block sees, from one forward pass on the meta device.
+    """The unit holding each SE block -> the (C, H, W) the block sees, from one
+    forward pass on the meta device.
 
     Every path of the block (``forward``, ``scale_and_add``, ``norm_scale_and_add``) computes its gates with
     ``gates`` in eval mode, so that is where the map is read."""
@@ -194,7 +196,8 @@ def test_a_stage_without_blocks_is_refused():
         _meta("se_mobilenet", units=())
 
 
-# Fig. 5's positions are defined for residual units; ShuffleNet's units add or concatenate, so SE may follow them.
+# Fig. 5's positions are defined for residual units; ShuffleNet's units add or
+# concatenate, so SE may follow them.
 POSITIONS = {"resnet": ("standard", "pre", "post", "identity", "3x3"), "se_shufflenet": ("standard", "post")}
 
 
@@ -230,8 +233,8 @@ def test_recompute_norm_is_refused_outside_post_activation_resnets(name):
 
 
 def test_the_hidden_width_is_c_over_r_and_at_least_one():
-    # The paper's formula C // r; a block narrower than r keeps one hidden unit (CIFAR stage 1 at r = 32), as the
-    # default r = 16 must still build tiny networks (widths 4/8/8 in tests and demos).
+    # The paper's formula C // r; a block narrower than r keeps one hidden unit (CIFAR stage 1 at r = 32), as
+    # the default r = 16 must still build tiny networks (widths 4/8/8 in tests and demos).
     model = _meta("se_resnet20_cifar", se_reduction=32)
     hidden = [b.fc1.out_channels for b in model.modules() if isinstance(b, SqueezeExcite)]
     assert hidden == [1] * 3 + [32 // 32] * 3 + [64 // 32] * 3  # 16 // 32 = 0 is raised to 1

@@ -1,9 +1,10 @@
 """Compile recorded SE kernel launches for real GPUs: ``python _compile_plans.py PLANS.json ARCH...``.
 
-Run without ``TRITON_INTERPRET`` (the kernels must be Triton's JIT functions, not the interpreter's). Each launch
-is specialised by Triton's own binder for the target, exactly as a launch on that GPU would be (argument dtypes,
-integers equal to 1 as constants, divisibility by 16), then every distinct specialisation is compiled to a
-cubin. Prints one JSON line: distinct plans, compiled count, failures, and the scale kernel's flag sets.
+Run without ``TRITON_INTERPRET`` (the kernels must be Triton's JIT functions, not the interpreter's).
+Each launch is specialised by Triton's own binder for the target, exactly as a launch on that GPU would
+be (argument dtypes, integers equal to 1 as constants, divisibility by 16), then every distinct
+specialisation is compiled to a cubin. Prints one JSON line: distinct plans, compiled count, failures,
+and the scale kernel's flag sets.
 """
 
 import json

@@ -54,7 +54,7 @@ def test_se_scale_matches_the_plain_ops_forward_and_backward(gate, residual, bia
     expected_grads = torch.autograd.grad(expected, leaves, grad_out)
     out = ops.se_scale(x, r, *weights, gate)[0]
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    for got, want in zip(torch.autograd.grad(out, leaves, grad_out), expected_grads):
+    for got, want in zip(torch.autograd.grad(out, leaves, grad_out), expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
 
@@ -90,7 +90,9 @@ def test_the_norm_operator_is_batchnorm_then_se_and_updates_running_stats_as_bat
     torch.testing.assert_close(norm.running_mean, running_mean)
     torch.testing.assert_close(norm.running_var, running_var)
     leaves = [c, r, norm.weight, norm.bias, *weights]
-    for got, want in zip(torch.autograd.grad(out.sum(), leaves), torch.autograd.grad(expected.sum(), leaves)):
+    for got, want in zip(
+        torch.autograd.grad(out.sum(), leaves), torch.autograd.grad(expected.sum(), leaves), strict=True
+    ):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 

@@ -1,22 +1,23 @@
 """The SE kernels compiled for real GPUs (sm_80, sm_90) ahead of time, on this CPU-only machine.
 
-Triton's interpreter (``TRITON_INTERPRET=1``, how tests/ops/test_triton_kernels.py runs the kernels here) executes
-them as numpy and accepts code the GPU compiler rejects. So the launch plans our launchers choose for the real
-shapes of a 224 x 224 training step and of inference are compiled here for Ampere and Hopper through Triton's own
-compiler and the ptxas it bundles:
+Triton's interpreter (``TRITON_INTERPRET=1``, how tests/ops/test_triton_kernels.py runs the kernels here)
+executes them as numpy and accepts code the GPU compiler rejects. So the launch plans our launchers choose for
+the real shapes of a 224 x 224 training step and of inference are compiled here for Ampere and Hopper through
+Triton's own compiler and the ptxas it bundles:
 
-- the plans: se_resnet50, se_resnext50_32x4d and senet154 run once on the meta device (no memory, no compute) to
-  find their distinct SE unit calls; each is then replayed through the layer's own methods with the kernels'
-  device set to "meta", and every launch is recorded at ``_triton_se._launch`` instead of run. Training: the
-  operators' Triton branch, forward and backward, with the BatchNorm fused (the CUDA default) and apart (a
-  SyncBatchNorm, ``se_recompute_norm=False``); inference in eval mode under ``no_grad`` (the layer calls the
-  kernels itself), with an eval BatchNorm and with one folded away.
+- the plans: se_resnet50, se_resnext50_32x4d and senet154 run once on the meta device (no memory, no compute)
+  to find their distinct SE unit calls; each is then replayed through the layer's own methods with the
+  kernels' device set to "meta", and every launch is recorded at ``_triton_se._launch`` instead of run.
+  Training: the operators' Triton branch, forward and backward, with the BatchNorm fused (the CUDA default)
+  and apart (a SyncBatchNorm, ``se_recompute_norm=False``); inference in eval mode under ``no_grad`` (the
+  layer calls the kernels itself), with an eval BatchNorm and with one folded away.
 - fp32, fp16 and bf16 (AMP: the layer hands the operators the autocast dtype, which is what the tensors carry
-  here; (N, C) coefficients stay fp32 in both cases), NCHW and channels_last. ``torch.compile`` passes a custom
-  op tensors in eager's stride order, so compiled training launches the same plans (a padded layout would be
-  copied by the launcher into one of these first).
+  here; (N, C) coefficients stay fp32 in both cases), NCHW and channels_last. ``torch.compile`` passes a
+  custom op tensors in eager's stride order, so compiled training launches the same plans (a padded layout
+  would be copied by the launcher into one of these first).
 - a subprocess without the interpreter specialises each recorded launch with Triton's own binder (dtypes,
-  divisibility by 16, integers equal to 1) for the target, and compiles each distinct specialisation to a cubin.
+  divisibility by 16, integers equal to 1) for the target, and compiles each
+  distinct specialisation to a cubin.
 """
 
 import itertools
@@ -44,9 +45,9 @@ COMPILER = Path(__file__).with_name("_compile_plans.py")
 
 
 def _replay_training(kernels):
-    """Wrappers of the two training operators that run their Triton branch, forward and backward, on the call's
-    meta tensors (the operators themselves would dispatch to their fake kernels on meta). The incoming gradient
-    is laid out as the output, as the next layer's backward gives it."""
+    """Wrappers of the two training operators that run their Triton branch, forward and backward, on the
+    call's meta tensors (the operators themselves would dispatch to their fake kernels on meta). The incoming
+    gradient is laid out as the output, as the next layer's backward gives it."""
 
     def se_norm_scale(c, residual, bn_weight, bn_bias, eps, w1, b1, w2, b2, gate, relu=False):
         out, mean, invstd, z, hidden, gates = ops._norm_scale_triton(

@@ -65,7 +65,9 @@ def _check(out, expected, leaves, dtype):
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
     got = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
     want = torch.autograd.grad(expected, leaves, grad_out.double())
-    for name, a, b in zip(("x", "residual", "w1", "b1", "w2", "b2", "bn_weight", "bn_bias"), got, want):
+    # the names cover the longest list of leaves (residual and BatchNorm included): shorter lists stop early
+    names = ("x", "residual", "w1", "b1", "w2", "b2", "bn_weight", "bn_bias")
+    for name, a, b in zip(names, got, want, strict=False):
         # gradients are sums over N*H*W terms: compare relative to their scale
         scale = b.abs().max().item() + 1
         torch.testing.assert_close(a.double(), b.double(), rtol=tolerance, atol=tolerance * scale, msg=name)
@@ -130,7 +132,7 @@ def test_the_kernels_are_deterministic_bit_for_bit():
         leaves = _leaves((2, 70, 5, 5), torch.float32, True, "contiguous")
         out = ops.se_scale(leaves[0], leaves[1], *leaves[2:], "sigmoid", True)[0]
         results.append((out, *torch.autograd.grad(out.square().sum(), leaves)))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
 
 
@@ -240,7 +242,8 @@ def test_inference_goes_through_the_kernels_and_equals_the_plain_ops(monkeypatch
             plain_single = se(images[:, :1].expand(2, 8, 32, 32).contiguous())
         finally:
             use_triton_kernels(True)
-    # every unit: the squeeze's pass and the output's (BatchNorm, SE, sum and ReLU in one), then the lone block
+    # every unit: the squeeze's pass and the output's (BatchNorm, SE, sum and
+    # ReLU in one), then the lone block
     assert len(launches) == 2 * 8 + 2
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(single, plain_single, rtol=1e-5, atol=1e-5)
@@ -336,7 +339,7 @@ def test_a_whole_se_resnet50_amp_step_through_the_kernels_equals_the_pytorch_pat
         result = _amp_step(copy.deepcopy(model), images, compiled)
     assert len(launches) >= 16 * 4  # every unit, forward and backward, through the kernels
     torch.testing.assert_close(result[0], reference[0], rtol=1e-2, atol=1e-2)
-    for got, want in zip(result[1:], reference[1:]):
+    for got, want in zip(result[1:], reference[1:], strict=True):
         for name, value in want.items():
             # fp16 sums over N*H*W: compare each tensor as a whole, relative to its norm
             error = (got[name] - value).norm() / value.norm().clamp_min(1e-12)
@@ -345,7 +348,8 @@ def test_a_whole_se_resnet50_amp_step_through_the_kernels_equals_the_pytorch_pat
 
 @pytest.mark.parametrize("training", [True, False])
 def test_observed_or_removed_blocks_step_off_the_kernels(training, monkeypatch, triton_on_this_device):
-    """The analysis's gate statistics and its removal study must see every input, also where the kernels run."""
+    """The analysis's gate statistics and its removal study must see every input,
+    also where the kernels run."""
     from senet import SqueezeExcite
 
     launches = []

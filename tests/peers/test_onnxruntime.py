@@ -1,5 +1,5 @@
-"""Every family's ONNX export run by onnxruntime itself, against the eager PyTorch network: max |difference| of
-the logits <= 1e-4 (float32), at two batch sizes of a dynamic-batch file.
+"""Every family's ONNX export run by onnxruntime itself, against the eager PyTorch network: max |difference|
+of the logits <= 1e-4 (float32), at two batch sizes of a dynamic-batch file.
 
 The files are written by ``senet.deploy.export.export_module`` with its own check switched off, and read here
 by a fresh ``onnxruntime.InferenceSession``: the comparison is this file's, on inputs the export never saw.

@@ -195,7 +195,8 @@ def test_metrics_equal_cocoeval_on_the_file_as_given(coco_file, case, image_ids)
     if image_ids is not None:
         outputs = {i: outputs[i] for i in image_ids if i in outputs}
     got = coco_evaluate(outputs, dataset, image_ids=image_ids)
-    assert [got[name] for name in METRICS] == pytest.approx(expected, abs=1e-12), dict(zip(METRICS, expected))
+    figures = [got[name] for name in METRICS]
+    assert figures == pytest.approx(expected, abs=1e-12), dict(zip(METRICS, expected, strict=True))
 
 
 def test_boxes_nobody_can_find_cost_recall_as_in_pycocotools(coco_file):

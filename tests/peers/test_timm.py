@@ -3,8 +3,8 @@ random weights, converted and loaded the documented way, computes timm's logits;
 preprocessing senet records is timm's, transform included; a Hugging Face snapshot's config.json is read as
 timm reads it.
 
-pretrained-models (Cadene's ``pretrainedmodels``) is not a dependency: timm's ``legacy_*`` SENets are its code,
-ported with its module names (``layer0``, ``se_module``, ``last_linear``), so their state dicts are
+pretrained-models (Cadene's ``pretrainedmodels``) is not a dependency: timm's ``legacy_*`` SENets are its
+code, ported with its module names (``layer0``, ``se_module``, ``last_linear``), so their state dicts are
 pretrained-models files, saved here as those were (``.pth``, without ``num_batches_tracked``, which PyTorch
 added after they were published).
 """

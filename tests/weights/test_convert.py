@@ -1,5 +1,6 @@
-"""senet convert: what a converted file records (every layout option, the preprocessing with its integer resize,
-labels, provenance) and what conversion refuses rather than guesses (other shapes, dtypes, key layouts, tags).
+"""senet convert: what a converted file records (every layout option, the preprocessing with its
+integer resize, labels, provenance) and what conversion refuses rather than guesses (other
+shapes, dtypes, key layouts, tags).
 
 That converted weights compute what the source computes is checked against the sources' own networks in
 tests/peers (test_timm.py: timm's and pretrained-models' SENets; test_torchvision.py: torchvision's).

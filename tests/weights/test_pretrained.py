@@ -1,5 +1,5 @@
-"""load_pretrained: the one way weights come in. Exact rebuilds, refusals of weights of another network, fine-tuning
-heads, and every unreadable file as one line."""
+"""load_pretrained: the one way weights come in. Exact rebuilds, refusals of weights of another network,
+fine-tuning heads, and every unreadable file as one line."""
 
 import json
 import logging
@@ -20,7 +20,8 @@ GREY = Preprocessing((0.5,), (0.25,), 32, 1.0, "bilinear")
 
 @pytest.fixture
 def weights_file(tmp_path):
-    """A se_resnet20_cifar weights file (5 classes, grey input, tiny widths) and the network it was saved from."""
+    """A se_resnet20_cifar weights file (5 classes, grey input, tiny widths) and
+    the network it was saved from."""
     net = senet.create_model("se_resnet20_cifar", num_classes=5, **TINY).eval()
     info = WeightsInfo(
         "se_resnet20_cifar", dict(TINY), 5, GREY, labels=list("abcde"), source={"project": "test"}

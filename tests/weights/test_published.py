@@ -1,5 +1,6 @@
-"""pretrained=True: published weights fetched once (a mocked fetch: tests never use the network), checked against
-their published hash, converted, cached, and loaded offline afterwards; without network, one line says what to do."""
+"""pretrained=True: published weights fetched once (a mocked fetch: tests never use the network),
+checked against their published hash, converted, cached, and loaded offline afterwards; without
+network, one line says what to do."""
 
 import hashlib
 import urllib.error

@@ -114,8 +114,8 @@ def study_settings(
     base_options: dict[str, Any] | None = None,
     grid: Sequence[tuple[str, Sequence[Any], bool]] = (),
 ) -> tuple[dict[str, list[Setting]], list[str]]:
-    """The settings of ``study`` (or of every study, ``"all"``) for ``model``, keyed by study name, and notes on
-    rows left out (a setting the family does not define, a plain twin that is not registered).
+    """The settings of ``study`` (or of every study, ``"all"``) for ``model``, keyed by study name, and notes
+    on rows left out (a setting the family does not define, a plain twin that is not registered).
 
     ``base_options`` apply to every SE setting (default: the paper's, SE without biases); ``grid`` is
     ``(key, values, is_build_option)``: every setting is crossed with every combination of values.
@@ -155,11 +155,11 @@ def _cross(setting: Setting, grid: Sequence[tuple[str, Sequence[Any], bool]]) ->
     crossed = []
     for values in itertools.product(*(values for _, values, _ in grid)):
         options, train = dict(setting.options), dict(setting.train)
-        for (key, _, build), value in zip(grid, values):
+        for (key, _, build), value in zip(grid, values, strict=True):
             if build and setting.paper is not None and setting.paper.plain and key.startswith("se_"):
                 continue  # an SE option means nothing to the plain twin
             (options if build else train)[key] = value
-        cell = ", ".join(f"{k}={_spell(v)}" for (k, _, _), v in zip(grid, values))
+        cell = ", ".join(f"{k}={_spell(v)}" for (k, _, _), v in zip(grid, values, strict=True))
         crossed.append(replace(setting, cell=cell, options=options, train=train))
     return crossed
 
@@ -298,7 +298,7 @@ def write_report(reports: list[StudyReport], output: Path, seeds: int, header: s
         with open(output / f"{report.study}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow([*COLUMNS, "top-1 per seed", "p-value"])
-            for row, result in zip(rows, report.results):
+            for row, result in zip(rows, report.results, strict=True):
                 writer.writerow(
                     [*row, " ".join(f"{v:.2f}" for v in result.top1), _fmt(result.p_value, ".4f")]
                 )
@@ -311,11 +311,11 @@ def write_report(reports: list[StudyReport], output: Path, seeds: int, header: s
 
 
 def _plot(report: StudyReport, output: Path) -> Path:
-    """Per setting, our mean top-1 error (whiskers: std over seeds) and, beside it on its own axis, the paper's
-    figure for that setting; the reference setting's bar is orange."""
+    """Per setting, our mean top-1 error (whiskers: std over seeds) and, beside it on its own axis, the
+    paper's figure for that setting; the reference setting's bar is orange."""
     plt = pyplot()
     labels = [r.setting.label for r in report.results]
-    means, spreads = zip(*(mean_std(r.top1) for r in report.results))
+    means, spreads = zip(*(mean_std(r.top1) for r in report.results), strict=True)
     papers = [r.setting.paper.top1 if r.setting.paper else None for r in report.results]
     seeds = max(len(r.top1) for r in report.results)
     x, width = list(range(len(labels))), 0.38
@@ -326,7 +326,7 @@ def _plot(report: StudyReport, output: Path) -> Path:
     handles, names = [bars], [f"ours: mean ± std of {seeds} seed(s); orange: the reference"]
     if any(value is not None for value in papers):
         paper_axis = ours.twinx()
-        shown = [(i, value) for i, value in zip(x, papers) if value is not None]
+        shown = [(i, value) for i, value in zip(x, papers, strict=True) if value is not None]
         paper_bars = paper_axis.bar(
             [i + width / 2 for i, _ in shown], [v for _, v in shown], width, color="0.75", hatch="//",
             edgecolor="0.35",

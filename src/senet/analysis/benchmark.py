@@ -103,7 +103,8 @@ def split_specs(text: str) -> list[str]:
 
 
 def build_benchmark_model(spec: str, num_classes: int = 1000) -> nn.Module:
-    """``se_resnet50`` (ours; ``NAME@key=value,...`` passes build options), ``timm:NAME`` or ``torchvision:NAME``."""
+    """``se_resnet50`` (ours; ``NAME@key=value,...`` passes build options), ``timm:NAME`` or
+    ``torchvision:NAME``."""
     source, _, name = spec.partition(":") if ":" in spec else ("senet", "", spec)
     if source == "senet":
         name, _, opts = spec.partition("@")  # e.g. resnet50@stride_in_1x1=False,stem_pool=torchvision
@@ -190,7 +191,8 @@ def _prepare(spec: str, settings: BenchSettings, onnx_file: Path | None = None) 
 
 
 def _check_onnxruntime(specs: Sequence[str], settings: BenchSettings) -> None:
-    """Refuse settings an onnxruntime row would not honour, rather than time something else under their name."""
+    """Refuse settings an onnxruntime row would not honour, rather than time something else under their
+    name."""
     named = [spec for spec in specs if spec.endswith(ONNXRUNTIME_SUFFIX)]
     if named and (settings.mode != "infer" or settings.device != "cpu" or settings.amp):
         raise ValueError(
@@ -254,7 +256,8 @@ def _peak_memory_child(spec: str, settings: BenchSettings, queue: Any, onnx_file
 
 
 def peak_memory_mb(spec: str, settings: BenchSettings, onnx_file: Path | None = None) -> float:
-    """Peak memory of building and running ``spec``: CUDA max allocated, or CPU RSS growth in a fresh process."""
+    """Peak memory of building and running ``spec``: CUDA max allocated, or CPU RSS growth in a fresh
+    process."""
     if settings.device.startswith("cuda"):
         gc.collect()
         torch.cuda.empty_cache()
@@ -314,7 +317,7 @@ def _time(specs: Sequence[str], settings: BenchSettings, onnx_files: dict[str, P
     del steps
     gc.collect()
     results = []
-    for spec, samples in zip(specs, times):
+    for spec, samples in zip(specs, times, strict=True):
         median = statistics.median(samples)
         p90 = statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else median
         memory = peak_memory_mb(spec, settings, onnx_files.get(spec)) if settings.memory else None
@@ -338,7 +341,8 @@ def format_results(results: list[BenchResult], settings: BenchSettings) -> str:
     flags = [f for f in ("amp", "channels_last", "compile", "optimize") if getattr(settings, f)]
     title = (
         f"{settings.mode}, batch {settings.batch}, {settings.size}x{settings.size}, {settings.device}"
-        f"{', ' + ', '.join(flags) if flags else ''}, {torch.get_num_threads() if settings.device == 'cpu' else ''}"
+        f"{', ' + ', '.join(flags) if flags else ''}, "
+        f"{torch.get_num_threads() if settings.device == 'cpu' else ''}"
         f"{' threads' if settings.device == 'cpu' else ''}, median of {settings.repeats}"
     )
     lines = [

@@ -1,11 +1,11 @@
 """The main job for a newcomer: the smallest SE-vs-plain study, on the embedded digits, with its pictures.
 
-``se_resnet20_cifar`` and its plain twin ``resnet20_cifar`` are trained with the ``demo`` recipe (16 x 16 digits,
-closer to their native 8 x 8, until both networks have converged) and three seeds each by the study runner of
-``senet ablate``, so that the printed comparison carries its seed-to-seed spread and a significance test instead
-of one run's luck: on 360 validation images one image is 0.28 %. Then it checks that every run converged, draws
-both networks' validation curves (mean and spread over the seeds) and what the SE network's gates learned
-(the paper's Fig. 6 on the digits' classes, through ``senet analyze excitation``).
+``se_resnet20_cifar`` and its plain twin ``resnet20_cifar`` are trained with the ``demo`` recipe (16 x 16
+digits, closer to their native 8 x 8, until both networks have converged) and three seeds each by the study
+runner of ``senet ablate``, so that the printed comparison carries its seed-to-seed spread and a significance
+test instead of one run's luck: on 360 validation images one image is 0.28 %. Then it checks that every run
+converged, draws both networks' validation curves (mean and spread over the seeds) and what the SE network's
+gates learned (the paper's Fig. 6 on the digits' classes, through ``senet analyze excitation``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from senet.train.rundir import lock_output_dir
 
 DEMO_SEEDS = 3
 DEMO_MODELS = ("se_resnet20_cifar", "resnet20_cifar")
-# What "converged" means for the demo's verdict: the last epoch fits the training set, and validation has settled.
+# What "converged" means for the demo's verdict: the last epoch fits the training set, and validation has
+# settled.
 CONVERGED_TRAIN_ERR = 1.0  # %, the last epoch's training error
 SETTLED_VAL_MOVE = 1.0  # points of validation error between the last two epochs
 
@@ -117,12 +118,13 @@ def format_demo(result: DemoResult) -> str:
         lines.append(f"\n{a.model} - {b.model}: {delta:+.2f} points of top-1 error; {verdict}.")
     if result.unconverged:
         lines.append(
-            f"not converged, so read the comparison with care (more --epochs): {'; '.join(result.unconverged)}"
+            "not converged, so read the comparison with care (more --epochs): "
+            f"{'; '.join(result.unconverged)}"
         )
     else:
         lines.append(
-            f"converged: every run ended with train error <= {CONVERGED_TRAIN_ERR:g} % and its val error moved "
-            f"<= {SETTLED_VAL_MOVE:g} point in its last epoch."
+            f"converged: every run ended with train error <= {CONVERGED_TRAIN_ERR:g} % and its val error "
+            f"moved <= {SETTLED_VAL_MOVE:g} point in its last epoch."
         )
     lines.append("")
     if result.curves is not None:
@@ -138,7 +140,7 @@ def format_demo(result: DemoResult) -> str:
             "pictures: matplotlib is not installed; pip install 'senet[plot]' and run senet demo again "
             "(it reuses the trained runs) for the curves and the excitation figures"
         )
-    for label, block in zip(("first stage", "last stage"), result.specificity):
+    for label, block in zip(("first stage", "last stage"), result.specificity, strict=True):
         lines.append(
             f"class specificity, {label} ({block['block']}, {block['channels']} channels): eta² "
             f"{block['eta_squared']:.3f} (chance {block['eta_squared_chance']:.3f}), mean |class - all| "

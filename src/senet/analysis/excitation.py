@@ -1,10 +1,10 @@
 """What SE blocks learn (paper Sec. 7.2, Figs. 6-7), and what removing them costs (Sec. 7's remark that the
 last stage's SE blocks can go at a marginal loss).
 
-**Block names.** ``SE_s_b`` is the b-th SE block (1-based, in forward order) of stage ``s``, with stages counted
-as the paper's ``conv{s}_x``: the stem is stage 1, so a network's first stage of units (``layer1``) is stage 2.
-In SE-ResNet-50, SE_2_3 is the third unit of ``layer1`` (conv2_x), SE_5_1 the first of ``layer4`` (conv5_x).
-Families with another number of stages follow the same rule: the three stages of the CIFAR ResNets
+**Block names.** ``SE_s_b`` is the b-th SE block (1-based, in forward order) of stage ``s``, with stages
+counted as the paper's ``conv{s}_x``: the stem is stage 1, so a network's first stage of units (``layer1``) is
+stage 2. In SE-ResNet-50, SE_2_3 is the third unit of ``layer1`` (conv2_x), SE_5_1 the first of ``layer4``
+(conv5_x). Families with another number of stages follow the same rule: the three stages of the CIFAR ResNets
 (``layer1..layer3``, 32x32 -> 8x8) are SE_2_* .. SE_4_* (the conv2..conv4 groups of Zagoruyko & Komodakis'
 Table 1), ShuffleNet's ``stage2..stage4`` are SE_2_* .. SE_4_* (Zhang et al.'s Stage2..4). So ``s`` is one
 more than the 1-based stage number of ``se_stages`` (1 = ``layer1``). Families without stages (MobileNet,
@@ -12,11 +12,11 @@ BN-Inception, Inception-ResNet-v2, VGG) name each block by its module path (``bl
 path is accepted for every family (``layer4.2.se`` or ``layer4.2``), and shell wildcards select several:
 ``SE_5_*``, ``SE_*_1``, ``*``.
 
-**Statistics** (:func:`collect_excitations`): for each chosen block, the gates s of Eq. 3 of every image, summed
-per class in float64: image counts, per-channel sums and sums of squares, and a histogram of all gate values.
-From them, per class: the mean and the standard deviation over the class's images (population std, ddof 0)
-of each channel's gate, and the same over all images. Blocks without squeeze (``se_squeeze="none"``) gate every
-position: their per-image gate is the spatial mean of the gate map.
+**Statistics** (:func:`collect_excitations`): for each chosen block, the gates s of Eq. 3 of every image,
+summed per class in float64: image counts, per-channel sums and sums of squares, and a histogram of all gate
+values. From them, per class: the mean and the standard deviation over the class's images (population std,
+ddof 0) of each channel's gate, and the same over all images. Blocks without squeeze (``se_squeeze="none"``)
+gate every position: their per-image gate is the spatial mean of the gate map.
 
 **Class specificity** (two measures per block, ``class-specificity.csv``). With ``M_k`` the mean gate of
 channel ``k`` over all collected images, ``m_ck`` its mean over the images of class ``c`` and ``n_c`` their
@@ -32,8 +32,8 @@ count (K channels, G classes with images, N images):
   whose hidden ReLUs never fire), ``eta_squared`` is undefined: NaN.
 
 **Removal** (:func:`se_removed`): a chosen block's gates are taken as 1, everywhere it computes: ``forward``
-returns its input, the residual units' fused ``scale_and_add`` / ``norm_scale_and_add`` add the branch unchanged
-(``residual + x``, then the unit's activation), in eval and in training alike.
+returns its input, the residual units' fused ``scale_and_add`` / ``norm_scale_and_add`` add the branch
+unchanged (``residual + x``, then the unit's activation), in eval and in training alike.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ HISTOGRAM_BINS = 50
 DEFAULT_CLASSES = 4  # the paper's goldfish, pug, plane and cliff
 DEFAULT_CHANNELS = 50  # the paper's "50 uniformly sampled channels"
 DEFAULT_MAX_IMAGES = 10000
-# Below this variance (a std of 1e-6) the gates are taken as constant, and eta_squared (0/0, rounding noise) as
-# undefined: a block whose hidden ReLUs never fire gates every image alike, gate(fc2.bias).
+# Below this variance (a std of 1e-6) the gates are taken as constant, and eta_squared (0/0, rounding noise)
+# as undefined: a block whose hidden ReLUs never fire gates every image alike, gate(fc2.bias).
 _CONSTANT_VARIANCE = 1e-12
 
 _NO_SE_FIX = "give a checkpoint of a network with SE blocks (the se_* models of `senet models`)"
@@ -79,7 +79,8 @@ class SEBlock:
     name: str
     path: str
     module: SqueezeExcite
-    # the paper's stage s (conv{s}_x; the stem is 1) and b, 1-based within it; None for families without stages
+    # the paper's stage s (conv{s}_x; the stem is 1) and b, 1-based within it; None for families without
+    # stages
     stage: int | None = None
     index: int | None = None
 
@@ -198,11 +199,11 @@ def _as_blocks(model: nn.Module, blocks: str | Sequence[str] | Sequence[SEBlock]
 def se_removed(model: nn.Module, blocks: str | Sequence[str] | Sequence[SEBlock]) -> Iterator[list[SEBlock]]:
     """Within the ``with`` block, the chosen SE blocks of ``model`` are identities (every gate 1).
 
-    ``blocks``: names, module paths or wildcards (see the module doc), or :class:`SEBlock` objects. Each block's
-    own switch (:attr:`SqueezeExcite.removed`) makes every path that computes its output honour it: ``forward``
-    returns its input, ``scale_and_add`` and ``norm_scale_and_add`` (the residual units' fused paths) return
-    ``activation(residual + x)``, in eval and training mode; ``gates`` returns ones to whoever asks. The
-    switches are restored on exit, also after an exception. Yields the blocks.
+    ``blocks``: names, module paths or wildcards (see the module doc), or :class:`SEBlock` objects. Each
+    block's own switch (:attr:`SqueezeExcite.removed`) makes every path that computes its output honour it:
+    ``forward`` returns its input, ``scale_and_add`` and ``norm_scale_and_add`` (the residual units' fused
+    paths) return ``activation(residual + x)``, in eval and training mode; ``gates`` returns ones to whoever
+    asks. The switches are restored on exit, also after an exception. Yields the blocks.
     """
     if blocks is None:
         raise ValueError(
@@ -215,7 +216,7 @@ def se_removed(model: nn.Module, blocks: str | Sequence[str] | Sequence[SEBlock]
             block.module.removed = True
         yield chosen
     finally:
-        for block, removed in zip(chosen, saved):
+        for block, removed in zip(chosen, saved, strict=True):
             block.module.removed = removed
 
 
@@ -398,10 +399,10 @@ class ExcitationStats:
                 rows = [(-1, "all", b.images, b.mean, b.std)]
                 rows += [
                     (int(c), self.classes[c], int(b.counts[c]), m, s)
-                    for c, m, s in zip(b.class_ids, b.class_mean, b.class_std)
+                    for c, m, s in zip(b.class_ids, b.class_mean, b.class_std, strict=True)
                 ]
                 for class_id, name, count, means, stds in rows:
-                    for channel, (m, s) in enumerate(zip(means, stds)):
+                    for channel, (m, s) in enumerate(zip(means, stds, strict=True)):
                         writer.writerow(
                             [b.name, b.path, class_id, name, count, channel, f"{m:.6g}", f"{s:.6g}"]
                         )
@@ -419,7 +420,7 @@ def _recording(blocks: Sequence[SEBlock]) -> Iterator[list[list[torch.Tensor]]]:
     records: list[list[torch.Tensor]] = [[] for _ in blocks]
     handles = [
         block.module.register_gates_hook(lambda module, s, into=into: into.append(s.detach()))
-        for block, into in zip(blocks, records)
+        for block, into in zip(blocks, records, strict=True)
     ]
     try:
         yield records
@@ -499,7 +500,7 @@ def collect_excitations(
                 for into in records:
                     into.clear()
                 model(images.to(device))
-                for accumulator, into in zip(accumulators, records):
+                for accumulator, into in zip(accumulators, records, strict=True):
                     if len(into) != 1 or into[0].shape[0] != targets.numel():
                         raise RuntimeError(
                             f"{accumulator.block.name} ({accumulator.block.path}) computed its gates "
@@ -534,7 +535,8 @@ def sample_indices(
         by_class.setdefault(int(target), []).append(index)
     drawn = [rng.permutation(indices) for _, indices in sorted(by_class.items())]
     turns = (int(d[r]) for r in range(max(len(d) for d in drawn)) for d in drawn if r < len(d))
-    return sorted(index for _, index in zip(range(max_images), turns))
+    # strict=False: the first max_images turns of the round robin (max_images < size here)
+    return sorted(index for _, index in zip(range(max_images), turns, strict=False))
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -626,7 +628,8 @@ def plot_excitations(
 
     * ``excitation-classes.png`` (Fig. 6): per block, the mean gate of ``channels`` evenly spaced channels for
       each chosen class and over all images;
-    * ``excitation-mean-std-<class>.png`` (Fig. 7): per chosen class, per block, mean and +-1 std over its images;
+    * ``excitation-mean-std-<class>.png`` (Fig. 7): per chosen class, per block, mean and +-1 std over its
+      images;
     * ``excitation-histograms.png``: per block, the distribution of all gate values;
     * ``class-specificity.png``: the two class-specificity measures per block (module doc).
     """
@@ -642,7 +645,7 @@ def plot_excitations(
     colours = [f"C{i}" for i in range(10)]
 
     figure, axes = _figure(len(blocks))
-    for axis, block in zip(axes, blocks):
+    for axis, block in zip(axes, blocks, strict=True):
         picks = sample_channels(block.channels, channels)
         rows = {int(c): i for i, c in enumerate(block.class_ids)}
         means = block.class_mean
@@ -664,7 +667,7 @@ def plot_excitations(
     for class_id in chosen:
         name = stats.classes[class_id]
         figure, axes = _figure(len(blocks))
-        for axis, block in zip(axes, blocks):
+        for axis, block in zip(axes, blocks, strict=True):
             picks = sample_channels(block.channels, channels)
             row = list(block.class_ids).index(class_id)
             mean, std = block.class_mean[row][picks], block.class_std[row][picks]
@@ -679,7 +682,7 @@ def plot_excitations(
         written.append(_save(figure, out / f"excitation-mean-std-{_file_part(name)}.png"))
 
     figure, axes = _figure(len(blocks))
-    for axis, block in zip(axes, blocks):
+    for axis, block in zip(axes, blocks, strict=True):
         edges = block.hist_edges
         share = block.hist / max(block.hist.sum(), 1)
         axis.bar(edges[:-1], share, width=np.diff(edges), align="edge", color="C0")
@@ -882,9 +885,10 @@ def load_for_analysis(
     device: str = "auto",
 ) -> AnalysisInput:
     """Load ``checkpoint`` (a run directory, one of its ``checkpoint-*.json``, or a senet weights file) with
-    :func:`senet.load_pretrained` and build the validation split of ``data`` as ``senet eval`` does: a run on its
-    own data by default, with its evaluation transform; a weights file on an image folder with its recorded
-    preprocessing. Refuses a network without SE blocks and data whose classes are not the network's."""
+    :func:`senet.load_pretrained` and build the validation split of ``data`` as ``senet eval`` does: a run on
+    its own data by default, with its evaluation transform; a weights file on an image folder with its
+    recorded preprocessing. Refuses a network without SE blocks and data whose classes are not the
+    network's."""
 
     model, source, root, options, config = load_with_data_source(checkpoint, data, data_root, weights)
     info = model.pretrained_info
@@ -893,14 +897,15 @@ def load_for_analysis(
     spec = build_data(source, root=root, eval_crop=config.eval_crop if config else None, **options)
     if spec.num_classes != info.num_classes:
         raise ValueError(
-            f"{checkpoint} predicts {info.num_classes} classes; {source} has {spec.num_classes}: give the data "
-            "it was trained on (--data)"
+            f"{checkpoint} predicts {info.num_classes} classes; {source} has {spec.num_classes}: "
+            "give the data it was trained on (--data)"
         )
     if config is not None and info.labels and list(spec.classes) != list(info.labels):
-        differ = next(i for i, (a, b) in enumerate(zip(spec.classes, info.labels)) if a != b)
+        differ = next(i for i, (a, b) in enumerate(zip(spec.classes, info.labels, strict=True)) if a != b)
         raise ValueError(
             f"{checkpoint} was trained on other classes than {source} holds (class {differ}: "
-            f"{info.labels[differ]!r} there, {spec.classes[differ]!r} here): give the data it was trained on (--data)"
+            f"{info.labels[differ]!r} there, {spec.classes[differ]!r} here): "
+            "give the data it was trained on (--data)"
         )
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first_conv is not None and first_conv.in_channels != spec.in_chans:

@@ -51,8 +51,8 @@ def _table(specs: list[str], settings: BenchSettings) -> tuple[str, list]:
     vs = ",".join(s for s in specs if ":" in s)
     command = (
         f'senet bench --models "{models}"' + (f" --vs {vs}" if vs else "") + f" --batch {settings.batch} "
-        f"--size {settings.size} --mode {settings.mode} --device {settings.device} --repeats {settings.repeats}"
-        + (f" {flags}" if flags else "")
+        f"--size {settings.size} --mode {settings.mode} --device {settings.device} "
+        f"--repeats {settings.repeats}" + (f" {flags}" if flags else "")
     )
     return f"{format_results(results, settings)}\n\n`{command}`", results
 
@@ -163,7 +163,8 @@ def write_report(
     paper's GPU training step) and write the Markdown report to ``path``."""
     repeats = 3 if quick else 10
     sections = [
-        f"# Benchmarks\n\nWritten by `make bench` (`senet bench --report {path}`). Machine:\n\n{_machine()}\n",
+        f"# Benchmarks\n\nWritten by `make bench` (`senet bench --report {path}`). "
+        f"Machine:\n\n{_machine()}\n",
         "Ratios are to the first row of each table; every table's models were timed interleaved in one "
         "process (median over repetitions after warm-up). Peak memory: growth of the peak RSS of a fresh "
         "process building and running the model (CPU) or CUDA's max allocated bytes.\n",
@@ -251,7 +252,8 @@ def write_report(
     add(
         "DDP scaling on CPU (gloo)",
         f"se_resnet50 training, batch 16 per process, threads split evenly "
-        f"(`senet.analysis.report.ddp_throughput(N)`):\n\n| processes | images/s | speed-up |\n|---:|---:|---:|\n"
+        "(`senet.analysis.report.ddp_throughput(N)`):\n\n"
+        "| processes | images/s | speed-up |\n|---:|---:|---:|\n"
         f"| 1 | {one:.1f} | 1.00 |\n| 2 | {two:.1f} | {two / one:.2f} |",
     )
 

@@ -1,8 +1,8 @@
 """Data for training and evaluation: datasets, the paper's transforms, and deterministic loaders.
 
-``build_data(source, ...)`` gives a ``DataSpec`` (both splits and their facts); ``build_loader`` turns a split into
-batches ``(images, targets, num_skipped)``; ``pack_folder`` / ``verify_shards`` write and check an image folder
-as tar shards, which ``build_data`` reads by their index (a path or an fsspec URL). The submodules are
+``build_data(source, ...)`` gives a ``DataSpec`` (both splits and their facts); ``build_loader`` turns a split
+into batches ``(images, targets, num_skipped)``; ``pack_folder`` / ``verify_shards`` write and check an image
+folder as tar shards, which ``build_data`` reads by their index (a path or an fsspec URL). The submodules are
 internal; this is the public API.
 """
 

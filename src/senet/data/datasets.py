@@ -1,9 +1,9 @@
 """Datasets: the bundled digits, CIFAR-10/100, and ImageNet-layout image folders, behind one ``build_data``.
 
-All layout problems are found by ``build_data``, before any training starts. An image that cannot be decoded is
-only found when it is loaded: it is skipped with a warning (the loader's collate drops it and counts it), or,
-with ``strict_data``, it stops the run with an error naming the file (a split of at most 64 images none of which
-decodes is refused up front). CIFAR's pickles are read without running code (``_CifarUnpickler``).
+All layout problems are found by ``build_data``, before any training starts. An image that cannot be decoded
+is only found when it is loaded: it is skipped with a warning (the loader's collate drops it and counts it),
+or, with ``strict_data``, it stops the run with an error naming the file (a split of at most 64 images none of
+which decodes is refused up front). CIFAR's pickles are read without running code (``_CifarUnpickler``).
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ def build_data(
     """Build the train and val splits of ``source``.
 
     Args:
-        source: ``"digits"`` (scikit-learn's bundled 8 x 8 digits, offline), ``"cifar10"``/``"cifar100"`` (files in
-            ``root``), or a directory: CIFAR when it holds ``cifar-10-batches-py``/``cifar-100-python``,
-            otherwise an ImageNet-layout image folder (ROOT/train/CLASS/*.jpg, ROOT/val/CLASS/*.jpg; Places365 too).
-            Or the ``index.json`` of tar shards written by ``senet data pack`` (``senet.data.shards``), the folder
-            holding it, or an fsspec URL of either (``file://``, ``s3://``, ...): image-folder data as shards.
+        source: ``"digits"`` (scikit-learn's bundled 8 x 8 digits, offline), ``"cifar10"``/``"cifar100"``
+            (files in ``root``), or a directory: CIFAR when it holds
+            ``cifar-10-batches-py``/``cifar-100-python``, otherwise an ImageNet-layout image folder
+            (ROOT/train/CLASS/*.jpg, ROOT/val/CLASS/*.jpg; Places365 too). Or the ``index.json`` of tar shards
+            written by ``senet data pack`` (``senet.data.shards``), the folder holding it, or an fsspec URL of
+            either (``file://``, ``s3://``, ...): image-folder data as shards.
         root: the folder holding CIFAR's ``cifar-10-batches-py``/``cifar-100-python``; only the named CIFAR
             sources read it.
         image_size: training crop; 224 for image folders, 32 for digits/CIFAR (another size resizes them).
@@ -54,7 +55,8 @@ def build_data(
             (the paper's 320 crop: Table 8); digits/CIFAR resize their 32 x 32 images to it. Defaults to
             ``image_size``.
         ten_crop: image folders (and shards) only: evaluate ten crops per image, items (10, C, H, W).
-        strict_data: image folders (and shards) only: an unreadable image stops the run instead of being skipped.
+        strict_data: image folders (and shards) only: an unreadable image stops the run instead of being
+            skipped.
         download: CIFAR only: fetch the files with torchvision when they are missing.
         cutout: > 0 adds Cutout of that many pixels to the training transform (DeVries & Taylor 2017).
         preprocessing: image folders only: evaluate with this resize, crop, interpolation and normalisation
@@ -168,7 +170,8 @@ def _build_digits(image_size: int, eval_crop: int | None, cutout: int) -> DataSp
     pixels = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # values 0..16 -> [0, 1]
     images = nnf.interpolate(pixels, size=(_SMALL_SIZE, _SMALL_SIZE), mode="bilinear", align_corners=False)
     labels = [int(label) for label in digits.target]
-    # random_state fixed on purpose: the split must not move with the run's seed, or val scores would not compare.
+    # random_state fixed on purpose: the split must not move with the run's seed, or val scores would not
+    # compare.
     train_idx, val_idx = train_test_split(range(len(labels)), test_size=0.2, random_state=0, stratify=labels)
     train_images = images[train_idx]
     mean, std = (train_images.mean().item(),), (train_images.std().item(),)
@@ -192,11 +195,13 @@ def _build_digits(image_size: int, eval_crop: int | None, cutout: int) -> DataSp
 
 
 class _RefusedPickle(ValueError):
-    """A pickle naming something besides arrays, lists, dicts, strings, bytes and numbers: it could run code."""
+    """A pickle naming something besides arrays, lists, dicts, strings, bytes and numbers: it could run
+    code."""
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    # Protocol-2 pickles spell bytes as _codecs.encode(text, "latin1"); no other codec is needed, so none runs.
+    # Protocol-2 pickles spell bytes as _codecs.encode(text, "latin1"); no other codec is needed, so none
+    # runs.
     if not isinstance(text, str) or encoding != "latin1":
         raise TypeError(
             f"bytes stored as encode({type(text).__name__}, {encoding!r}), not encode(str, 'latin1')"
@@ -265,7 +270,8 @@ class _CIFARFiles(CIFAR10):
     Only ``__init__`` differs from torchvision's: it used ``pickle.load``. Files are checked to exist, not
     for their md5 sums: hashing 180 MB on every build (and again for each evaluation scale) is slow, and it
     would reject the small files in the same format that the tests write. A damaged file still fails, at
-    unpickling or here, with a clear error (see ``_load_cifar``); ``download`` still verifies the archive's md5.
+    unpickling or here, with a clear error (see ``_load_cifar``); ``download`` still verifies the archive's
+    md5.
     """
 
     def __init__(
@@ -294,8 +300,8 @@ class _CIFARFiles(CIFAR10):
         wrong = sorted({label for label in self.targets if not 0 <= label < len(self.classes)})
         if wrong:
             raise ValueError(
-                f"labels {preview_names([str(label) for label in wrong])} are not in 0..{len(self.classes) - 1} "
-                f"({len(self.classes)} classes in {meta.name})"
+                f"labels {preview_names([str(label) for label in wrong])} are not in "
+                f"0..{len(self.classes) - 1} ({len(self.classes)} classes in {meta.name})"
             )
 
     @staticmethod
@@ -362,7 +368,8 @@ def _detect_cifar(path: Path) -> tuple[str | None, Path]:
     found = [name for name, cifar in _CIFAR.items() if (path / cifar.folder).is_dir()]
     if len(found) > 1:
         raise ValueError(
-            f"{path} holds both CIFAR-10 and CIFAR-100; pass source='cifar10' or 'cifar100' with root={str(path)!r}"
+            f"{path} holds both CIFAR-10 and CIFAR-100; pass source='cifar10' or 'cifar100' "
+            f"with root={str(path)!r}"
         )
     if found:
         return found[0], path
@@ -375,7 +382,8 @@ def _detect_cifar(path: Path) -> tuple[str | None, Path]:
 def _build_cifar(
     name: str, root: Path, image_size: int, eval_crop: int | None, download: bool, cutout: int
 ) -> DataSpec:
-    """CIFAR-10/100 with the standard augmentation: zero-pad 4, random 32 crop, horizontal flip (reference §8)."""
+    """CIFAR-10/100 with the standard augmentation: zero-pad 4, random 32 crop, horizontal flip
+    (reference §8)."""
     cifar = _CIFAR[name]
     if download and _missing_cifar_files(cifar, root):
         _download_cifar(cifar, root)
@@ -429,5 +437,6 @@ def _load_cifar(cifar: _Cifar, root: Path, *, train: bool, transform: Callable[[
     ) as error:
         raise ValueError(
             f"{cifar.title} files in {root / cifar.folder} are damaged or not in CIFAR's python format "
-            f"({type(error).__name__}: {error}); replace them with the originals (or delete them and pass --download)"
+            f"({type(error).__name__}: {error}); replace them with the originals "
+            "(or delete them and pass --download)"
         ) from error

@@ -305,10 +305,10 @@ class RawImageDataset(Dataset[RawItem | None]):
     ``dataset``: a ``senet.data.shards.ShardDataset`` (its ``shard_sizes`` are kept: ``build_loader`` reads it
     shard by shard), or a folder dataset with ``samples`` ((path, label) pairs) and ``loader`` (PIL by
     default). Its ``transform`` is the CPU transform this replays (see ``plan_transform``); ``strict`` is
-    used when present, as in ``senet.data.folders.SkippingImageFolder``. Items that are not RGB/greyscale JPEGs come
-    transformed, ``(image float (C, S, S), label, ImageParams(fallback=True))``; an unreadable image gives
-    None (warned once per image per process), or raises naming it under ``strict``. ``train=False`` needs a
-    deterministic transform (evaluation).
+    used when present, as in ``senet.data.folders.SkippingImageFolder``. Items that are not RGB/greyscale
+    JPEGs come transformed, ``(image float (C, S, S), label, ImageParams(fallback=True))``; an unreadable
+    image gives None (warned once per image per process), or raises naming it under ``strict``.
+    ``train=False`` needs a deterministic transform (evaluation).
     """
 
     def __init__(self, dataset: Any, train: bool, *, strict: bool | None = None) -> None:
@@ -540,9 +540,10 @@ class DeviceBatchPipeline(_BatchConversion):
             raise
         except Exception:  # the batched call does not say which image failed: find it
             images = [
-                self._decode_one(chunk, params.path, device) for chunk, params in zip(chunks, batch.params)
+                self._decode_one(chunk, params.path, device)
+                for chunk, params in zip(chunks, batch.params, strict=True)
             ]
-        for k, (image, params) in enumerate(zip(images, batch.params)):
+        for k, (image, params) in enumerate(zip(images, batch.params, strict=True)):
             if image is not None and tuple(image.shape[-2:]) != params.size:
                 error = ValueError(f"decoded {tuple(image.shape[-2:])}, but its header says {params.size}")
                 report_unreadable(params.path, error, strict=self.strict, warned=self._warned, fix=self.fix)
@@ -568,7 +569,7 @@ class DeviceBatchPipeline(_BatchConversion):
         self, plan: DevicePlan, images: list[torch.Tensor], params: list[ImageParams]
     ) -> torch.Tensor:
         """The CPU transform's computation on decoded uint8 images: the same torchvision kernels."""
-        out = [self._geometry(plan, image, p) for image, p in zip(images, params)]
+        out = [self._geometry(plan, image, p) for image, p in zip(images, params, strict=True)]
         batch = torch.stack(out)
         device = batch.device
         if plan.batch_flip:

@@ -31,7 +31,8 @@ PROBE_LIMIT = 64
 
 
 def preview_names(items: list[str], limit: int = 5) -> str:
-    """'a, b, c' -- or the first ``limit`` and a count, so that one bad ImageNet split keeps the error one line."""
+    """'a, b, c' -- or the first ``limit`` and a count, so that one bad ImageNet split keeps the error one
+    line."""
     shown = ", ".join(items[:limit])
     return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
 
@@ -45,7 +46,8 @@ def report_unreadable(
     fix: str = "fix or delete the file",
 ) -> None:
     """An image that does not decode: fatal under ``strict`` (naming it; raised in a loader worker, the
-    DataLoader re-raises it with this message inside), else a warning once per image (``warned``, per process)."""
+    DataLoader re-raises it with this message inside), else a warning once per image (``warned``, per
+    process)."""
     reason = f"{type(error).__name__}: {error}"
     if strict:
         raise ValueError(
@@ -63,7 +65,8 @@ class SkippingImageFolder(ImageFolder):
     """ImageFolder whose unreadable images are skipped (None, warned once per path) or fatal (``strict``)."""
 
     def __init__(self, root: Path, transform: Callable[[Any], torch.Tensor], *, strict: bool) -> None:
-        # allow_empty: build_data reports every empty class folder by path rather than torchvision's first error.
+        # allow_empty: build_data reports every empty class folder by path rather than torchvision's first
+        # error.
         super().__init__(str(root), transform=transform, allow_empty=True)
         self.strict = strict
         self._warned: set[str] = set()  # per process: each loader worker warns on its own
@@ -155,7 +158,8 @@ def folder_transforms(
     image_size: int, eval_crop: int | None, ten_crop: bool, cutout: int, preprocessing: T.Preprocessing | None
 ) -> tuple[Any, Any, T.Preprocessing]:
     """The train and eval transforms of ImageNet-style images (folders and their shards) and the preprocessing
-    recorded with the weights: the paper's, or ``preprocessing`` (e.g. converted weights'), at the eval crop."""
+    recorded with the weights: the paper's, or ``preprocessing`` (e.g. converted weights'), at the eval
+    crop."""
     default = T.Preprocessing(T.IMAGENET_MEAN, T.IMAGENET_STD, image_size)
     preprocessing = (preprocessing or default).at_size(eval_crop or image_size)
     return T.folder_train_transform(image_size, cutout), preprocessing.eval_transform(ten_crop), preprocessing

@@ -1,4 +1,5 @@
-"""DataLoaders: epoch-deterministic samplers, class-balanced sampling, and a collate that drops unreadable images.
+"""DataLoaders: epoch-deterministic samplers, class-balanced sampling, and a collate that drops unreadable
+images.
 
 Every loader yields ``(images, targets, num_skipped)``. Sample order is a pure function of ``(seed, epoch)``
 (the engine calls ``loader.sampler.set_epoch(epoch)`` every epoch), so a resumed run replays epoch e exactly.
@@ -25,8 +26,8 @@ Batch = tuple[torch.Tensor, torch.Tensor, int]
 
 
 def _generator(*keys: int) -> torch.Generator:
-    """A generator whose stream depends on ``keys`` only, e.g. (seed, epoch); SeedSequence keeps (0, 1) and (1, 0)
-    apart, which ``seed + epoch`` would not."""
+    """A generator whose stream depends on ``keys`` only, e.g. (seed, epoch); SeedSequence keeps (0, 1) and
+    (1, 0) apart, which ``seed + epoch`` would not."""
     state = np.random.SeedSequence(list(keys)).generate_state(1)[0]
     return torch.Generator().manual_seed(int(state))
 
@@ -81,9 +82,9 @@ class _ClassBalancedSampler(_ResumableSampler):
     """Class-balanced sampling with replacement: every draw picks each class with equal probability.
 
     The data balancing for minibatch sampling of the paper's CVPR version (Sec. 5.1 there), after Shen et al.,
-    "Relay Backpropagation for Effective Learning of Deep Convolutional Neural Networks" (ECCV 2016), which keeps
-    rare classes of long-tailed sets such as Places365 in the minibatches. An epoch is ``len(targets)`` draws;
-    with several replicas every rank computes the same global draw and keeps its own strided shard.
+    "Relay Backpropagation for Effective Learning of Deep Convolutional Neural Networks" (ECCV 2016), which
+    keeps rare classes of long-tailed sets such as Places365 in the minibatches. An epoch is ``len(targets)``
+    draws; with several replicas every rank computes the same global draw and keeps its own strided shard.
     """
 
     def __init__(self, targets: Sequence[int], *, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
@@ -120,8 +121,8 @@ class _DistributedEpochSampler(_ResumableSampler, DistributedSampler):
 
 
 class _ShardSampler(_ResumableSampler):
-    """Shard-local order for packed shards: each epoch visits the shards in a shuffled order and the samples of
-    each shard in a shuffled order, so that a store is read one shard at a time (a pure function of
+    """Shard-local order for packed shards: each epoch visits the shards in a shuffled order and the samples
+    of each shard in a shuffled order, so that a store is read one shard at a time (a pure function of
     ``(seed, epoch)``). Unshuffled: the stored order, shard after shard.
 
     With several replicas every rank computes the same global order, padded like DistributedSampler's (its
@@ -165,7 +166,8 @@ class _ShardSampler(_ResumableSampler):
 
 
 def _collate_skipping(batch: list[tuple[torch.Tensor, int] | None]) -> Batch:
-    """Stack the readable items; the datasets return None for an unreadable image, counted in ``num_skipped``."""
+    """Stack the readable items; the datasets return None for an unreadable image, counted in
+    ``num_skipped``."""
     kept = [item for item in batch if item is not None]
     skipped = len(batch) - len(kept)
     if not kept:  # every image of the batch was unreadable: an empty batch the engine can step over
@@ -183,8 +185,8 @@ _LOADERS_WITH_WORKERS: weakref.WeakSet[DataLoader[Any]] = weakref.WeakSet()
 
 
 def shutdown_workers(loader: DataLoader[Any]) -> None:
-    """Stop ``loader``'s persistent workers now, rather than whenever the loader is garbage-collected; the next
-    iteration starts new ones. Workers that do not leave on the shutdown message are killed."""
+    """Stop ``loader``'s persistent workers now, rather than whenever the loader is garbage-collected; the
+    next iteration starts new ones. Workers that do not leave on the shutdown message are killed."""
     iterator = loader._iterator  # where a persistent-workers loader keeps its workers (as Lightning does)
     loader._iterator = None
     if iterator is None or not hasattr(iterator, "_shutdown_workers"):
@@ -199,9 +201,10 @@ def shutdown_workers(loader: DataLoader[Any]) -> None:
 
 @atexit.register
 def shutdown_all_loaders() -> None:
-    """What happens at exit: every loader still alive shuts its workers down; then the daemonic children, which
-    multiprocessing terminates at exit, are terminated here, and killed after a second if they ignore SIGTERM,
-    as our workers do (one whose loader was collected is still running if it missed torch's join timeout)."""
+    """What happens at exit: every loader still alive shuts its workers down; then the daemonic children,
+    which multiprocessing terminates at exit, are terminated here, and killed after a second if they ignore
+    SIGTERM, as our workers do (one whose loader was collected is still running if it missed torch's join
+    timeout)."""
     for loader in list(_LOADERS_WITH_WORKERS):
         shutdown_workers(loader)
     for child in multiprocessing.active_children():
@@ -242,8 +245,8 @@ def _make_sampler(
     balanced_targets: Sequence[int] | None,
     shard_sizes: Sequence[int] | None = None,
 ) -> Sampler[int]:
-    """The sampler for ``build_loader``; ``world`` is (num_replicas, rank) when distributed, ``shard_sizes`` the
-    sample counts of packed shards (then read shard by shard)."""
+    """The sampler for ``build_loader``; ``world`` is (num_replicas, rank) when distributed, ``shard_sizes``
+    the sample counts of packed shards (then read shard by shard)."""
     num_replicas, rank = world or (1, 0)
     if balanced_targets is not None:
         if not train:
@@ -284,7 +287,8 @@ def build_loader(
     Args:
         dataset: a ``DataSpec.train`` / ``.val`` dataset (items ``(image, label)``, or None when unreadable).
         batch_size: items per batch, before unreadable ones are dropped.
-        train: shuffle (epoch order a function of ``(seed, epoch)``) and, by default, drop the last partial batch.
+        train: shuffle (epoch order a function of ``(seed, epoch)``) and, by default, drop the last partial
+            batch.
         workers: loader processes; > 0 keeps them alive across epochs, one torch thread each.
         seed: seeds the sample order and the per-worker augmentation RNG.
         distributed: shard across the ranks of the initialised process group (DistributedSampler; packed

@@ -2,17 +2,18 @@
 
 ``pack_folder`` turns ROOT/{train,val}/CLASS/*.jpg into, per split, tar shards ``train-000000.tar``, ... in
 WebDataset's format (consecutive members ``KEY.jpg`` -- the original file's bytes, another image format keeps
-its extension, e.g. ``KEY.png`` -- and ``KEY.cls``, the class index as ASCII) plus ``index.json``: the class names
-and, per shard, its name, size, SHA-256 and every sample's key, label and the byte range of its image inside
-the tar. Samples are shuffled once (``seed``) before they are cut into shards, so every shard is a random
-sample of its split. Every file is written to a hidden temporary file beside it and renamed into place; the
-index is written last, so a pack that dies leaves no index, and no shard under its final name half written.
+its extension, e.g. ``KEY.png`` -- and ``KEY.cls``, the class index as ASCII) plus ``index.json``: the class
+names and, per shard, its name, size, SHA-256 and every sample's key, label and the byte range of its image
+inside the tar. Samples are shuffled once (``seed``) before they are cut into shards, so every shard is a
+random sample of its split. Every file is written to a hidden temporary file beside it and renamed into place;
+the index is written last, so a pack that dies leaves no index, and no shard under its final name half
+written.
 
 ``build_data(INDEX)`` (``build_shard_data``) reads them back through fsspec (a local path, ``file://``,
-``s3://``, ... -- a remote protocol needs its fsspec package, e.g. s3fs): ``ShardDataset`` item i is one ranged
-read of its image, decoded and transformed exactly as an image folder's. Lengths, labels and class names come
-from the index, without touching the shards; checksums are verified only on request (``verify_shards``).
-``build_loader`` gives a ShardDataset the shard-local sampler of ``senet.data.loaders``.
+``s3://``, ... -- a remote protocol needs its fsspec package, e.g. s3fs): ``ShardDataset`` item i is one
+ranged read of its image, decoded and transformed exactly as an image folder's. Lengths, labels and class
+names come from the index, without touching the shards; checksums are verified only on request
+(``verify_shards``). ``build_loader`` gives a ShardDataset the shard-local sampler of ``senet.data.loaders``.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def pack_folder(
         if _STALE_TEMP.match(entry.name) and entry.is_file():
             Path(entry.path).unlink(missing_ok=True)
     splits: dict[str, Any] = {}
-    for split, dataset in zip(SPLITS, (train, val)):
+    for split, dataset in zip(SPLITS, (train, val), strict=True):
         samples = _with_keys(dataset.samples, root / split)
         order = np.random.default_rng([seed, SPLITS.index(split)]).permutation(len(samples))
         count = math.ceil(len(samples) / images_per_shard)
@@ -268,7 +269,8 @@ def _index_of(source: str) -> str:
     index = find_index(source)
     if index is None:
         raise FileNotFoundError(
-            f"no {INDEX_NAME} in {source}: give the index written by `senet data pack` (or the folder holding it)"
+            f"no {INDEX_NAME} in {source}: give the index written by `senet data pack` "
+            "(or the folder holding it)"
         )
     return index
 
@@ -352,7 +354,8 @@ def _read_index(index_url: str) -> dict[str, Any]:
         text = _with_retries(index_url, read)
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"no shard index at {index_url}: give the {INDEX_NAME} written by `senet data pack` (or its folder)"
+            f"no shard index at {index_url}: give the {INDEX_NAME} written by `senet data pack` "
+            "(or its folder)"
         ) from None
     try:
         index = json.loads(text)
@@ -374,7 +377,8 @@ def _read_index(index_url: str) -> dict[str, Any]:
 
 
 def _check_index(index_url: str, index: dict[str, Any]) -> None:
-    """Counts, lengths and labels consistent: a hand-edited or damaged index is one line, not an IndexError."""
+    """Counts, lengths and labels consistent: a hand-edited or damaged index is one line, not an
+    IndexError."""
     classes = index["classes"]
     for split in SPLITS:
         record = index["splits"].get(split)
@@ -404,7 +408,8 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 class ShardDataset(Dataset[Any]):
-    """One split of packed shards, map-style: item i is ``(transform(image), label)``, or None when unreadable.
+    """One split of packed shards, map-style: item i is ``(transform(image), label)``, or None when
+    unreadable.
 
     An item is one ranged read of the image's bytes (offset and size from the index), decoded like an image
     folder's (PIL, RGB). Shards are opened lazily in each process (a loader worker opens its own; nothing open
@@ -474,8 +479,8 @@ class ShardDataset(Dataset[Any]):
         return data
 
     def load_image(self, index: int) -> Image.Image:
-        """Item ``index``'s image as an RGB PIL image, as torchvision's loader opens an image file; raises what
-        PIL raises for an undecodable one."""
+        """Item ``index``'s image as an RGB PIL image, as torchvision's loader opens an image file; raises
+        what PIL raises for an undecodable one."""
         return decode_image(self.read_bytes(index))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
@@ -536,8 +541,8 @@ class ShardDataset(Dataset[Any]):
             except DECODE_ERRORS as error:
                 first = first or f"{self.locate(index)[1]}: {type(error).__name__}: {error}"
         raise ValueError(
-            f"none of the {len(self)} {self.split} images in {self.index_url} can be decoded (first: {first}); "
-            "re-pack from readable images"
+            f"none of the {len(self)} {self.split} images in {self.index_url} can be decoded "
+            f"(first: {first}); re-pack from readable images"
         )
 
 
@@ -551,7 +556,7 @@ def _check_shards(index_url: str, datasets: list[ShardDataset]) -> None:
         _LOG.debug("not checking the shards of %s: listing failed (%s)", index_url, error)
         return
     found = {Path(entry["name"]).name: entry.get("size") for entry in listing}
-    shards = [item for d in datasets for item in zip(d.shard_names, d.shard_urls, d.shard_bytes)]
+    shards = [item for d in datasets for item in zip(d.shard_names, d.shard_urls, d.shard_bytes, strict=True)]
     missing = [url for name, url, _ in shards if name not in found]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
@@ -634,7 +639,7 @@ class _HashingReader:
 def _shard_problem(url: str, shard: dict[str, Any]) -> str | None:
     """What is wrong with one shard, read once from start to end; None when it matches its index entry."""
     fs, path = _filesystem(url)
-    expected = list(zip(shard["keys"], shard["labels"], shard["offsets"], shard["sizes"]))
+    expected = list(zip(shard["keys"], shard["labels"], shard["offsets"], shard["sizes"], strict=True))
     with fs.open(path, "rb", block_size=8 * _BLOCK_SIZE) as raw:
         reader = _HashingReader(raw)
         found, pending = 0, None
@@ -648,7 +653,10 @@ def _shard_problem(url: str, shard: dict[str, Any]) -> str | None:
                             return f"member {member.name} where the index has {listed}"
                         _, _, offset, size = expected[found]
                         if (member.offset_data, member.size) != (offset, size):
-                            return f"sample {key} at bytes {member.offset_data}+{member.size}, index {offset}+{size}"
+                            return (
+                                f"sample {key} at bytes {member.offset_data}+{member.size}, "
+                                f"index {offset}+{size}"
+                            )
                         pending = key
                         continue
                     handle = tar.extractfile(member)

@@ -15,7 +15,8 @@ class DataSpec:
     """A dataset ready for training: both splits and what a model and the engine need to know of them.
 
     ``train``/``val`` items are ``(image, label)``: a normalised float tensor (C, H, W) -- (10, C, H, W) for
-    ten-crop evaluation -- and an int; image-folder items are None for an unreadable file (see ``build_loader``).
+    ten-crop evaluation -- and an int; image-folder items are None for an unreadable file (see
+    ``build_loader``).
     """
 
     train: Dataset[Any]

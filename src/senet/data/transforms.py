@@ -1,4 +1,5 @@
-"""Image transforms: the paper's ImageNet augmentation and evaluation crops, CIFAR's standard augmentation, Cutout.
+"""Image transforms: the paper's ImageNet augmentation and evaluation crops, CIFAR's standard augmentation,
+Cutout.
 
 Everything is built from ``torchvision.transforms.v2``; every pipeline ends in a plain float tensor
 (C, H, W), or (10, C, H, W) for ten-crop evaluation.
@@ -16,7 +17,8 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-# torchvision's ImageNet statistics; the paper subtracts the mean RGB (Sec. 5.1), these also divide by the std.
+# torchvision's ImageNet statistics; the paper subtracts the mean RGB (Sec. 5.1), these also divide by the
+# std.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -35,8 +37,8 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a network's test inputs are made: what weight files record, so that prediction, evaluation and export
-    feed a network as it was trained (converted timm weights as timm feeds them).
+    """How a network's test inputs are made: what weight files record, so that prediction, evaluation and
+    export feed a network as it was trained (converted timm weights as timm feeds them).
 
     The shorter side is resized to ``resize`` pixels with ``interpolation``, a centre ``input_size`` crop is
     taken, and only that crop is converted to float and normalised with ``mean``/``std`` (one entry per input
@@ -92,8 +94,9 @@ class Preprocessing:
         return len(self.mean)
 
     def eval_transform(self, ten_crop: bool = False) -> v2.Compose:
-        """PIL image or uint8 tensor -> normalised float tensor (C, input_size, input_size); with ``ten_crop``, the
-        four corners, the centre and their mirror images as one (10, C, input_size, input_size) tensor.
+        """PIL image or uint8 tensor -> normalised float tensor (C, input_size, input_size); with
+        ``ten_crop``, the four corners, the centre and their mirror images as one
+        (10, C, input_size, input_size) tensor.
 
         Cropped before it is converted: a float copy of the resized image would cost 4 bytes a pixel of the
         whole image (a 1 x 500 strip resized to 256 x 128000) for the same result."""
@@ -123,8 +126,9 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
-        """From ``as_dict``'s output (JSON); a missing or unknown field is one line of error. Records of earlier
-        versions, without ``resize``, resize to ``round(input_size / crop_fraction)``, as they did then."""
+        """From ``as_dict``'s output (JSON); a missing or unknown field is one line of error. Records of
+        earlier versions, without ``resize``, resize to ``round(input_size / crop_fraction)``, as they did
+        then."""
         fields = {"mean", "std", "input_size", "crop_fraction", "interpolation"}
         if not isinstance(data, dict) or set(data) - {"resize"} != fields:
             found = sorted(data) if isinstance(data, dict) else type(data).__name__
@@ -146,7 +150,8 @@ def _is_int(value: Any) -> bool:
 
 
 class Cutout(v2.Transform):
-    """Zero one ``size`` x ``size`` square of the image (DeVries & Taylor 2017, "Improved regularization ... Cutout").
+    """Zero one ``size`` x ``size`` square of the image (DeVries & Taylor 2017, "Improved regularization ...
+    Cutout").
 
     The square's centre is uniform over the whole image and the square is clipped at the borders, so near an
     edge less than ``size`` x ``size`` pixels are erased, as in the original. Place it after ``Normalize``:
@@ -174,7 +179,8 @@ class Cutout(v2.Transform):
 
 
 class _StackCrops(nn.Module):
-    """Stack the tuple of crops TenCrop returns into one (10, C, H, W) tensor (a module, so workers can pickle it)."""
+    """Stack the tuple of crops TenCrop returns into one (10, C, H, W) tensor (a module, so workers can pickle
+    it)."""
 
     def forward(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack(list(crops)).as_subclass(torch.Tensor)
@@ -208,11 +214,12 @@ def folder_train_transform(image_size: int, cutout: int = 0) -> v2.Compose:
 
 
 def make_eval_transform(crop: int, resize: int | None = None, ten_crop: bool = False) -> v2.Compose:
-    """Evaluation transform: resize the shorter side to ``resize``, then a centre crop (or ten crops) of ``crop``.
+    """Evaluation transform: resize the shorter side to ``resize``, then a centre crop (or ten crops) of
+    ``crop``.
 
-    ``resize`` defaults to ``round(crop / 0.875)``: 256 for the paper's 224 crop, 366 for its 320 crop (Table 8).
-    ``ten_crop=True`` gives the four corners, the centre and their mirror images as one (10, C, crop, crop) tensor.
-    Normalises with the ImageNet mean/std.
+    ``resize`` defaults to ``round(crop / 0.875)``: 256 for the paper's 224 crop, 366 for its 320 crop
+    (Table 8). ``ten_crop=True`` gives the four corners, the centre and their mirror images as one
+    (10, C, crop, crop) tensor. Normalises with the ImageNet mean/std.
     """
     if crop < 1:
         raise ValueError(f"eval crop must be >= 1 pixel, got {crop}")
@@ -226,7 +233,8 @@ def make_eval_transform(crop: int, resize: int | None = None, ten_crop: bool = F
 def small_train_transform(
     mean: Sequence[float], std: Sequence[float], *, padding: int, flip: bool, size: int = 32, cutout: int = 0
 ) -> v2.Compose:
-    """Training augmentation of the 32 x 32 sources (CIFAR, digits): zero-pad + random 32 x 32 crop, optional flip.
+    """Training augmentation of the 32 x 32 sources (CIFAR, digits): zero-pad + random 32 x 32 crop, optional
+    flip.
 
     CIFAR uses padding 4 and the flip (reference §8); digits a 2-pixel shift and no flip (a mirrored digit is
     another symbol). Crops are taken at the native 32 x 32 and only then resized to ``size`` when it differs.
@@ -245,7 +253,8 @@ def small_train_transform(
 
 
 def small_eval_transform(mean: Sequence[float], std: Sequence[float], *, size: int = 32) -> v2.Compose:
-    """Evaluation transform of the 32 x 32 sources: normalise, resized to ``size`` x ``size`` when it is not 32."""
+    """Evaluation transform of the 32 x 32 sources: normalise, resized to ``size`` x ``size`` when it is not
+    32."""
     return v2.Compose([v2.ToImage(), *_resize_to(size), *_to_float(mean, std), v2.ToPureTensor()])
 
 

@@ -1,12 +1,14 @@
-"""``export_model``: a network as one file that runs without senet (ONNX, TorchScript, torch.export), checked first.
+"""``export_model``: a network as one file that runs without senet (ONNX, TorchScript, torch.export), checked
+first.
 
-The weights come in through :func:`senet.load_pretrained`. Every BatchNorm that follows a convolution is folded
-into it (:func:`senet.deploy.optimize.fold_batchnorm`); the folding is done in float64 and checked there against
-the unfolded network, so it adds nothing but the final rounding to float32 (or float16). The file is then written
-under a temporary name beside ``out``, loaded back by the runtime that will run it (onnxruntime's CPU provider,
-``torch.jit.load``, ``torch.export.load``) and compared with the eager, *unfolded* PyTorch network on random
-inputs. Only a file that passes is renamed into place: a failed check leaves no file and never replaces an
-existing one, so a file that computes something else is never there to be deployed.
+The weights come in through :func:`senet.load_pretrained`. Every BatchNorm that follows a convolution is
+folded into it (:func:`senet.deploy.optimize.fold_batchnorm`); the folding is done in float64 and checked
+there against the unfolded network, so it adds nothing but the final rounding to float32 (or float16). The
+file is then written under a temporary name beside ``out``, loaded back by the runtime that will run it
+(onnxruntime's CPU provider, ``torch.jit.load``, ``torch.export.load``) and compared with the eager,
+*unfolded* PyTorch network on random inputs. Only a file that passes is renamed into place: a failed check
+leaves no file and never replaces an existing one, so a file that computes something else is never there to be
+deployed.
 
 Tolerances, on the largest absolute difference of the logits:
 
@@ -118,8 +120,9 @@ def export_model(
         dynamic_batch: accept any batch size (checked at ``batch`` and ``batch + 1``); otherwise the ONNX and
             ExportedProgram files take ``batch`` images only.
         opset: the ONNX opset (default: the exporter's); one the exporter cannot produce is refused.
-        fp16: weights, input and output in float16; checked to ``FP16_RELATIVE_TOLERANCE * max(1, max|logit|)``
-            (see the module doc) instead of ``FP32_TOLERANCE`` (1e-4).
+        fp16: weights, input and output in float16; checked to
+            ``FP16_RELATIVE_TOLERANCE * max(1, max|logit|)`` (see the module doc) instead of
+            ``FP32_TOLERANCE`` (1e-4).
         batch: images per random input of the check (and of a fixed-batch file).
         check: compare the written file with PyTorch; a difference above the tolerance raises ValueError and
             leaves no file.
@@ -245,7 +248,8 @@ def export_module(
     found: dict[str, Any] = {"opset": None, "batches": (), "worst": None, "tolerance": None}
 
     def write_and_check(temporary: Path) -> None:
-        """Write the file, then load it in its runtime and compare: a failure leaves nothing (atomic_write)."""
+        """Write the file, then load it in its runtime and compare: a failure leaves nothing
+        (atomic_write)."""
         nonlocal folded
         with torch.no_grad():
             _WRITERS[format](folded, example, temporary, dynamic_batch, opset, record)
@@ -253,8 +257,8 @@ def export_module(
         found["opset"] = _onnx_opset(temporary) if format == "onnx" else None
         if opset is not None and found["opset"] != opset:
             raise ValueError(
-                f"the ONNX exporter wrote opset {found['opset']}, not the {opset} asked for (it cannot convert "
-                f"this network to {opset}); use --opset {found['opset']} or later"
+                f"the ONNX exporter wrote opset {found['opset']}, not the {opset} asked for "
+                f"(it cannot convert this network to {opset}); use --opset {found['opset']} or later"
             )
         if not check:
             return
@@ -336,7 +340,8 @@ def _compare(
     device: torch.device,
     generator: torch.Generator,
 ) -> tuple[float, float]:
-    """Largest |run(x) - reference(x)| over random inputs of each batch size, and the tolerance it must meet."""
+    """Largest |run(x) - reference(x)| over random inputs of each batch size, and the tolerance it must
+    meet."""
     worst, scale = 0.0, 1.0
     for size in batches:
         x = torch.randn(size, *input_shape, generator=generator).to(device, dtype)
@@ -345,7 +350,8 @@ def _compare(
         got = run(x).double().cpu()
         if got.shape != expected.shape:
             raise ValueError(
-                f"the exported file returns shape {tuple(got.shape)} for batch {size}, PyTorch {tuple(expected.shape)}"
+                f"the exported file returns shape {tuple(got.shape)} for batch {size}, "
+                f"PyTorch {tuple(expected.shape)}"
             )
         difference = (got - expected).abs().max().item()
         worst = difference if math.isnan(difference) else max(worst, difference)

@@ -30,7 +30,8 @@ def native_bf16(device: torch.device) -> bool:
     """True where bf16 matrix arithmetic is done in hardware (AMX/AVX512-BF16 CPUs, Ampere+ GPUs)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    # oneDNN "supports" bf16 on any AVX-512 CPU by emulation, which is slower than fp32: ask for the real thing.
+    # oneDNN "supports" bf16 on any AVX-512 CPU by emulation, which is slower than fp32: ask for the real
+    # thing.
     try:
         with open("/proc/cpuinfo") as handle:
             flags = set(handle.read().split())
@@ -64,7 +65,8 @@ def _fold_sequential_pairs(model: nn.Module) -> nn.Module:
         if not isinstance(module, nn.Sequential):
             continue
         names = list(module._modules)
-        for first, second in zip(names, names[1:]):
+        # strict=False: consecutive pairs, one fewer than the children
+        for first, second in zip(names, names[1:], strict=False):
             conv, norm = module._modules[first], module._modules[second]
             if (
                 type(conv) is nn.Conv2d
@@ -101,11 +103,11 @@ def optimize_for_inference(
     """An inference-only version of ``model``: BN folded, channels_last, compiled with freezing, in float32.
 
     Its outputs match the eager network's within :data:`FP32_TOLERANCE`. ``bf16=True`` runs it in bfloat16
-    (inputs and outputs stay float32), within :data:`BF16_RELATIVE_TOLERANCE` of the logits' scale: faster only
-    where :func:`native_bf16` holds. ``cuda_graphs=None`` captures CUDA graphs on CUDA (with ``compile``).
-    ``example`` (a batch) triggers compilation now rather than at the first call. The original model is left
-    untouched; its ``pretrained_info`` (weights from :func:`senet.load_pretrained`) stays with the result, so
-    :func:`senet.deploy.predict.predict` takes it.
+    (inputs and outputs stay float32), within :data:`BF16_RELATIVE_TOLERANCE` of the logits' scale: faster
+    only where :func:`native_bf16` holds. ``cuda_graphs=None`` captures CUDA graphs on CUDA (with
+    ``compile``). ``example`` (a batch) triggers compilation now rather than at the first call. The original
+    model is left untouched; its ``pretrained_info`` (weights from :func:`senet.load_pretrained`) stays with
+    the result, so :func:`senet.deploy.predict.predict` takes it.
     """
     for name, value in (("compile", compile), ("channels_last", channels_last), ("bf16", bf16)):
         if not isinstance(value, bool):

@@ -183,7 +183,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 
-def _expand(inputs: Iterable[str | Path]) -> tuple[list[tuple[str, str | None]], bool]:
+def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[tuple[str, str | None]], bool]:
     """Input paths as files to predict, each with None or why it cannot be, and whether any was a folder.
 
     A directory contributes its image files, recursively and sorted; one without any is reported itself."""
@@ -205,8 +205,8 @@ def _expand(inputs: Iterable[str | Path]) -> tuple[list[tuple[str, str | None]],
 
 
 def read_labels(path: str | Path, num_classes: int | None) -> list[str]:
-    """One label per line (trailing blank lines ignored); exactly ``num_classes`` of them (``None``: any number,
-    checked later), none blank."""
+    """One label per line (trailing blank lines ignored); exactly ``num_classes`` of them (``None``: any
+    number, checked later), none blank."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -305,7 +305,7 @@ def predict(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated files will be predicted from partly grey "
             "pixels instead of being reported"
         )
-    files, any_directory = _expand([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    files, any_directory = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
     return _run(
         model,
         files,
@@ -402,8 +402,8 @@ def _classify(
             )
         probs, indices = logits.float().softmax(dim=1).topk(topk, dim=1)
     return [
-        [ClassScore(labels[i], p, i) for p, i in zip(row_p, row_i)]
-        for row_p, row_i in zip(probs.cpu().tolist(), indices.cpu().tolist())
+        [ClassScore(labels[i], p, i) for p, i in zip(row_p, row_i, strict=True)]
+        for row_p, row_i in zip(probs.cpu().tolist(), indices.cpu().tolist(), strict=True)
     ]
 
 
@@ -412,6 +412,7 @@ __all__ = [
     "ClassScore",
     "Prediction",
     "UnreadableImageError",
+    "expand_inputs",
     "load_image",
     "predict",
     "read_labels",

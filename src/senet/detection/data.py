@@ -1,8 +1,8 @@
 """COCO-format detection data: paths, the category mapping, a checked dataset, and its collate.
 
-* :func:`resolve_coco_paths`: ``--data ROOT`` in COCO's own layout (``ROOT/annotations/instances_train2017.json``,
-  ``ROOT/train2017/``, the same for val) or explicit annotation files and image folders; one line per missing
-  file.
+* :func:`resolve_coco_paths`: ``--data ROOT`` in COCO's own layout
+  (``ROOT/annotations/instances_train2017.json``, ``ROOT/train2017/``, the same for val) or explicit
+  annotation files and image folders; one line per missing file.
 * :class:`CategoryMap`: COCO's category ids are not contiguous (1..90 with gaps); the detector's labels are
   1..K in the order of increasing id, 0 being the background, as torchvision's detectors expect.
   ``coco_id(label)`` maps back for evaluation: a wrong mapping gives a near-zero AP without any error.
@@ -10,16 +10,16 @@
   target ``{"boxes": (N, 4) float XYXY in pixels, "labels": (N,) int64 in 1..K, "image_id": int,
   "iscrowd": (N,) int64, "area": (N,) float}``. Annotations are checked once, when the dataset is built:
   malformed ones (an unknown image or category id, a bbox that is not 4 finite numbers, an image entry without
-  its file...) are skipped, counted in ``skipped`` and reported in one warning per kind, naming their ids; under
-  ``strict`` the first one is a one-line ``ValueError``. A box outside the image or of zero or negative size
-  is counted and reported the same way but left out of the targets only (:data:`TARGET_ONLY_PROBLEMS`): the
-  ground truth of evaluation is the file's, as pycocotools reads it, where such a box is an object no detector
-  finds. As COCO's detectors do, the training split leaves out images without a non-crowd box and gives the
-  loss no crowd box; the validation split keeps every image and its crowd boxes (flagged in ``iscrowd``), and
-  :attr:`CocoDetection.coco` -- the ground truth of evaluation (:func:`senet.detection.metrics.coco_evaluate`)
-  -- holds every annotation of its images that pycocotools can read, in the file's order, crowds included.
-  Training images are flipped horizontally (boxes with them) through torchvision's transforms v2; resizing is
-  the detector's own transform's work, not the dataset's.
+  its file...) are skipped, counted in ``skipped`` and reported in one warning per kind, naming their ids;
+  under ``strict`` the first one is a one-line ``ValueError``. A box outside the image or of zero or negative
+  size is counted and reported the same way but left out of the targets only (:data:`TARGET_ONLY_PROBLEMS`):
+  the ground truth of evaluation is the file's, as pycocotools reads it, where such a box is an object no
+  detector finds. As COCO's detectors do, the training split leaves out images without a non-crowd box and
+  gives the loss no crowd box; the validation split keeps every image and its crowd boxes (flagged in
+  ``iscrowd``), and :attr:`CocoDetection.coco` -- the ground truth of evaluation
+  (:func:`senet.detection.metrics.coco_evaluate`) -- holds every annotation of its images that pycocotools can
+  read, in the file's order, crowds included. Training images are flipped horizontally (boxes with them)
+  through torchvision's transforms v2; resizing is the detector's own transform's work, not the dataset's.
 * :func:`collate`: ``(list of images, list of targets, number skipped)`` -- images differ in size; an item
   that could not be read (None) is dropped and counted, as ``senet.data.loaders`` does for classification.
 """
@@ -91,7 +91,10 @@ def resolve_coco_paths(
         flags = f"--{split}-ann FILE --{split}-images DIR"
         paths = []
         for given, kind, default in zip(
-            explicit[split], ("ann", "images"), (f"annotations/instances_{split}2017.json", f"{split}2017")
+            explicit[split],
+            ("ann", "images"),
+            (f"annotations/instances_{split}2017.json", f"{split}2017"),
+            strict=True,
         ):
             if given is not None:
                 path, origin = Path(given).expanduser(), f"--{split}-{kind} {given}"
@@ -121,8 +124,8 @@ def resolve_coco_paths(
 
 @dataclass(frozen=True)
 class CategoryMap:
-    """COCO category ids <-> the detector's contiguous labels: label ``i`` (1..K) is ``coco_ids[i - 1]``, ids in
-    increasing order; label 0 is the background."""
+    """COCO category ids <-> the detector's contiguous labels: label ``i`` (1..K) is ``coco_ids[i - 1]``, ids
+    in increasing order; label 0 is the background."""
 
     coco_ids: tuple[int, ...]
     names: tuple[str, ...]
@@ -193,7 +196,8 @@ class CategoryMap:
 @dataclass
 class _Entry:
     """One image and the annotations of its targets, boxes as in the file (x, y, width, height; float64 holds
-    JSON's numbers exactly), clipped when a target is made (the ground truth of evaluation keeps the file's)."""
+    JSON's numbers exactly), clipped when a target is made (the ground truth of evaluation keeps the
+    file's)."""
 
     image_id: int
     file_name: str
@@ -414,8 +418,8 @@ class CocoDetection(Dataset):
     def _unreadable(self, path: str, reason: str) -> None:
         if self.strict:
             raise ValueError(
-                f"unreadable image {path} ({reason}); --strict-data made this fatal: fix or replace the file, "
-                f"or drop --strict-data to skip unreadable images with a warning"
+                f"unreadable image {path} ({reason}); --strict-data made this fatal: "
+                "fix or replace the file, or drop --strict-data to skip unreadable images with a warning"
             )
         if path not in self._warned:
             self._warned.add(path)
@@ -451,12 +455,15 @@ class CocoDetection(Dataset):
                         "iscrowd": crowd,
                     }
                 )
-        categories = [{"id": i, "name": n} for i, n in zip(self.categories.coco_ids, self.categories.names)]
+        categories = [
+            {"id": i, "name": n} for i, n in zip(self.categories.coco_ids, self.categories.names, strict=True)
+        ]
         return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def ground_truth(dataset: CocoDetection) -> Any:
-    """A ``pycocotools.coco.COCO`` of ``dataset``'s ground truth (quietly: pycocotools prints as it indexes)."""
+    """A ``pycocotools.coco.COCO`` of ``dataset``'s ground truth (quietly: pycocotools prints as it
+    indexes)."""
     import contextlib
     import io
 
@@ -512,7 +519,8 @@ def coco_datasets(
 def collate(
     batch: Sequence[tuple[torch.Tensor, Target] | None],
 ) -> tuple[list[torch.Tensor], list[Target], int]:
-    """``(images, targets, skipped)``: lists (images differ in size), unreadable items (None) dropped, counted."""
+    """``(images, targets, skipped)``: lists (images differ in size), unreadable items (None) dropped,
+    counted."""
     kept = [item for item in batch if item is not None]
     return [item[0] for item in kept], [item[1] for item in kept], len(batch) - len(kept)
 
@@ -593,4 +601,6 @@ def _annotation_problem(
 
 
 def _describe(categories: CategoryMap) -> str:
-    return "{" + ", ".join(f"{i}: {n}" for i, n in zip(categories.coco_ids, categories.names)) + "}"
+    return (
+        "{" + ", ".join(f"{i}: {n}" for i, n in zip(categories.coco_ids, categories.names, strict=True)) + "}"
+    )

@@ -2,12 +2,13 @@
 
 ``coco_evaluate(predictions, ground_truth)`` takes a detector's outputs (torchvision's: per image ``boxes``
 XYXY in pixels, ``scores``, contiguous ``labels``), maps each label back to its COCO category id, converts
-boxes to COCO's XYWH, and returns ``AP`` (IoU .50:.95), ``AP50``, ``AP75``, ``APs`` / ``APm`` / ``APl`` and the
-average recalls ``AR1`` / ``AR10`` / ``AR100`` / ``ARs`` / ``ARm`` / ``ARl`` as floats (COCOeval's -1 where the
-ground truth has nothing of that size). Crowd ground truth boxes are COCO's: a detection that matches one
-neither counts nor costs. The ground truth of a :class:`~senet.detection.data.CocoDetection` is its annotation
-file as pycocotools reads it: a box the training targets leave out (of no size, or outside the image) is still
-an object to find, so the figures equal ``COCOeval`` run on the file itself (tests/peers/test_pycocotools.py).
+boxes to COCO's XYWH, and returns ``AP`` (IoU .50:.95), ``AP50``, ``AP75``, ``APs`` / ``APm`` / ``APl`` and
+the average recalls ``AR1`` / ``AR10`` / ``AR100`` / ``ARs`` / ``ARm`` / ``ARl`` as floats (COCOeval's -1
+where the ground truth has nothing of that size). Crowd ground truth boxes are COCO's: a detection that
+matches one neither counts nor costs. The ground truth of a :class:`~senet.detection.data.CocoDetection` is
+its annotation file as pycocotools reads it: a box the training targets leave out (of no size, or outside the
+image) is still an object to find, so the figures equal ``COCOeval`` run on the file itself
+(tests/peers/test_pycocotools.py).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def coco_evaluate(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(METRICS, evaluator.stats)}
+    return {name: float(value) for name, value in zip(METRICS, evaluator.stats, strict=True)}
 
 
 def _detections(image_id: int, output: Prediction, categories: CategoryMap) -> list[dict[str, Any]]:
@@ -109,11 +110,13 @@ def _detections(image_id: int, output: Prediction, categories: CategoryMap) -> l
     labels = torch.as_tensor(output["labels"]).detach().to("cpu").reshape(-1)
     if not len(boxes) == len(scores) == len(labels):
         raise ValueError(
-            f"image {image_id}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels; need one each"
+            f"image {image_id}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels; "
+            "need one each"
         )
     if len(labels) and not (1 <= int(labels.min()) and int(labels.max()) <= categories.num_classes):
         raise ValueError(
-            f"image {image_id}: labels {sorted(set(labels.tolist()))[:5]} outside 1..{categories.num_classes} "
+            f"image {image_id}: labels {sorted(set(labels.tolist()))[:5]} "
+            f"outside 1..{categories.num_classes} "
             "(0 is the background; the detector has another class count than the data)"
         )
     coco_ids = torch.tensor(categories.coco_ids)[labels - 1] if len(labels) else labels
@@ -129,6 +132,6 @@ def _detections(image_id: int, output: Prediction, categories: CategoryMap) -> l
             "iscrowd": 0,
         }
         for (x, y), (w, h), score, cid in zip(
-            boxes[:, :2].tolist(), wh.tolist(), scores.tolist(), coco_ids.tolist()
+            boxes[:, :2].tolist(), wh.tolist(), scores.tolist(), coco_ids.tolist(), strict=True
         )
     ]

@@ -2,15 +2,15 @@
 
 ``build_detector("se_resnet50", num_classes=80, pretrained=PATH)`` builds the network's ``features_only``
 backbone (``senet.create_model``, or ``senet.load_pretrained`` for ImageNet weights), puts torchvision's
-``FeaturePyramidNetwork`` on its maps (:class:`PyramidBackbone`: our backbone returns a list, the pyramid takes
-an ordered dict) and hands it to ``torchvision.models.detection.FasterRCNN``, which brings the RPN, the RoI
-heads, box coding, NMS and the resizing transform (shorter side ``min_size``, longer at most ``max_size``).
-Nothing of those is written here.
+``FeaturePyramidNetwork`` on its maps (:class:`PyramidBackbone`: our backbone returns a list, the pyramid
+takes an ordered dict) and hands it to ``torchvision.models.detection.FasterRCNN``, which brings the RPN, the
+RoI heads, box coding, NMS and the resizing transform (shorter side ``min_size``, longer at most
+``max_size``). Nothing of those is written here.
 
 As Detectron does, pretrained weights come with frozen BatchNorms (``norm="frozen_bn"``) and a frozen stem and
-first stage (``frozen_stages=1``); from scratch everything trains, BatchNorms included. Anchor sizes are 8 times
-each pyramid level's stride (32..512 px for a ResNet-50: torchvision's own), so networks of other strides --
-the CIFAR ResNets' 1, 2, 4 for tests at 64-128 px -- get anchors that fit them.
+first stage (``frozen_stages=1``); from scratch everything trains, BatchNorms included. Anchor sizes are 8
+times each pyramid level's stride (32..512 px for a ResNet-50: torchvision's own), so networks of other
+strides -- the CIFAR ResNets' 1, 2, 4 for tests at 64-128 px -- get anchors that fit them.
 
 The detector records the options that rebuild it (``detector.build_options``, JSON-ready: the detector's own,
 ``backbone_options`` -- with the layout options recorded with pretrained weights -- and the resolved ``norm``
@@ -51,8 +51,8 @@ DETECTOR_OPTIONS: tuple[str, ...] = tuple(
 class PyramidBackbone(nn.Module):
     """A ``features_only`` network (``forward`` -> list of maps, ``feature_info``) under torchvision's FPN.
 
-    ``forward`` returns the pyramid as torchvision's detectors take it: an ordered dict ``"0"``, ``"1"``, ... (one
-    level per map, ``fpn_channels`` each) and ``"pool"`` (LastLevelMaxPool, half the last level's size).
+    ``forward`` returns the pyramid as torchvision's detectors take it: an ordered dict ``"0"``, ``"1"``, ...
+    (one level per map, ``fpn_channels`` each) and ``"pool"`` (LastLevelMaxPool, half the last level's size).
     ``strides`` are the levels' reductions, in order.
     """
 
@@ -69,7 +69,7 @@ class PyramidBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         maps = self.body(x)
-        return self.fpn(OrderedDict(zip(self.featmap_names, maps)))
+        return self.fpn(OrderedDict(zip(self.featmap_names, maps, strict=True)))
 
 
 def build_detector(

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
-from senet.deploy.predict import UnreadableImageError, _expand, load_image
+from senet.deploy.predict import UnreadableImageError, expand_inputs, load_image
 from senet.detection.data import CategoryMap
 from senet.detection.engine import load_detector
 from senet.fileio import atomic_write
@@ -110,7 +110,7 @@ def predict(
     detector.roi_heads.nms_thresh = float(nms_threshold)
     detector.roi_heads.detections_per_img = max_detections
     target = resolve_device(device)
-    files, _ = _expand([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    files, _ = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
     return _run(detector.to(target).eval(), categories, files, out, target)
 
 
@@ -144,7 +144,7 @@ def _run(
                 float(score),
                 tuple(box),  # type: ignore[arg-type]
             )
-            for box, score, label in zip(boxes.tolist(), scores.tolist(), labels)
+            for box, score, label in zip(boxes.tolist(), scores.tolist(), labels, strict=True)
         ]
         drawn = None
         if output is not None:
@@ -163,7 +163,8 @@ def _run(
 
 
 def _save_png(picture: torch.Tensor, folder: Path, stem: str, used: set[str]) -> Path:
-    """``folder/<stem>.png``, ``<stem>-2.png``, ... (two inputs of one name in different folders keep both)."""
+    """``folder/<stem>.png``, ``<stem>-2.png``, ... (two inputs of one name in different folders keep
+    both)."""
     name, number = f"{stem}.png", 1
     while name in used:
         number += 1

@@ -7,9 +7,9 @@
 
 Each image is a noisy background with 1-4 filled rectangles, ellipses and triangles of random colours; their
 boxes are exact (the drawn pixels span exactly the box). Category ids are COCO-like, i.e. not contiguous
-(:data:`CATEGORIES`: 3, 7, 11), and so are image ids, so a wrong label mapping cannot go unnoticed. Some images
-also hold a crowd: a cluster of tiny shapes of one category, annotated as one ``iscrowd=1`` box as COCO does,
-and a few hold nothing but a crowd (training skips them). The same seed gives byte-identical files.
+(:data:`CATEGORIES`: 3, 7, 11), and so are image ids, so a wrong label mapping cannot go unnoticed. Some
+images also hold a crowd: a cluster of tiny shapes of one category, annotated as one ``iscrowd=1`` box as COCO
+does, and a few hold nothing but a crowd (training skips them). The same seed gives byte-identical files.
 """
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ def _check_options(owner: str, prefix: str, **options: Any) -> None:
     if options.get("recompute_norm") is not None and options["squeeze"] != "avg":
         raise ValueError(  # the fused BatchNorm path would silently not recompute
             f"{owner} got {prefix}recompute_norm={options['recompute_norm']!r}; only the average squeeze's "
-            f"training path recomputes the BatchNorm; {prefix}squeeze={options['squeeze']!r} never does: leave "
-            "it out"
+            f"training path recomputes the BatchNorm; {prefix}squeeze={options['squeeze']!r} never does: "
+            "leave it out"
         )
 
 
@@ -69,8 +69,9 @@ class SqueezeExcite(nn.Module):
 
     Args:
         channels: C, the number of channels of the input (and output).
-        reduction: r, the excitation bottleneck ratio; the hidden width is ``C // r`` (at least 1, so on blocks
-            narrower than r different ratios build the same block). r = 16 is the paper's default (Table 10).
+        reduction: r, the excitation bottleneck ratio; the hidden width is ``C // r`` (at least 1, so on
+            blocks narrower than r different ratios build the same block). r = 16 is the paper's
+            default (Table 10).
         squeeze: ``"avg"`` global average pooling (paper), ``"max"`` global max pooling (Table 11), or
             ``"none"``: no pooling, the FCs act as 1x1 convs on every position (NoSqueeze, Table 16).
         gate: the excitation non-linearity: ``"sigmoid"`` (paper), ``"tanh"`` or ``"relu"`` (Table 12), or
@@ -81,10 +82,10 @@ class SqueezeExcite(nn.Module):
         hidden_channels: explicit hidden width, overriding ``channels // reduction``.
         recompute_norm: in training, ``norm_scale_and_add`` keeps the BatchNorm's input instead of its output
             (less memory). ``None``: on CPU, where it is faster too (SE-ResNet-50 step 1.18x -> 1.04x of
-            ResNet-50), and wherever the Triton kernels run (CUDA), which never write the BatchNorm's output at
-            all. With PyTorch's ops on an H100 it saved the memory (1.27x -> 1.00x) but cost time (1.15x ->
-            1.26x), docs/performance.md: ``True`` forces that path, ``False`` keeps the plain BatchNorm. Only the
-            average squeeze takes that path: with ``"max"`` or ``"none"`` it must stay ``None``.
+            ResNet-50), and wherever the Triton kernels run (CUDA), which never write the BatchNorm's output
+            at all. With PyTorch's ops on an H100 it saved the memory (1.27x -> 1.00x) but cost time (1.15x ->
+            1.26x), docs/performance.md: ``True`` forces that path, ``False`` keeps the plain BatchNorm. Only
+            the average squeeze takes that path: with ``"max"`` or ``"none"`` it must stay ``None``.
 
     The two FC layers are 1x1 convolutions named ``fc1``/``fc2``, as in the released Caffe models, so
     the same weights serve the squeezed (N, C, 1, 1) and the NoSqueeze (N, C, H, W) cases.
@@ -102,8 +103,8 @@ class SqueezeExcite(nn.Module):
     ) -> None:
         super().__init__()
         _check_options(
-            "SqueezeExcite", "", channels=channels, reduction=reduction, squeeze=squeeze, gate=gate, bias=bias,
-            hidden_channels=hidden_channels, recompute_norm=recompute_norm,
+            "SqueezeExcite", "", channels=channels, reduction=reduction, squeeze=squeeze, gate=gate,
+            bias=bias, hidden_channels=hidden_channels, recompute_norm=recompute_norm,
         )  # fmt: skip
         hidden = hidden_channels if hidden_channels is not None else max(1, channels // reduction)
         self.channels = channels
@@ -228,9 +229,9 @@ class SqueezeExcite(nn.Module):
         return [w.to(dtype) if w is not None and dtype is not None else w for w in weights]
 
     def _fused_backward(self, x: torch.Tensor) -> bool:
-        """Training with the paper's average squeeze: the SE operator (senet.ops), with its hand-written backward,
-        in eager, autocast and compiled graphs alike. In eval mode, or without autograd, the plain ops are as fast
-        and stay traceable and exportable without senet."""
+        """Training with the paper's average squeeze: the SE operator (senet.ops), with its hand-written
+        backward, in eager, autocast and compiled graphs alike. In eval mode, or without autograd, the plain
+        ops are as fast and stay traceable and exportable without senet."""
         return (
             self.squeeze == "avg"
             and self.training
@@ -259,9 +260,10 @@ class SqueezeExcite(nn.Module):
         return self._plain_excitation() and not self.removed and not self._gates_hooks
 
     def _plain_excitation(self) -> bool:
-        """Whether ``fc1 -> relu -> fc2`` are still the modules this block built, unhooked: only then may a fast
-        path compute them from their weights. A wrapper (LoRA, pruning, quantisation), a subclass, or a hook
-        of any kind makes every path call the modules in order, as a user who replaced or hooked them expects."""
+        """Whether ``fc1 -> relu -> fc2`` are still the modules this block built, unhooked: only then may a
+        fast path compute them from their weights. A wrapper (LoRA, pruning, quantisation), a subclass, or a
+        hook of any kind makes every path call the modules in order, as a user who replaced or
+        hooked them expects."""
         return (
             all(_is_plain_fc(fc) for fc in (self.fc1, self.fc2))
             and type(self.relu) is nn.ReLU
@@ -304,7 +306,8 @@ def _eval_norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _is_plain_fc(module: nn.Module) -> bool:
-    """A 1x1 convolution exactly as :class:`SqueezeExcite` builds it: the computation ``F.linear`` reproduces."""
+    """A 1x1 convolution exactly as :class:`SqueezeExcite` builds it: the computation
+    ``F.linear`` reproduces."""
     return (
         type(module) is nn.Conv2d
         and module.kernel_size == (1, 1)
@@ -316,8 +319,8 @@ def _is_plain_fc(module: nn.Module) -> bool:
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run hooks (its own or global ones, forward or backward) that a fused path
-    would skip."""
+    """Whether calling ``module`` would run hooks (its own or global ones, forward or backward) that a fused
+    path would skip."""
     return bool(
         module._forward_hooks
         or module._forward_pre_hooks
@@ -340,8 +343,9 @@ class SEConfig:
     ``stages`` selects the stages that get SE blocks (``None``: all). A stage number means the same in every
     family: 1 is the first stage after the stem (``layer1`` of a ResNet, the paper's conv2_x), and so on; each
     family documents its stages (docs/ablations.md). The ImageNet ResNets also take the paper's names,
-    ``"conv2_x"`` .. ``"conv5_x"``. A single number or name may stand for a tuple. The family that receives the
-    config resolves it with :meth:`resolve_stages`, which refuses what it lacks and stores a sorted tuple of ints.
+    ``"conv2_x"`` .. ``"conv5_x"``. A single number or name may stand for a tuple. The family that receives
+    the config resolves it with :meth:`resolve_stages`, which refuses what it lacks and stores a
+    sorted tuple of ints.
     """
 
     reduction: int = 16
@@ -353,15 +357,16 @@ class SEConfig:
     recompute_norm: bool | None = None  # see SqueezeExcite; only where SE follows a BatchNorm it can fuse
 
     def __post_init__(self) -> None:
-        # A single stage stands for a one-stage tuple, a list (JSON, the CLI) for a tuple; the family checks them.
+        # A single stage stands for a one-stage tuple, a list (JSON, the CLI) for a tuple; the family
+        # checks them.
         if isinstance(self.stages, (str, numbers.Number)):
             object.__setattr__(self, "stages", (self.stages,))
         elif isinstance(self.stages, list):
             object.__setattr__(self, "stages", tuple(self.stages))
         # Fail at build time, in the terms of the se_* build options, rather than deep inside the first block.
         _check_options(
-            "SE blocks", "se_", reduction=self.reduction, squeeze=self.squeeze, gate=self.gate, bias=self.bias,
-            position=self.position, recompute_norm=self.recompute_norm,
+            "SE blocks", "se_", reduction=self.reduction, squeeze=self.squeeze, gate=self.gate,
+            bias=self.bias, position=self.position, recompute_norm=self.recompute_norm,
         )  # fmt: skip
 
     def block(self, channels: int) -> SqueezeExcite:
@@ -381,8 +386,9 @@ class SEConfig:
     def require_no_recompute(self, family: str) -> None:
         if self.recompute_norm is not None:
             raise ValueError(
-                f"{family} got se_recompute_norm={self.recompute_norm!r}; only post-activation ResNet units with "
-                "se_position='standard' end their branch in a BatchNorm that SE can recompute: leave it out"
+                f"{family} got se_recompute_norm={self.recompute_norm!r}; only post-activation ResNet units "
+                "with se_position='standard' end their branch in a BatchNorm that SE can recompute: "
+                "leave it out"
             )
 
     def resolve_stages(
@@ -396,9 +402,9 @@ class SEConfig:
 
         ``stages``: the family's stage numbers that hold blocks SE can go in (1 = the first after the stem);
         ``names``: the stage names it accepts beside them (``{"conv2_x": 1, ...}`` for the ImageNet ResNets);
-        ``meaning``: what its stages are, for the message (e.g. ``"layer1..layer4"``). Refuses, in one line that
-        names the valid values: a stage the family lacks, a name it does not have, a stage given twice, an empty
-        selection (no SE block at all), bools and other types.
+        ``meaning``: what its stages are, for the message (e.g. ``"layer1..layer4"``). Refuses, in one line
+        that names the valid values: a stage the family lacks, a name it does not have, a stage given twice,
+        an empty selection (no SE block at all), bools and other types.
         """
         if self.stages is None:
             return self
@@ -437,7 +443,8 @@ class SEConfig:
         return replace(self, stages=tuple(sorted(resolved)))
 
     def in_stage(self, stage: int) -> bool:
-        """Whether the blocks of ``stage`` get SE; only on a config the family resolved (:meth:`resolve_stages`)."""
+        """Whether the blocks of ``stage`` get SE; only on a config the family
+        resolved (:meth:`resolve_stages`)."""
         if self.stages is not None and not all(_is_int(s) and s >= 1 for s in self.stages):
             raise RuntimeError(
                 f"se_stages={self.stages!r} was not resolved by the family: call resolve_stages"
@@ -445,7 +452,8 @@ class SEConfig:
         return self.stages is None or stage in self.stages
 
     def check_built(self, family: str, model: nn.Module) -> None:
-        """After the family built ``model``: it holds an SE block (a backstop behind :meth:`resolve_stages`)."""
+        """After the family built ``model``: it holds an SE block (a backstop
+        behind :meth:`resolve_stages`)."""
         if not any(isinstance(m, SqueezeExcite) for m in model.modules()):
             raise ValueError(f"{family} built no SE block with se_stages={self.stages!r}; use its plain twin")
 

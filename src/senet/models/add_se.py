@@ -1,9 +1,9 @@
 """``senet.add_se``: SE blocks inserted into a network that is not ours, by a ``torch.fx`` transform.
 
 The paper integrates SE blocks into existing architectures (Sec. 4): in a residual network on the output of
-each residual branch, before the summation with the identity (Fig. 3, the SE-ResNet module); on the output of a
-whole module (Fig. 2, the SE-Inception module); in a plain network (VGG) after the non-linearity that follows
-each convolution: ``where="residual"``, ``where=[module names]`` (or a callable) and ``where="conv"``.
+each residual branch, before the summation with the identity (Fig. 3, the SE-ResNet module); on the output of
+a whole module (Fig. 2, the SE-Inception module); in a plain network (VGG) after the non-linearity that
+follows each convolution: ``where="residual"``, ``where=[module names]`` (or a callable) and ``where="conv"``.
 
 :func:`add_se` does that to a model it has never seen: it traces the model with ``torch.fx``, finds the
 insertion points in the graph (additions of a residual branch to its shortcut, or conv -> norm -> activation
@@ -13,8 +13,8 @@ was, so the plain network's weights load with ``strict=False`` (only the new ``<
 ``<block>.se.fc2`` keys missing); the SE blocks are graph nodes, not hooks, so a later ``torch.fx`` pass
 (``senet.optimize_for_inference`` folds BatchNorms through one) keeps them.
 
-``torchvision:NAME`` models with SE blocks (``create_model("torchvision:resnet50", add_se=True)``) are built by
-:mod:`senet.models.torchvision_models`, which applies :func:`add_se`.
+``torchvision:NAME`` models with SE blocks (``create_model("torchvision:resnet50", add_se=True)``) are built
+by :mod:`senet.models.torchvision_models`, which applies :func:`add_se`.
 """
 
 from __future__ import annotations
@@ -89,23 +89,25 @@ def add_se(
     Args:
         model: any traceable ``nn.Module`` of 2-D convolutions (torchvision ResNet / ResNeXt / Wide ResNet,
             VGG, MobileNetV2, a user's ``nn.Sequential``...). It is left untouched: the result is a copy.
-        reduction: r, the excitation's bottleneck ratio (hidden width ``C // r``, at least 1); 16 in the paper.
+        reduction: r, the excitation's bottleneck ratio (hidden width ``C // r``, at least 1); 16 in the
+            paper.
         where: ``"residual"``: on the output of each residual branch, before its sum with the shortcut (the
-            SE-ResNet module, Fig. 3). Additions are found in the ``torch.fx`` graph, never by class names: the
-            branch is the addend that is not an ancestor of the other, or, where neither is, the one with more
-            convolutions back to their common input; the block is the module whose ``forward`` adds.
-            ``"conv"``: after each conv block (conv -> optional norm -> optional activation) of a plain network
-            (VGG, a ``nn.Sequential``). A callable ``(name, module) -> bool`` or a list of module names: the
-            outputs of those modules are rescaled (each call of a module called twice gets its own block), and
-            the modules are kept whole by the trace (control flow inside them is no obstacle).
-        init: ``"paper"``: the paper's SE block (sigmoid gate, biases, He-initialised FCs). ``"identity"``: the
-            gate is ``2 * sigmoid`` and ``fc2`` starts at zero, so every block starts as the identity and a
-            trained plain network keeps its outputs exactly when fine-tuning begins.
+            SE-ResNet module, Fig. 3). Additions are found in the ``torch.fx`` graph, never by class names:
+            the branch is the addend that is not an ancestor of the other, or, where neither is, the one with
+            more convolutions back to their common input; the block is the module whose ``forward`` adds.
+            ``"conv"``: after each conv block (conv -> optional norm -> optional activation) of a plain
+            network (VGG, a ``nn.Sequential``). A callable ``(name, module) -> bool`` or a list of module
+            names: the outputs of those modules are rescaled (each call of a module called twice gets its own
+            block), and the modules are kept whole by the trace (control flow inside them is no obstacle).
+        init: ``"paper"``: the paper's SE block (sigmoid gate, biases, He-initialised FCs). ``"identity"``:
+            the gate is ``2 * sigmoid`` and ``fc2`` starts at zero, so every block starts as the identity and
+            a trained plain network keeps its outputs exactly when fine-tuning begins.
         input_size: the side (or (H, W)) of the example input whose shapes are propagated (``torch.fx``'s
-            ShapeProp on the meta device: nothing is computed) to find each block's channel count; the number of
-            input channels is the first convolution's.
-        copy_model: ``False`` saves copying ``model``: the result then shares its modules and tensors, so use it
-            only where ``model`` itself is not used afterwards (``model = add_se(model, copy_model=False)``).
+            ShapeProp on the meta device: nothing is computed) to find each block's channel count; the number
+            of input channels is the first convolution's.
+        copy_model: ``False`` saves copying ``model``: the result then shares its modules and tensors, so use
+            it only where ``model`` itself is not used afterwards
+            (``model = add_se(model, copy_model=False)``).
 
     Returns:
         A :class:`torch.fx.GraphModule` with the original state-dict keys and, for each block, the new keys
@@ -183,8 +185,8 @@ def _refuse_existing_se(model: nn.Module) -> None:
         ):
             where = f"{name!r} is a {type(module).__name__}" if name else f"it is a {type(module).__name__}"
             raise ValueError(
-                f"add_se refuses {type(model).__name__}: it has SE blocks already ({where}); use it as it is, "
-                "or add_se to its plain twin"
+                f"add_se refuses {type(model).__name__}: it has SE blocks already ({where}); use it as it "
+                "is, or add_se to its plain twin"
             )
 
 
@@ -234,8 +236,8 @@ def _selected_names(model: nn.Module, where: Where) -> list[str] | None:
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with the modules ``where`` names kept whole (leaves of the graph), and those without a
-    convolution too: they hold no insertion point, and their Python (stochastic depth's training switch, a
+    """torch.fx's tracer, with the modules ``where`` names kept whole (leaves of the graph), and those without
+    a convolution too: they hold no insertion point, and their Python (stochastic depth's training switch, a
     custom norm's checks) stays theirs."""
 
     def __init__(self, keep_whole: set[str] | frozenset[str] = frozenset()) -> None:
@@ -267,8 +269,8 @@ def _trace(model: nn.Module, keep_whole: set[str]) -> fx.Graph:
                 message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 if inside:
                     fix = (
-                        f"pass where=[names] (or a callable) selecting {inside[-1]!r} or a module holding it: the "
-                        "modules selected are kept whole, so control flow inside them is no obstacle"
+                        f"pass where=[names] (or a callable) selecting {inside[-1]!r} or a module holding "
+                        "it: the modules selected are kept whole, so control flow inside them is no obstacle"
                     )
                 else:
                     fix = "the fault is in its own forward: insert senet.SqueezeExcite blocks by hand"
@@ -282,8 +284,8 @@ def _trace(model: nn.Module, keep_whole: set[str]) -> fx.Graph:
     if graphs[0].python_code("self").src != graphs[1].python_code("self").src:
         raise ValueError(
             f"add_se refuses {type(model).__name__}: its forward takes another path in training than in "
-            "evaluation (e.g. auxiliary heads), which torch.fx would freeze; pass where=[names] selecting modules "
-            "that hold those branches, which are kept whole"
+            "evaluation (e.g. auxiliary heads), which torch.fx would freeze; pass where=[names] selecting "
+            "modules that hold those branches, which are kept whole"
         )
     return graphs[0]
 
@@ -305,15 +307,16 @@ def _first_conv(gm: fx.GraphModule, model: nn.Module) -> nn.Conv2d:
 
 def _propagate_shapes(gm: fx.GraphModule, conv: nn.Conv2d, size: tuple[int, int], label: str) -> None:
     """Every node's ``meta["tensor_meta"]`` from a (1, C, H, W) example (torch.fx's ShapeProp), in evaluation
-    mode: on the meta device (shapes only, no arithmetic, nothing written to BatchNorm statistics), or, where a
-    module kept whole looks at values, with a real zero input (no gradients)."""
+    mode: on the meta device (shapes only, no arithmetic, nothing written to BatchNorm statistics), or, where
+    a module kept whole looks at values, with a real zero input (no gradients)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     modes = {m: m.training for m in gm.modules()}
     shape = (1, conv.in_channels, *size)
     try:
         gm.eval()
-        # ShapeProp prints the traceback of a failing node before raising: the message below says it in one line.
+        # ShapeProp prints the traceback of a failing node before raising: the message below says it
+        # in one line.
         with contextlib.redirect_stderr(io.StringIO()):
             try:
                 with _on_meta(gm):
@@ -328,8 +331,8 @@ def _propagate_shapes(gm: fx.GraphModule, conv: nn.Conv2d, size: tuple[int, int]
         cause = error.__cause__ or error  # ShapeProp wraps the node's error in its own
         message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise ValueError(
-            f"add_se: a {shape} input does not go through {label} ({message}); pass the input_size the network "
-            "takes"
+            f"add_se: a {shape} input does not go through {label} ({message}); pass the input_size the "
+            "network takes"
         ) from None
     finally:
         for module, training in modes.items():
@@ -338,8 +341,8 @@ def _propagate_shapes(gm: fx.GraphModule, conv: nn.Conv2d, size: tuple[int, int]
 
 @contextlib.contextmanager
 def _on_meta(model: nn.Module) -> Iterator[None]:
-    """Every parameter and buffer of ``model`` replaced by a meta tensor of its shape, then put back: a forward
-    pass of shapes alone, without copying the model (a tensor shared by two modules stays shared)."""
+    """Every parameter and buffer of ``model`` replaced by a meta tensor of its shape, then put back: a
+    forward pass of shapes alone, without copying the model (a tensor shared by two modules stays shared)."""
     saved: list[tuple[dict[str, Any], str, Any]] = []
     meta: dict[int, torch.Tensor] = {}
     for module in model.modules():
@@ -367,8 +370,8 @@ def _on_meta(model: nn.Module) -> Iterator[None]:
 
 
 class _Point:
-    """One SE block to insert: after ``anchor``, named ``<owner>.se``; ``consumer``: the one node that gets the
-    rescaled value (the residual sum), or None for every user of ``anchor``."""
+    """One SE block to insert: after ``anchor``, named ``<owner>.se``; ``consumer``: the one node that gets
+    the rescaled value (the residual sum), or None for every user of ``anchor``."""
 
     def __init__(self, anchor: fx.Node, owner: str, consumer: fx.Node | None = None) -> None:
         self.anchor, self.owner, self.consumer = anchor, owner, consumer
@@ -510,8 +513,8 @@ def _named_points(gm: fx.GraphModule, names: list[str]) -> list[_Point]:
             if shape is None or len(shape) != 4:
                 got = f"of shape {tuple(shape)}" if shape is not None else "that is not one tensor"
                 raise ValueError(
-                    f"add_se: module {name!r} returns a value {got}; SE rescales (N, C, H, W) feature maps: select "
-                    "modules inside the convolutional part"
+                    f"add_se: module {name!r} returns a value {got}; SE rescales (N, C, H, W) feature maps: "
+                    "select modules inside the convolutional part"
                 )
             points.append(_Point(node, name))
     return points
@@ -551,10 +554,10 @@ def _insert(
 
 
 def _free_name(gm: fx.GraphModule, model: nn.Module, owner: str, taken: list[str]) -> str:
-    """``<owner>.se``, or ``se_1``, ``se_2``... where that name is taken: by a block inserted before, an attribute
-    of the graph module's ``owner``, or a module or tensor of the original ``owner`` (one the forward never uses
-    is put back later). A plain attribute of the original (our plain units' ``se = None``) is no obstacle where
-    the graph module has its own container."""
+    """``<owner>.se``, or ``se_1``, ``se_2``... where that name is taken: by a block inserted before, an
+    attribute of the graph module's ``owner``, or a module or tensor of the original ``owner`` (one the
+    forward never uses is put back later). A plain attribute of the original (our plain units' ``se = None``)
+    is no obstacle where the graph module has its own container."""
     held = []
     for root in (gm, model):
         try:
@@ -612,5 +615,6 @@ def _check_keys(gm: fx.GraphModule, original: list[str], blocks: list[str], labe
     if missing or extra:  # a model arrangement this function does not foresee: say so rather than misload
         raise ValueError(
             f"add_se could not keep the state-dict keys of {label} "
-            f"(missing {missing[:3]}, unexpected {extra[:3]}); pass where=[names] choosing the modules to rescale"
+            f"(missing {missing[:3]}, unexpected {extra[:3]}); pass where=[names] choosing the modules to "
+            "rescale"
         )

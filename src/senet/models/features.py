@@ -1,7 +1,7 @@
 """Every network as a multi-scale backbone, and the options a detector needs, for every family.
 
-``create_model(name, features_only=True, out_indices=(1, 2, 3, 4))`` returns a :class:`FeatureNet`: its forward
-returns the maps of the chosen stages as a list, and ``feature_info`` describes them as timm does
+``create_model(name, features_only=True, out_indices=(1, 2, 3, 4))`` returns a :class:`FeatureNet`: its
+forward returns the maps of the chosen stages as a list, and ``feature_info`` describes them as timm does
 (``{"num_chs", "reduction", "module"}`` per map). Stage numbers are those of ``se_stages``: 0 is the stem's
 output (where the family has a stem), 1 the first stage after it. Each family describes its stages once, in
 its ``feature_stages()`` (:class:`senet.models.base.FeatureStage`: the modules that compute a stage, its
@@ -114,7 +114,7 @@ def _check_out_indices(family: str, value: object, stages: Sequence[FeatureStage
         f"use integers in {valid[0]}..{valid[-1]} ({names})",
     )
     check_option(
-        all(a < b for a, b in zip(indices, indices[1:], strict=False)),
+        all(a < b for a, b in zip(indices, indices[1:], strict=False)),  # neighbours: one pair fewer
         family,
         "out_indices",
         value,
@@ -162,8 +162,8 @@ class FeatureNet(nn.Module):
 
     It takes over the network's modules under their own names, less the classifier head and the stages after
     the last index (removed, so no parameter goes unused under DDP): its state dict is the network's less
-    those keys. ``feature_info[i]`` describes the i-th map (``num_chs``, ``reduction``, ``module``, as timm's).
-    Build it with ``create_model(name, features_only=True, ...)``, which validates the options.
+    those keys. ``feature_info[i]`` describes the i-th map (``num_chs``, ``reduction``, ``module``, as
+    timm's). Build it with ``create_model(name, features_only=True, ...)``, which validates the options.
     """
 
     def __init__(self, network: StagedNetwork, out_indices: Sequence[int]) -> None:
@@ -192,7 +192,8 @@ class FeatureNet(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
         for stage in self._stages:
-            # Looked up on each call: a module replaced since (SyncBatchNorm conversion...) is the one that runs.
+            # Looked up on each call: a module replaced since (SyncBatchNorm conversion...) is the one
+            # that runs.
             for path in stage.modules:
                 x = self.get_submodule(path)(x)
             if stage.index in self.out_indices:

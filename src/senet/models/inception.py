@@ -379,7 +379,8 @@ class MixedBlock(_BranchesModule):
 
 
 class InceptionResNetBlock(_BranchesModule):
-    """Inception-ResNet-A/B/C: x + scale * SE(conv1x1(concat(branches(x)))), then ReLU (Szegedy 2017, Fig. 16, 17, 19).
+    """Inception-ResNet-A/B/C: x + scale * SE(conv1x1(concat(branches(x)))), then ReLU
+    (Szegedy 2017, Fig. 16, 17, 19).
 
     The 1x1 conv restores the input width (with a bias, no BN, as TF-slim); ``activate=False`` drops the
     final ReLU (the network's last block). The SE block acts on the residual branch before the sum

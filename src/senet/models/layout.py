@@ -15,8 +15,8 @@ LAYOUT_OPTIONS = ("stride_in_1x1", "stem_pool", "se_squeeze", "se_gate", "se_pos
 
 def layout_options(network: nn.Module) -> dict[str, Any]:
     """The :data:`LAYOUT_OPTIONS` that ``network`` was built with, read from the network: its family's own (a
-    ResNet's stem pooling and stride position: ``network.layout_options()``) and how its SE blocks squeeze, gate
-    and sit. Options that the network's family does not take are absent."""
+    ResNet's stem pooling and stride position: ``network.layout_options()``) and how its SE blocks squeeze,
+    gate and sit. Options that the network's family does not take are absent."""
     family = getattr(network, "layout_options", None)
     layout: dict[str, Any] = dict(family()) if callable(family) else {}
     se = getattr(network, "se_config", None)

@@ -372,5 +372,6 @@ def shufflenet(**options) -> ShuffleNet:
 
 @register_model(paper=PaperFigures(2.4, 0.142, 31.0, 11.1, source="Table 3"))
 def se_shufflenet(**options) -> ShuffleNet:
-    """SE-ShuffleNet 1x, g = 3: an SE block on each unit's residual branch, before the add / concat (paper Table 3)."""
+    """SE-ShuffleNet 1x, g = 3: an SE block on each unit's residual branch, before the add / concat (paper
+    Table 3)."""
     return _shufflenet(True, _SHUFFLENET_1X_G3, options)

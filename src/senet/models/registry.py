@@ -84,7 +84,8 @@ def register_model(
         _MODELS[name] = ModelInfo(
             name=name,
             family=builder.__module__.rsplit(".", 1)[-1],
-            description=doc.splitlines()[0] if doc else "",
+            # The summary is the first paragraph, which may wrap: its first line alone would cut it short.
+            description=" ".join(doc.split("\n\n")[0].split()),
             paper=paper or PaperFigures(),
             aliases=tuple(aliases),
             num_classes=num_classes,

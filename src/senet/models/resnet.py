@@ -42,13 +42,13 @@ STEM_POOLS: tuple[str, ...] = ("torchvision", "caffe")
 class _ResidualUnit(nn.Module):
     """What every residual unit shares: ``join(branch(x), shortcut(x))``, and where its SE block acts (paper
     Fig. 5, Tables 14-15): ``standard`` on the residual branch before the sum; ``pre`` on the unit's input;
-    ``post`` after the sum and its ReLU; ``identity`` on the shortcut, in parallel to the branch; ``3x3`` inside
-    the branch, right after the 3x3 conv (each unit's :meth:`branch` places it).
+    ``post`` after the sum and its ReLU; ``identity`` on the shortcut, in parallel to the branch; ``3x3``
+    inside the branch, right after the 3x3 conv (each unit's :meth:`branch` places it).
 
-    A unit's :meth:`branch` runs up to (not including) its last BatchNorm, which :meth:`join` applies: so SE, the
-    sum and the ReLU can take it into one operator (:meth:`SqueezeExcite.norm_scale_and_add`). Pre-activation
-    units (He et al. 2016b) end their branch in a conv and add without a ReLU. How a unit joins is chosen once,
-    at construction, by where its SE block acts.
+    A unit's :meth:`branch` runs up to (not including) its last BatchNorm, which :meth:`join` applies: so SE,
+    the sum and the ReLU can take it into one operator (:meth:`SqueezeExcite.norm_scale_and_add`).
+    Pre-activation units (He et al. 2016b) end their branch in a conv and add without a ReLU. How a unit joins
+    is chosen once, at construction, by where its SE block acts.
     """
 
     se: nn.Module | None
@@ -370,8 +370,8 @@ class ResNet(PooledClassifier):
                 nn.init.zeros_(module.last_norm.weight)
 
     def layout_options(self) -> dict[str, Any]:
-        """The build options a state dict cannot show (:mod:`senet.models.layout`): how the stem pools, and where
-        a down-sampling bottleneck puts its stride."""
+        """The build options a state dict cannot show (:mod:`senet.models.layout`): how the stem pools, and
+        where a down-sampling bottleneck puts its stride."""
         layout: dict[str, Any] = {}
         if isinstance(self.maxpool, nn.MaxPool2d):  # the cifar stem has none
             layout["stem_pool"] = "caffe" if self.maxpool.ceil_mode else "torchvision"

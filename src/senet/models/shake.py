@@ -153,7 +153,8 @@ def _basic_branch(in_channels: int, out_channels: int, stride: int) -> nn.Sequen
 def _bottleneck_branch(
     in_channels: int, out_channels: int, stride: int, width: int, groups: int
 ) -> nn.Sequential:
-    """ResNeXt bottleneck, form (c): conv1x1-BN-ReLU-grouped conv3x3-BN-ReLU-conv1x1-BN (Gastaldi Sec. 3, CIFAR-100)."""
+    """ResNeXt bottleneck, form (c): conv1x1-BN-ReLU-grouped conv3x3-BN-ReLU-conv1x1-BN
+    (Gastaldi Sec. 3, CIFAR-100)."""
     return nn.Sequential(
         OrderedDict(
             conv1=nn.Conv2d(in_channels, width, 1, bias=False),
@@ -331,8 +332,8 @@ class ShakeResNet(PooledClassifier):
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
 
     def feature_stages(self) -> list[FeatureStage]:
-        """0: the 3x3 stem conv-BN(-ReLU) at full resolution; s: ``layer<s>`` (1, 1/2, 1/4), the last one ending
-        with the basic networks' final ReLU."""
+        """0: the 3x3 stem conv-BN(-ReLU) at full resolution; s: ``layer<s>`` (1, 1/2, 1/4), the last one
+        ending with the basic networks' final ReLU."""
         stages = [FeatureStage(0, present(self, "conv1", "bn1", "relu"), self._widths[0], 1)]
         for s in range(1, self.num_stages + 1):
             last = present(self, "final_act") if s == self.num_stages else ()

@@ -57,8 +57,8 @@ class VGG(StagedNetwork):
         mlp_width: width of the two hidden FC layers (4096 in VGG).
         pool_size: side of the adaptive average pool before the MLP (7, as torchvision; at 224x224 input it
             is the identity, and smaller inputs are up-sampled to it).
-        se: SE blocks after every conv's ReLU; ``None`` for plain VGG. VGG has no stem: ``se.stages`` counts the
-            blocks of convs between max-pools from 1 (VGG's conv1_x is stage 1, unlike ResNet's conv2_x).
+        se: SE blocks after every conv's ReLU; ``None`` for plain VGG. VGG has no stem: ``se.stages`` counts
+            the blocks of convs between max-pools from 1 (VGG's conv1_x is stage 1, unlike ResNet's conv2_x).
         num_classes, in_chans: classifier size and input channels.
         drop_rate: the probability of both dropout layers of the MLP (0.5 in VGG and torchvision).
 
@@ -128,8 +128,8 @@ class VGG(StagedNetwork):
         return [m.se for m in self.features if isinstance(m, ReLUThenSE)]
 
     def feature_stages(self) -> list[FeatureStage]:
-        """No stem: stage s is the s-th block of conv-BN-ReLU ending with its max-pool (mmdet's VGG stages; timm
-        taps the same blocks before their pools, at half the reduction)."""
+        """No stem: stage s is the s-th block of conv-BN-ReLU ending with its max-pool (mmdet's VGG stages;
+        timm taps the same blocks before their pools, at half the reduction)."""
         stages: list[FeatureStage] = []
         modules: list[str] = []
         channels = 0

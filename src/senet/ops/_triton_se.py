@@ -7,7 +7,8 @@ excitation, BatchNorm's batch statistics, the gate's derivative) stays in PyTorc
 - :func:`scale`: ``relu?(residual + x * p[n, c] + r[n, c])`` (SE's rescale, optionally of ``BatchNorm(x)``);
 - :func:`grad_sums`: per (n, c) sums of ``g`` and ``g * x`` (and of ``x``), ``g`` the gradient masked by the
   fused ReLU (the gate's gradient and BatchNorm's reductions, in one read);
-- :func:`grad_apply`: ``g * p[n, c] + x * q[c] + r[n, c]`` and ``g`` itself (the input and residual gradients).
+- :func:`grad_apply`: ``g * p[n, c] + x * q[c] + r[n, c]`` and ``g`` itself (the input and
+  residual gradients).
 
 Every kernel takes its tensors' strides, so NCHW and channels_last (and a residual laid out differently from
 x) are read where they lie; H and W are walked as one axis. Accumulation is fp32 for fp16, bf16 and fp32
@@ -203,8 +204,8 @@ def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
         raise SEKernelError(
-            f"senet's Triton kernel {kernel.fn.__name__} failed on {_device_name(args[0].device)} ({reason}); "
-            f"set {SWITCH} to use the SE operators' PyTorch implementation"
+            f"senet's Triton kernel {kernel.fn.__name__} failed on {_device_name(args[0].device)} "
+            f"({reason}); set {SWITCH} to use the SE operators' PyTorch implementation"
         ) from None
 
 

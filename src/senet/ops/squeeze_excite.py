@@ -1,14 +1,14 @@
 """The SE block's training computation as ``torch.library`` operators (paper Sec. 3, Eqs. 2-4).
 
-``senet::se_scale``: squeeze (channel means), excitation (FC-ReLU-FC-gate) and ``relu?(residual + x * s)`` in one
-node; ``senet::se_norm_scale``: the same preceded by the branch's BatchNorm in training, keeping the BatchNorm's
-input instead of its output for the backward.
+``senet::se_scale``: squeeze (channel means), excitation (FC-ReLU-FC-gate) and ``relu?(residual + x * s)`` in
+one node; ``senet::se_norm_scale``: the same preceded by the branch's BatchNorm in training, keeping the
+BatchNorm's input instead of its output for the backward.
 
-They take tensors, never modules, and have a fake (meta) kernel and an autograd formula, so eager, autocast (the
-AMP path), channels_last and ``torch.compile`` (no graph break) all go through them. They compute in their
-inputs' dtype: under autocast, :class:`senet.SqueezeExcite` passes them the autocast dtype (fp16 or bf16, the
-one the user chose) rather than a fixed-dtype ``register_autocast`` rule. The
-backward is an operator of its own without a derivative: a second derivative raises instead of coming out wrong.
+They take tensors, never modules, and have a fake (meta) kernel and an autograd formula, so eager, autocast
+(the AMP path), channels_last and ``torch.compile`` (no graph break) all go through them. They compute in
+their inputs' dtype: under autocast, :class:`senet.SqueezeExcite` passes them the autocast dtype (fp16 or
+bf16, the one the user chose) rather than a fixed-dtype ``register_autocast`` rule. The backward is an
+operator of its own without a derivative: a second derivative raises instead of coming out wrong.
 
 Two implementations compute the same thing: Triton kernels (:mod:`senet.ops._triton_se`) for CUDA tensors,
 one pass over memory per step the SE block needs, and PyTorch ops elsewhere (CPU, float64, installs without
@@ -62,7 +62,8 @@ def triton_kernels(x: Tensor) -> Any | None:
 
 
 def excitation(z: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, gate: str):
-    """FC -> ReLU -> FC -> gate on the squeezed (N, C) descriptor: the hidden layer and the gates s (Eq. 3)."""
+    """FC -> ReLU -> FC -> gate on the squeezed (N, C) descriptor: the hidden layer and the
+    gates s (Eq. 3)."""
     hidden = F.linear(z, w1, b1).relu_()
     return hidden, GATE_FUNCTIONS[gate](F.linear(hidden, w2, b2))
 
@@ -113,7 +114,8 @@ def se_scale(
     gate: str,
     relu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(relu?(residual + x * s(x)), z, hidden, s)``: the output and the (N, C)-sized values the backward needs."""
+    """``(relu?(residual + x * s(x)), z, hidden, s)``: the output and the (N, C)-sized values the
+    backward needs."""
     _check_gate(gate)
     kernels = triton_kernels(x)
     if kernels is not None:
@@ -263,10 +265,10 @@ def se_norm_scale(
     relu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``relu?(residual + y * s(y))`` with ``y = BatchNorm(c)`` in training (batch statistics), and what the
-    backward needs: the batch mean and inverse std, z, hidden, s. The operator is functional: the caller updates
-    the running statistics from the batch ones (:func:`update_running_stats`), as ``nn.BatchNorm2d`` does.
-    y is never stored: with the Triton kernels it is not even written (one pass for the statistics and the
-    squeeze, which is their per-sample share, one for the output)."""
+    backward needs: the batch mean and inverse std, z, hidden, s. The operator is functional: the caller
+    updates the running statistics from the batch ones (:func:`update_running_stats`), as ``nn.BatchNorm2d``
+    does. y is never stored: with the Triton kernels it is not even written (one pass for the statistics and
+    the squeeze, which is their per-sample share, one for the output)."""
     _check_gate(gate)
     kernels = triton_kernels(c)
     if kernels is not None:

@@ -1,9 +1,9 @@
 """The one switch between the SE operators' Triton kernels and their PyTorch implementation on CUDA.
 
 ``SENET_TRITON=0`` (also ``false``, ``no``, ``off``) in the environment, or :func:`use_triton_kernels(False)
-<use_triton_kernels>`, makes the operators compute with PyTorch's ops on CUDA too: the same results, more passes
-over memory. It is the way around a kernel that fails to compile or launch on a user's GPU, which stops with
-:class:`SEKernelError` naming the kernel, the GPU and this switch.
+<use_triton_kernels>`, makes the operators compute with PyTorch's ops on CUDA too: the same results, more
+passes over memory. It is the way around a kernel that fails to compile or launch on a user's GPU, which stops
+with :class:`SEKernelError` naming the kernel, the GPU and this switch.
 """
 
 from __future__ import annotations

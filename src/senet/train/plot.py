@@ -1,8 +1,8 @@
 """Training curves of several runs on one chart: the paper's Fig. 4 (SE network vs its baseline).
 
-Classification runs (``senet train``) record ``train_`` and ``val_`` loss and top-1/top-5 errors; detection runs
-(``senet detect train``) the training losses and the validation COCO metrics (``val_AP``, ``val_AP50``, ...).
-Each metric is drawn for whichever of the two splits a run records."""
+Classification runs (``senet train``) record ``train_`` and ``val_`` loss and top-1/top-5 errors; detection
+runs (``senet detect train``) the training losses and the validation COCO metrics (``val_AP``, ``val_AP50``,
+...). Each metric is drawn for whichever of the two splits a run records."""
 
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ def pyplot():
 
 
 def plot_seed_curves(groups: Mapping[str, Sequence[str | Path]], out: str | Path) -> Path:
-    """One line per group of runs (e.g. one network trained with several seeds): the mean validation top-1 error
-    per epoch, with a band of +-1 standard deviation over the runs, and the mean training error dashed. The
-    error axis is logarithmic above 1 %, so the first epochs' and the last epochs' errors both show."""
+    """One line per group of runs (e.g. one network trained with several seeds): the mean validation top-1
+    error per epoch, with a band of +-1 standard deviation over the runs, and the mean training error dashed.
+    The error axis is logarithmic above 1 %, so the first epochs' and the last epochs' errors both show."""
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5), layout="constrained")
     for label, run_dirs in groups.items():

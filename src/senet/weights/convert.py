@@ -1,12 +1,12 @@
 """Weights of other projects -> senet weights files that rebuild the network the source computes.
 
-Each supported source model is one line of :data:`SOURCES`: our registered model, the build options under which
-it computes exactly what the source computes (stride position, stem pooling, group widths), how the source's
-key names map to ours, and the source's test preprocessing (timm's per tag: :data:`TIMM_TAGS`, or a Hugging
-Face snapshot's ``config.json``). The file records every layout option, the builder's defaults included.
-Conversion refuses rather than guesses: anything that does not map completely (a tensor without a place, a
-place without a tensor, a shape that differs, a dtype of another kind) is refused with every such tensor
-named, and a source in the other SENet key layout in one line naming the right conversion.
+Each supported source model is one line of :data:`SOURCES`: our registered model, the build options under
+which it computes exactly what the source computes (stride position, stem pooling, group widths), how the
+source's key names map to ours, and the source's test preprocessing (timm's per tag: :data:`TIMM_TAGS`, or a
+Hugging Face snapshot's ``config.json``). The file records every layout option, the builder's defaults
+included. Conversion refuses rather than guesses: anything that does not map completely (a tensor without a
+place, a place without a tensor, a shape that differs, a dtype of another kind) is refused with every such
+tensor named, and a source in the other SENet key layout in one line naming the right conversion.
 
 Sources (``senet convert --from PROJECT``):
 
@@ -277,8 +277,9 @@ def read_source_file(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # pickle / zip / safetensors each raise their own types
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
-            f"{path} cannot be read as weights ({first[:200]}); only plain tensor files are read (safetensors, or "
-            "torch.save of a state dict, loaded with weights_only=True: nothing in the file is executed)"
+            f"{path} cannot be read as weights ({first[:200]}); only plain tensor files are read "
+            "(safetensors, or torch.save of a state dict, loaded with weights_only=True: nothing in the file "
+            "is executed)"
         ) from None
     for wrapper in ("state_dict", "model", "state_dict_ema"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
@@ -330,8 +331,8 @@ def _check_key_layout(project: str, name: str, entry: SourceModel, keys: list[st
             else f"--from pretrainedmodels and their model name ({', '.join(_CADENE_SENETS)})"
         )
         raise ValueError(
-            f"these weights have pretrained-models' SENet keys (e.g. {cadene[0]}), not the layout of {project} "
-            f"{name}: convert them with {fix}"
+            f"these weights have pretrained-models' SENet keys (e.g. {cadene[0]}), not the layout of "
+            f"{project} {name}: convert them with {fix}"
         )
 
 
@@ -358,10 +359,11 @@ def convert_state(project: str, name: str, state: dict[str, torch.Tensor]) -> Co
     """Rename ``state`` (``project``'s ``name``) into our key names, checked against the network it needs.
 
     Refuses, naming every tensor, a source that does not map completely: a tensor without a place, a place
-    without a tensor, a shape that differs (an SE FC stored as a Linear, (out, in), fills our 1x1 conv of shape
-    (out, in, 1, 1); nothing else is reshaped), a dtype that differs in kind (float weights, integer counters);
-    and a source in the other key layout (:func:`_check_key_layout`). BatchNorm's ``num_batches_tracked``
-    counters, which old files lack and which take no part in evaluation, are filled with 0 where missing.
+    without a tensor, a shape that differs (an SE FC stored as a Linear, (out, in), fills our 1x1 conv of
+    shape (out, in, 1, 1); nothing else is reshaped), a dtype that differs in kind (float weights, integer
+    counters); and a source in the other key layout (:func:`_check_key_layout`). BatchNorm's
+    ``num_batches_tracked`` counters, which old files lack and which take no part in evaluation, are
+    filled with 0 where missing.
     """
     entry, _ = source_model(project, name)
     _check_key_layout(project, name, entry, list(state))
@@ -432,14 +434,15 @@ def torchvision_preprocessing(name: str, file_name: str) -> Preprocessing:
     if file_name not in published:
         _log.warning(
             f"{file_name} is not the name of a torchvision {name} file ({', '.join(published)}): recording "
-            f"the preprocessing of {weights}: resize {preprocessing.resize}, crop {preprocessing.input_size}, "
-            f"{preprocessing.interpolation}; give --input-size / --crop-fraction / --interpolation if these "
-            "weights were trained otherwise"
+            f"the preprocessing of {weights}: resize {preprocessing.resize}, "
+            f"crop {preprocessing.input_size}, {preprocessing.interpolation}; "
+            "give --input-size / --crop-fraction / --interpolation if these weights were trained otherwise"
         )
     return preprocessing
 
 
-# A Hugging Face snapshot of a timm model: the weights, and timm's config.json (its pretrained_cfg) beside them.
+# A Hugging Face snapshot of a timm model: the weights, and timm's config.json (its pretrained_cfg)
+# beside them.
 _SNAPSHOT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _SNAPSHOT_CONFIG = "config.json"
 
@@ -524,8 +527,8 @@ def convert_file(
     labels: list[str] | None = None,
     sha256: str | None = None,
 ) -> WeightsInfo:
-    """Convert ``project``'s ``name`` weights in ``source`` into a senet weights file ``out`` (safetensors with
-    every layout option, the preprocessing and labels in its metadata).
+    """Convert ``project``'s ``name`` weights in ``source`` into a senet weights file ``out`` (safetensors
+    with every layout option, the preprocessing and labels in its metadata).
 
     ``source``: a weights file, or (timm) a Hugging Face snapshot folder, whose ``config.json`` gives timm's
     preprocessing of those weights. ``preprocessing`` overrides fields of the source's known preprocessing

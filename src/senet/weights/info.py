@@ -99,8 +99,9 @@ def read_weights_file(path: str | Path, tensors: bool = True) -> tuple[WeightsIn
         raise FileNotFoundError(f"weights file {path} is missing")
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt", ".tar"):
         raise ValueError(
-            f"{path} is a weights file of another project, without the record of the network it needs; convert "
-            "it: senet convert --from timm|pretrainedmodels|torchvision FILE --model NAME --out OUT.safetensors"
+            f"{path} is a weights file of another project, without the record of the network it needs; "
+            "convert it: senet convert --from timm|pretrainedmodels|torchvision FILE --model NAME "
+            "--out OUT.safetensors"
         )
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -1,8 +1,8 @@
 """Published PyTorch weights of the paper's networks, for ``create_model(name, pretrained=True)``.
 
 Each entry names the project that published the file, its model name there and the URL. The file name ends in
-the first hex digits of its SHA-256 (torch.hub's convention, which ``torch.utils.model_zoo`` checked when these
-files were published), and the download is checked against them. A file is fetched once into torch's hub
+the first hex digits of its SHA-256 (torch.hub's convention, which ``torch.utils.model_zoo`` checked when
+these files were published), and the download is checked against them. A file is fetched once into torch's hub
 cache (``$TORCH_HOME/hub/checkpoints``), converted once (``senet/<model>-<hash>.safetensors`` beside it),
 and loaded from there afterwards, offline.
 """
@@ -41,7 +41,8 @@ class Published:
 
 
 # Our registered name -> the weights that build it exactly (through senet convert's table). torchvision's
-# ImageNet weights are its IMAGENET1K_V1 set; they load into our plain ResNets with torchvision's layout options.
+# ImageNet weights are its IMAGENET1K_V1 set; they load into our plain ResNets with torchvision's
+# layout options.
 PUBLISHED: dict[str, Published] = {
     "se_resnet50": Published("pretrainedmodels", "se_resnet50", _CADENE + "se_resnet50-ce0d4300.pth"),
     "se_resnet101": Published("pretrainedmodels", "se_resnet101", _CADENE + "se_resnet101-7e38fcc6.pth"),
@@ -67,7 +68,8 @@ PUBLISHED: dict[str, Published] = {
 
 
 def _download(url: str, destination: Path, sha256_prefix: str) -> None:
-    """Fetch ``url`` into ``destination`` (torch.hub writes a temp file and renames it when the hash matches)."""
+    """Fetch ``url`` into ``destination`` (torch.hub writes a temp file and renames it when
+    the hash matches)."""
     torch.hub.download_url_to_file(url, str(destination), hash_prefix=sha256_prefix, progress=True)
 
 
@@ -76,7 +78,8 @@ def hub_dir() -> Path:
 
 
 def published_weights(name: str) -> Path:
-    """The senet weights file of ``name``'s published weights: converted from the hub cache, fetched if absent.
+    """The senet weights file of ``name``'s published weights: converted from the hub cache,
+    fetched if absent.
 
     Without network (or with a file that fails its hash), one line names the file to place and the
     ``senet convert`` command that does the same by hand.
@@ -85,8 +88,8 @@ def published_weights(name: str) -> Path:
     entry = PUBLISHED.get(canonical)
     if entry is None:
         raise ValueError(
-            f"no published weights are listed for {canonical} (listed: {', '.join(PUBLISHED)}); convert a file "
-            "you have with `senet convert` and pass its path as pretrained=PATH"
+            f"no published weights are listed for {canonical} (listed: {', '.join(PUBLISHED)}); "
+            "convert a file you have with `senet convert` and pass its path as pretrained=PATH"
         )
     converted = hub_dir() / "senet" / f"{canonical}-{entry.sha256_prefix}.safetensors"
     if converted.is_file():
@@ -106,8 +109,8 @@ def published_weights(name: str) -> Path:
     digest = file_sha256(source)
     if not digest.startswith(entry.sha256_prefix):
         raise ValueError(
-            f"{source} has SHA-256 {digest[:16]}..., not the published {entry.sha256_prefix}...: a damaged or "
-            f"other file; delete it and retry, or {manual}"
+            f"{source} has SHA-256 {digest[:16]}..., not the published {entry.sha256_prefix}...: a damaged "
+            f"or other file; delete it and retry, or {manual}"
         )
     convert_file(entry.project, entry.name, source, converted, sha256=digest)
     return converted

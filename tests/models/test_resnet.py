@@ -275,3 +275,48 @@ def test_fused_norm_and_se_training_path_matches_the_plain_ops(name):
     unit.relu.register_forward_hook(lambda module, args, output: None)
     out = unit(torch.randn(2, unit.conv1.in_channels, 8, 8, dtype=torch.float64))
     assert "Relu" in out.grad_fn.name()  # a hooked ReLU is called as it is, after the operator
+
+
+def _tiny(name: str, **options) -> nn.Module:
+    return senet.create_model(name, widths=(4, 4, 8, 8), num_classes=3, **options)
+
+
+@pytest.mark.parametrize("position", ["standard", "identity"])
+@pytest.mark.parametrize("training", [True, False])
+def test_hooks_on_a_units_se_block_fire_where_it_joins_the_sum(position, training):
+    """The fused joins compute SE and the sum in one operator; a hook on the block itself must still run, and
+    what it returns must be what is added."""
+    fused_norm = {"se_recompute_norm": True} if position == "standard" else {}
+    model = _tiny("se_resnet18", se_position=position, **fused_norm).train(training)
+    unit = model.layer1[1]  # no downsample: its shortcut is its input
+    seen = []
+    unit.se.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    x = torch.relu(torch.randn(2, 4, 8, 8, requires_grad=True))
+    unit(x).sum().backward()
+    assert seen == [(2, 4, 8, 8)]
+    unit.se.register_forward_hook(lambda module, args, out: out * 0)  # SE's output replaced by zeros
+    out = unit(x)
+    if position == "standard":  # relu(0 + x)
+        torch.testing.assert_close(out, torch.relu(x))
+    else:  # relu(bn2(branch) + 0): the plain twin's unit without its shortcut
+        plain = _tiny("resnet18").train(training)
+        plain.load_state_dict(model.state_dict(), strict=False)
+        block = plain.layer1[1]
+        torch.testing.assert_close(
+            out, torch.relu(block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x))))))
+        )
+
+
+@pytest.mark.parametrize("position", ["standard", "identity", "post"])
+def test_an_se_block_replaced_by_identity_gives_the_plain_twin(position):
+    """``unit.se = nn.Identity()`` (as one removes a block in timm) must leave the plain residual unit."""
+    model = _tiny("se_resnet18", se_position=position).eval()
+    plain = _tiny("resnet18").eval()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(".se." in key for key in unexpected)
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for unit in stage:
+            unit.se = nn.Identity()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x))

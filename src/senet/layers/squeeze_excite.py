@@ -161,7 +161,11 @@ class SqueezeExcite(nn.Module):
     ) -> torch.Tensor:
         """``activation(residual + x * gates(x))`` in one pass over memory: the released models' fused "Axpy"
         layer, with the unit's ReLU fused in too where it is a plain ``nn.ReLU`` (a replaced or hooked
-        activation is called as it is)."""
+        activation is called as it is). Hooks on the block itself see it run as a module: ``self(x)``, then
+        the sum."""
+        if _has_hooks(self):
+            out = residual + self(x)
+            return activation(out) if activation is not None else out
         kernels = self._inference_kernels(x)
         if not self._fused_backward(x) and kernels is None:
             out = torch.addcmul(residual, x, self.gates(x))
@@ -181,7 +185,10 @@ class SqueezeExcite(nn.Module):
         """``activation(residual + y * gates(y))`` with ``y = norm(c)``: in training, without keeping y.
 
         Only a plain ``nn.BatchNorm2d`` without hooks is fused: a SyncBatchNorm (its statistics span the DDP
-        ranks), a FrozenBatchNorm2d, a subclass or a hooked norm is called as it is, then SE as usual."""
+        ranks), a FrozenBatchNorm2d, a subclass or a hooked norm is called as it is, then SE as usual; so is
+        every norm when the block itself is hooked (:meth:`scale_and_add`)."""
+        if _has_hooks(self):
+            return self.scale_and_add(norm(c), residual, activation)
         kernels = self._inference_kernels(c) if _is_plain_eval_norm(norm) else None
         if kernels is not None:  # an eval BatchNorm is a per-channel affine the kernels apply on the way
             relu = _is_plain_relu(activation)

@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from senet.layers.squeeze_excite import SEConfig
+from senet.layers.squeeze_excite import SEConfig, SqueezeExcite
 from senet.models.base import (
     FeatureStage,
     PooledClassifier,
@@ -79,16 +79,23 @@ class _ResidualUnit(nn.Module):
 
     def _add(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """BN, sum, ReLU: no SE at the join."""
-        out = self.last_norm(out) + shortcut
-        return self.activation(out) if self.activation is not None else out
+        return self._activate(self.last_norm(out) + shortcut)
 
     def _se_on_branch(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """BN, SE on the branch, sum, ReLU: one operator in training (paper Fig. 3)."""
+        """BN, SE on the branch, sum, ReLU: one operator in training (paper Fig. 3). An SE block replaced by
+        another module (``nn.Identity``, a wrapper) is called as it is."""
+        if not isinstance(self.se, SqueezeExcite):
+            return self._activate(self.se(self.last_norm(out)) + shortcut)
         return self.se.norm_scale_and_add(out, self.last_norm, shortcut, self.activation)
 
     def _se_on_shortcut(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """BN, SE on the shortcut, sum, ReLU (Fig. 5e, the "identity" integration)."""
+        if not isinstance(self.se, SqueezeExcite):
+            return self._activate(self.last_norm(out) + self.se(shortcut))
         return self.se.scale_and_add(shortcut, self.last_norm(out), self.activation)
+
+    def _activate(self, out: torch.Tensor) -> torch.Tensor:
+        return self.activation(out) if self.activation is not None else out
 
     def _attach_se(self, se: SEConfig | None, inplanes: int, width: int, out_channels: int) -> None:
         self.se_position = se.position if se is not None else None

@@ -23,6 +23,23 @@ ARGS = (
 ).split()
 
 
+def _config(run, **options):
+    """ARGS for one epoch into ``run``, as a TrainConfig (for runs in this process)."""
+    return TrainConfig(
+        model="resnet20_cifar",
+        model_options={"widths": (4, 4, 4)},
+        batch_size=256,
+        epochs=1,
+        schedule="step",
+        step_epochs=1,
+        gamma=0.5,
+        log_interval=0,
+        device="cpu",
+        output=str(run),
+        **options,
+    )
+
+
 def snapshot(root):
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -99,19 +116,7 @@ def test_a_changed_schedule_needs_extend_schedule_and_the_log_says_what_the_lr_d
 def test_resume_auto_starts_then_continues_the_run(tmp_path):
     run = tmp_path / "job"
     command = ["train", *ARGS, "--epochs", "2", "--output", str(run), "--resume", "auto"]
-    config = TrainConfig(
-        model="resnet20_cifar",
-        model_options={"widths": (4, 4, 4)},
-        batch_size=256,
-        epochs=1,
-        schedule="step",
-        step_epochs=1,
-        gamma=0.5,
-        log_interval=0,
-        device="cpu",
-        output=str(run),
-    )
-    train(config, resume="auto")  # the job's first attempt got through one epoch of two
+    train(_config(run), resume="auto")  # the job's first attempt got through one epoch of two
     assert [load_checkpoint(p).position for p in list_checkpoints(run)] == [(1, 0)]
     assert main([*command, "--extend-schedule"]) == 0  # requeued: continues, does not start over
     assert load_checkpoint(run).position == (2, 0)
@@ -207,20 +212,7 @@ def test_a_live_run_is_refused_by_a_second_process_and_left_untouched(tmp_path):
             seen[name] = (process.wait(timeout=300), process.stderr.read())
         seen["untouched"] = snapshot(run) == before
 
-    config = TrainConfig(
-        model="resnet20_cifar",
-        model_options={"widths": (4, 4, 4)},
-        batch_size=256,
-        epochs=1,
-        schedule="step",
-        step_epochs=1,
-        gamma=0.5,
-        log_interval=0,
-        device="cpu",
-        output=str(run),
-        save_every_steps=1,
-    )  # ARGS
-    train(config, on_step=second_processes)
+    train(_config(run, save_every_steps=1), on_step=second_processes)
     named = f"{run} is in use by senet train, pid {os.getpid()} on {socket.gethostname()}"
     for name in ("resume", "auto", "overwrite"):
         code, err = seen[name]

@@ -178,7 +178,5 @@ def _save_png(picture: torch.Tensor, folder: Path, stem: str, used: set[str]) ->
 
 def _palette(count: int) -> list[tuple[int, int, int]]:
     """One distinct, saturated colour per category (hues evenly spaced)."""
-    return [
-        tuple(round(255 * c) for c in colorsys.hsv_to_rgb(k / max(count, 1), 0.85, 0.95))  # type: ignore[misc]
-        for k in range(count)
-    ]
+    hues = [colorsys.hsv_to_rgb(k / max(count, 1), 0.85, 0.95) for k in range(count)]
+    return [(round(255 * r), round(255 * g), round(255 * b)) for r, g, b in hues]

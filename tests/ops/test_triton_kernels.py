@@ -261,6 +261,10 @@ def test_the_switch_turns_the_kernels_off_from_the_environment(monkeypatch):
             monkeypatch.setenv("SENET_TRITON", spelling)
             importlib.reload(triton_switch)
             assert ops.triton_kernels(x) is None
+        monkeypatch.setenv("SENET_TRITON", "banana")  # neither on nor off: refused, not taken as on
+        importlib.reload(triton_switch)
+        with pytest.raises(ValueError, match=r"^SENET_TRITON='banana' is neither on nor off: set it to 0"):
+            ops.triton_kernels(x)
     finally:
         monkeypatch.delenv("SENET_TRITON")
         importlib.reload(triton_switch)

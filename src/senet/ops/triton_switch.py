@@ -11,8 +11,17 @@ from __future__ import annotations
 import os
 
 SWITCH = "SENET_TRITON=0 (or senet.ops.use_triton_kernels(False))"
-_FALSE_SPELLINGS = ("0", "false", "no", "off")
-_enabled = os.environ.get("SENET_TRITON", "1").strip().lower() not in _FALSE_SPELLINGS
+_SPELLINGS = {
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+}
+_enabled: bool | None = None  # None: not chosen yet; the environment decides at the first use
 
 
 class SEKernelError(RuntimeError):
@@ -28,4 +37,14 @@ def use_triton_kernels(enabled: bool = True) -> None:
 
 
 def triton_enabled() -> bool:
+    """The switch; the first call reads ``SENET_TRITON``, and refuses a value that is neither on nor off."""
+    global _enabled
+    if _enabled is None:
+        value = os.environ.get("SENET_TRITON", "1")
+        if value.strip().lower() not in _SPELLINGS:
+            raise ValueError(
+                f"SENET_TRITON={value!r} is neither on nor off: set it to 0 (false, no, off) to leave the "
+                "SE operators' Triton kernels, or 1 (true, yes, on) to use them"
+            )
+        _enabled = _SPELLINGS[value.strip().lower()]
     return _enabled

@@ -164,6 +164,11 @@ def _cross(setting: Setting, grid: Sequence[tuple[str, Sequence[Any], bool]]) ->
     return crossed
 
 
+def run_dir(output: Path, slug: str, seed: int) -> Path:
+    """Where :func:`run_settings` trains setting ``slug`` with ``seed``."""
+    return Path(output) / "runs" / f"{slug}-seed{seed}"
+
+
 def run_settings(
     settings: Sequence[Setting],
     base_config: Any,
@@ -175,8 +180,8 @@ def run_settings(
     """Train every setting with seeds ``base.seed + k`` (k < ``seeds``); returns per slug the final-epoch
     top-1 and top-5 errors per seed, the parameter count and GFLOPs (at the data's image size).
 
-    Each run lives in ``output/runs/<slug>-seed<seed>``: a finished one is read back, a killed one resumed,
-    unless ``overwrite`` trains every run afresh."""
+    Each run lives in ``output/runs/<slug>-seed<seed>`` (:func:`run_dir`): a finished one is read back, a
+    killed one resumed, unless ``overwrite`` trains every run afresh."""
     train = train or train_run
     spec = build_run_data(base_config)  # the image size and channels the FLOPs are counted at
     outcomes: dict[str, tuple[list[float], list[float], int, float]] = {}
@@ -190,7 +195,7 @@ def run_settings(
                 model=setting.model,
                 model_options={**base_config.model_options, **setting.options},
                 seed=base_config.seed + k,
-                output=str(output / "runs" / f"{setting.slug}-seed{base_config.seed + k}"),
+                output=str(run_dir(output, setting.slug, base_config.seed + k)),
             )
             config = TrainConfig.from_dict(values)
             result = train(config, resume=None, overwrite=True) if overwrite else train(config, resume="auto")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from senet.analysis.ablation import SIGNIFICANCE, Setting, mean_std, run_settings, welch_p
+from senet.analysis.ablation import SIGNIFICANCE, Setting, mean_std, run_dir, run_settings, welch_p
 from senet.analysis.excitation import analyze_excitation
 from senet.train.config import resolve_config
 from senet.train.plot import plot_seed_curves, read_history
@@ -65,7 +65,7 @@ def run_demo(
         rows = []
         for setting in settings:
             top1, _, params, _ = outcomes[setting.slug]
-            run_dirs = [output / "runs" / f"{setting.slug}-seed{base.seed + k}" for k in range(seeds)]
+            run_dirs = [run_dir(output, setting.slug, base.seed + k) for k in range(seeds)]
             rows.append(DemoRow(setting.model, params, top1, run_dirs))
         plots = importlib.util.find_spec("matplotlib") is not None
         curves = None
@@ -82,15 +82,15 @@ def run_demo(
 def _unconverged(rows: list[DemoRow]) -> list[str]:
     problems = []
     for row in rows:
-        for run_dir in row.run_dirs:
-            history = read_history(run_dir)
+        for directory in row.run_dirs:
+            history = read_history(directory)
             last = history[-1]
             if last["train_top1_err"] > CONVERGED_TRAIN_ERR:
-                problems.append(f"{run_dir.name}: last epoch's train error {last['train_top1_err']:.2f} %")
+                problems.append(f"{directory.name}: last epoch's train error {last['train_top1_err']:.2f} %")
             if len(history) > 1:
                 move = abs(last["val_top1_err"] - history[-2]["val_top1_err"])
                 if move > SETTLED_VAL_MOVE:
-                    problems.append(f"{run_dir.name}: val error moved {move:.2f} points in the last epoch")
+                    problems.append(f"{directory.name}: val error moved {move:.2f} points in the last epoch")
     return problems
 
 

@@ -55,6 +55,7 @@ from senet.data import build_data, build_loader
 from senet.layers.squeeze_excite import SqueezeExcite
 from senet.runtime import progress_bar, resolve_device
 from senet.train.evaluation import evaluate, load_with_data_source
+from senet.train.plot import require_matplotlib
 
 # A gate's range: its histogram's bins. An unbounded gate (relu) starts at [0, 1] and doubles the range.
 _GATE_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "relu": (0.0, 1.0)}
@@ -633,10 +634,7 @@ def plot_excitations(
     * ``excitation-histograms.png``: per block, the distribution of all gate values;
     * ``class-specificity.png``: the two class-specificity measures per block (module doc).
     """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ValueError("plotting needs matplotlib: pip install 'senet[plot]' (or matplotlib)") from None
+    require_matplotlib()  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     chosen = choose_classes(stats, classes)

@@ -61,7 +61,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
 
-from senet.data.folders import report_unreadable
+from senet.data.folders import DECODE_ERRORS, report_unreadable
 from senet.data.loaders import build_loader
 from senet.data.shards import ShardDataset, decode_image
 from senet.data.spec import DataSpec
@@ -87,8 +87,6 @@ __all__ = [
 
 _LOG = logging.getLogger("senet.data")
 
-# What PIL raises on a file it cannot decode (as senet.data.datasets): garbage, truncation, bad plugin data.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # JPEG colour modes the device decodes to RGB as PIL's convert("RGB") does; others (CMYK, ...) stay on host.
 _DEVICE_MODES = ("RGB", "L")
 
@@ -353,7 +351,7 @@ class RawImageDataset(Dataset[RawItem | None]):
         """Exactly the CPU dataset's item: decoded as it decodes, the CPU transform draws and transforms."""
         try:
             image = self.reader.decode(index, data)
-        except _DECODE_ERRORS as error:
+        except DECODE_ERRORS as error:
             return self._unreadable(what, error)
         return self.transform(image), target, ImageParams(what, self.train, fallback=True)
 

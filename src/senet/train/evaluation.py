@@ -22,7 +22,7 @@ from senet.runtime import Dist, autocast, progress_bar, resolve_device
 from senet.train.config import TrainConfig
 from senet.train.control import RunControl
 from senet.train.feed import to_device
-from senet.train.meters import TopkMeter
+from senet.train.meters import TopkMeter, topk_hits
 from senet.weights.pretrained import load_pretrained
 
 _ONE_PROCESS = Dist()  # a process that evaluates alone
@@ -118,11 +118,12 @@ class EvalResult:
 
 def topk_errors(probs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
     """Top-1 and top-5 error in % (top-k capped at the number of classes)."""
-    top = probs.topk(min(5, probs.shape[1]), dim=1).indices == targets[:, None]
-    count = len(targets)  # counts, then one division in Python floats: what training logs, to the last bit
+    # training's hit counts, then one division in Python floats: what training logs, to the last bit
+    count = len(targets)
     if count == 0:
         return math.nan, math.nan
-    return 100 * (1 - int(top[:, 0].sum()) / count), 100 * (1 - int(top.any(1).sum()) / count)
+    top1, top5 = topk_hits(probs, targets)
+    return 100 * (1 - int(top1) / count), 100 * (1 - int(top5) / count)
 
 
 def load_with_data_source(

@@ -209,7 +209,7 @@ def fit(
     run_dir, checkpoint = prepare_run_dir(task.config, resume, overwrite)
     task.adopt(checkpoint)
     config = task.config
-    changes = Changes({}, task.resume_rules.schedule)
+    changes = Changes({})
     if checkpoint is not None:
         changes = reconcile(
             checkpoint.meta["config"],

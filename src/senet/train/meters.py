@@ -37,7 +37,7 @@ class Meter:
         return {"sums": totals, "skipped": int(skipped)}
 
 
-def _topk_correct(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_hits(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-1 and top-5 hits (top-k capped at the number of classes), counted on the device."""
     k = min(5, scores.shape[1])
     hits = scores.topk(k, dim=1).indices == targets[:, None]
@@ -48,7 +48,7 @@ class TopkMeter(Meter):
     """Sums of loss, top-1/top-5 hits and counts: loss*n, top1 hits, top5 hits, n."""
 
     def add(self, loss: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        top1, top5 = _topk_correct(scores.detach(), targets)
+        top1, top5 = topk_hits(scores.detach(), targets)
         n = torch.tensor(float(targets.numel()), dtype=torch.float64, device=self.sums.device)
         self.sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), n])
 

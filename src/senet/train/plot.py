@@ -25,13 +25,18 @@ def read_history(run_dir: str | Path) -> list[dict]:
 METRICS = ("top1_err", "top5_err", "loss", "AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (no screen needed), or a one-line error naming the install."""
+def require_matplotlib():
+    """matplotlib, or a one-line error naming the install (it is an optional dependency)."""
     try:
         import matplotlib
     except ImportError:
         raise ValueError("plotting needs matplotlib: pip install 'senet[plot]' (or matplotlib)") from None
-    matplotlib.use("Agg")
+    return matplotlib
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no screen needed), or a one-line error naming the install."""
+    require_matplotlib().use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -176,7 +176,8 @@ def _foreign_files(run_dir: Path) -> list[Path]:
     """What a run directory holds besides a run's own files (which --overwrite would delete) and its lock."""
     if not run_dir.is_dir():
         return []
-    return [p for p in run_dir.iterdir() if p not in _run_files(run_dir) and p.name != LOCK_NAME]
+    own = set(_run_files(run_dir))
+    return [p for p in run_dir.iterdir() if p not in own and p.name != LOCK_NAME]
 
 
 @dataclass(frozen=True)

@@ -320,3 +320,41 @@ def test_an_se_block_replaced_by_identity_gives_the_plain_twin(position):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), plain(x))
+
+
+@pytest.mark.parametrize("name", ["resnet20_cifar", "se_resnet20_cifar", "se_resnet164_cifar"])
+def test_pre_activation_networks_trace_and_fold_every_batchnorm_that_follows_a_conv(name):
+    """torch.fx (add_se, BatchNorm folding) needs every module a unit calls to be one of its submodules."""
+    from senet.deploy.optimize import fold_batchnorm
+    from senet.models.resnet import _ResidualUnit
+
+    model = senet.create_model(name, num_classes=3).eval()
+    torch.fx.symbolic_trace(model)
+    units = [m for m in model.modules() if isinstance(m, _ResidualUnit)]
+    assert units and all(unit.preact for unit in units)
+    # A pre-activation unit's first BatchNorm normalises the sum before it (not a conv), as does the final
+    # BN-ReLU before pooling: those stay; every other one follows a conv and is folded into it.
+    folded = fold_batchnorm(model)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == len(units) + 1
+    # in float64: a deep network at random initialisation amplifies float32 rounding past any tolerance
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_batchnorm(model.double())(x), model(x))
+
+
+@pytest.mark.parametrize("position", ["standard", "identity", None])
+def test_a_data_parallel_replica_computes_with_its_own_modules(position):
+    """nn.DataParallel replicates a unit by copying its __dict__, then gives the copy its own submodules: a
+    bound method stored on the unit would still run the original's modules (another GPU's weights)."""
+    options = {"se_position": position} if position else {}
+    unit = _tiny("se_resnet18" if position else "resnet18", **options).eval().layer1[1]
+    replica = unit._replicate_for_data_parallel()
+    last = nn.BatchNorm2d(4).eval()
+    nn.init.constant_(last.weight, 3.0)
+    replica.bn2 = last  # what DataParallel does with every submodule of the replica
+    x = torch.relu(torch.randn(2, 4, 8, 8))
+    with torch.no_grad():
+        replica_out, unit_out = replica(x), unit(x)
+        unit.bn2 = last
+        torch.testing.assert_close(replica_out, unit(x))
+    assert not torch.allclose(replica_out, unit_out)

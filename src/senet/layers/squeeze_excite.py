@@ -256,10 +256,12 @@ class SqueezeExcite(nn.Module):
             or not isinstance(x, torch.Tensor)
             or torch.compiler.is_compiling()
             or torch.jit.is_tracing()
-            or not self._may_fuse()
         ):
             return None
-        return ops.triton_kernels(x)
+        kernels = ops.triton_kernels(
+            x
+        )  # None on CPU: the cheap test first, the module walk only where it counts
+        return kernels if kernels is not None and self._may_fuse() else None
 
     def _may_fuse(self) -> bool:
         """Whether a fused path computes what the plain ops would: the excitation as built, the block not

@@ -47,8 +47,7 @@ class _ResidualUnit(nn.Module):
 
     A unit's :meth:`branch` runs up to (not including) its last BatchNorm, which :meth:`join` applies: so SE,
     the sum and the ReLU can take it into one operator (:meth:`SqueezeExcite.norm_scale_and_add`).
-    Pre-activation units (He et al. 2016b) end their branch in a conv and add without a ReLU. How a unit joins
-    is chosen once, at construction, by where its SE block acts.
+    Pre-activation units (He et al. 2016b) end their branch in a conv and add without a ReLU.
     """
 
     se: nn.Module | None
@@ -68,8 +67,8 @@ class _ResidualUnit(nn.Module):
         raise NotImplementedError
 
     @property
-    def last_norm(self) -> nn.Module:
-        """The BatchNorm that ends the branch; an identity for pre-activation units."""
+    def last_norm(self) -> nn.Module | None:
+        """The BatchNorm that ends the branch; None for pre-activation units (their branch ends in a conv)."""
         raise NotImplementedError
 
     @property
@@ -77,22 +76,32 @@ class _ResidualUnit(nn.Module):
         """The ReLU after the sum; none for pre-activation units."""
         return None if self.preact else self.relu
 
-    def _add(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """BN, sum, ReLU: no SE at the join."""
-        return self._activate(self.last_norm(out) + shortcut)
+    def join(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """The branch's last BatchNorm, SE where it acts at the join, the sum and the ReLU."""
+        if self.se_position == "standard":
+            return self._se_on_branch(out, shortcut)
+        if self.se_position == "identity":
+            return self._se_on_shortcut(out, shortcut)
+        return self._activate(self._end_branch(out) + shortcut)
 
     def _se_on_branch(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """BN, SE on the branch, sum, ReLU: one operator in training (paper Fig. 3). An SE block replaced by
         another module (``nn.Identity``, a wrapper) is called as it is."""
         if not isinstance(self.se, SqueezeExcite):
-            return self._activate(self.se(self.last_norm(out)) + shortcut)
+            return self._activate(self.se(self._end_branch(out)) + shortcut)
+        if self.last_norm is None:
+            return self.se.scale_and_add(out, shortcut, self.activation)
         return self.se.norm_scale_and_add(out, self.last_norm, shortcut, self.activation)
 
     def _se_on_shortcut(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """BN, SE on the shortcut, sum, ReLU (Fig. 5e, the "identity" integration)."""
         if not isinstance(self.se, SqueezeExcite):
-            return self._activate(self.last_norm(out) + self.se(shortcut))
-        return self.se.scale_and_add(shortcut, self.last_norm(out), self.activation)
+            return self._activate(self._end_branch(out) + self.se(shortcut))
+        return self.se.scale_and_add(shortcut, self._end_branch(out), self.activation)
+
+    def _end_branch(self, out: torch.Tensor) -> torch.Tensor:
+        norm = self.last_norm
+        return out if norm is None else norm(out)
 
     def _activate(self, out: torch.Tensor) -> torch.Tensor:
         return self.activation(out) if self.activation is not None else out
@@ -101,11 +110,6 @@ class _ResidualUnit(nn.Module):
         self.se_position = se.position if se is not None else None
         channels = {"pre": inplanes, "3x3": width}.get(self.se_position, out_channels)
         self.se = se.block(channels) if se is not None else None
-        joins = {"standard": self._se_on_branch, "identity": self._se_on_shortcut}
-        self.join = joins.get(self.se_position, self._add)
-
-
-_NO_NORM = nn.Identity()  # the "last BatchNorm" of pre-activation branches, which end in a conv
 
 
 class BasicBlock(_ResidualUnit):
@@ -218,8 +222,8 @@ class PreActBasicBlock(BasicBlock):
         return self.conv2(self.relu(self.bn2(out)))
 
     @property
-    def last_norm(self) -> nn.Module:
-        return _NO_NORM
+    def last_norm(self) -> None:
+        return None
 
 
 class PreActBottleneck(Bottleneck):
@@ -243,8 +247,8 @@ class PreActBottleneck(Bottleneck):
         return self.conv3(self.relu(self.bn3(out)))
 
     @property
-    def last_norm(self) -> nn.Module:
-        return _NO_NORM
+    def last_norm(self) -> None:
+        return None
 
 
 class ResNet(PooledClassifier):

@@ -98,9 +98,9 @@ def _build_source(
         return _build_cifar(
             source, _cifar_root(source, root), image_size or _SMALL_SIZE, eval_crop, download, cutout
         )
+    size = image_size or (preprocessing.input_size if preprocessing else DEFAULT_FOLDER_SIZE)  # folders, shards
     index = shards.find_index(source)
     if index is not None:  # written by `senet data pack`: a local path or an fsspec URL
-        size = image_size or (preprocessing.input_size if preprocessing else DEFAULT_FOLDER_SIZE)
         return shards.build_shard_data(index, size, eval_crop, ten_crop, strict_data, cutout, preprocessing)
     path = Path(source).expanduser()
     if not path.is_dir():
@@ -112,7 +112,6 @@ def _build_source(
     if cifar_name is not None:
         _no_ten_crop(cifar_name, ten_crop)
         return _build_cifar(cifar_name, cifar_root, image_size or _SMALL_SIZE, eval_crop, download, cutout)
-    size = image_size or (preprocessing.input_size if preprocessing else DEFAULT_FOLDER_SIZE)
     return build_folder(path, size, eval_crop, ten_crop, strict_data, cutout, preprocessing)
 
 

@@ -425,9 +425,7 @@ def collate_raw(batch: list[RawItem | None]) -> RawBatch:
 def build_raw_loader(dataset: RawImageDataset, **kwargs: Any) -> DataLoader[Any]:
     """``build_loader(dataset, **kwargs)`` (the same sampler, worker seeding and options, hence the same draws
     as the CPU loader with the same arguments) collating with ``collate_raw``: it yields ``RawBatch``es."""
-    loader = build_loader(dataset, **kwargs)
-    loader.collate_fn = collate_raw  # read when an iterator (and its workers) starts
-    return loader
+    return build_loader(dataset, collate_fn=collate_raw, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------- the device side

@@ -179,9 +179,16 @@ def build_folder(
         image_size, eval_crop, ten_crop, cutout, preprocessing
     )
     train, val = scan_folder(root, train_transform, eval_transform, strict)
+    return image_spec(train, val, list(train.classes), image_size, "folder", preprocessing)
+
+
+def image_spec(
+    train: Any, val: Any, classes: list[str], image_size: int, name: str, preprocessing: T.Preprocessing
+) -> DataSpec:
+    """The DataSpec of RGB image splits (an image folder's or its shards'), once both pass the up-front
+    decoding probe."""
     train.check_decodable()
     val.check_decodable()
-    classes = list(train.classes)
     return DataSpec(
-        train, val, len(classes), classes, 3, image_size, "folder", list(train.targets), preprocessing
+        train, val, len(classes), classes, 3, image_size, name, list(train.targets), preprocessing
     )

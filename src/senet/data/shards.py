@@ -45,6 +45,7 @@ from senet.data.folders import (
     FOLDER_LAYOUT,
     PROBE_LIMIT,
     folder_transforms,
+    image_spec,
     report_unreadable,
     scan_folder,
 )
@@ -588,12 +589,7 @@ def build_shard_data(
     train = ShardDataset(index_url, index, "train", train_transform, strict=strict)
     val = ShardDataset(index_url, index, "val", eval_transform, strict=strict)
     _check_shards(index_url, [train, val])
-    train.check_decodable()
-    val.check_decodable()
-    classes = list(index["classes"])
-    return DataSpec(
-        train, val, len(classes), classes, 3, image_size, "shards", list(train.targets), preprocessing
-    )
+    return image_spec(train, val, list(index["classes"]), image_size, "shards", preprocessing)
 
 
 def read_counts(index: str) -> tuple[int, dict[str, tuple[int, int]]]:

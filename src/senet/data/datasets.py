@@ -98,7 +98,8 @@ def _build_source(
         return _build_cifar(
             source, _cifar_root(source, root), image_size or _SMALL_SIZE, eval_crop, download, cutout
         )
-    size = image_size or (preprocessing.input_size if preprocessing else DEFAULT_FOLDER_SIZE)  # folders, shards
+    # image folders and their shards
+    size = image_size or (preprocessing.input_size if preprocessing else DEFAULT_FOLDER_SIZE)
     index = shards.find_index(source)
     if index is not None:  # written by `senet data pack`: a local path or an fsspec URL
         return shards.build_shard_data(index, size, eval_crop, ten_crop, strict_data, cutout, preprocessing)

@@ -45,7 +45,7 @@ from senet.train.lifecycle import (
 )
 from senet.train.meters import TopkMeter
 from senet.train.rundir import CLASSIFICATION
-from senet.weights.checkpoint import Checkpoint, load_weights_into
+from senet.weights.checkpoint import Checkpoint, config_build_options, load_weights_into
 from senet.weights.pretrained import load_pretrained, pretrained_build_options
 
 __all__ = [
@@ -243,10 +243,7 @@ def _split_bn_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 def model_build_options(config: TrainConfig) -> dict[str, Any]:
     """The build options of a run's model, besides what its data sets (classes, input channels)."""
-    options = dict(config.model_options)
-    if config.drop_rate is not None:
-        options["drop_rate"] = config.drop_rate
-    return options
+    return config_build_options(config.model_options, config.drop_rate)
 
 
 def build_model(config: TrainConfig, spec: DataSpec, pretrained: bool = False) -> nn.Module:

@@ -325,6 +325,15 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     raise first_error
 
 
+def config_build_options(model_options: dict[str, Any] | None, drop_rate: float | None) -> dict[str, Any]:
+    """What a classification run passes its model's builder besides the data's facts: its ``model_options``,
+    with its ``drop_rate`` where one was set."""
+    options = dict(model_options or {})
+    if drop_rate is not None:
+        options["drop_rate"] = drop_rate
+    return options
+
+
 def run_build_options(meta: dict[str, Any], data_in_chans: int) -> dict[str, Any]:
     """The options a classification run's model was built with, besides ``num_classes``: its checkpoint's
     ``build_options``. A checkpoint of an earlier version has none: its config's ``model_options``, with its
@@ -332,10 +341,7 @@ def run_build_options(meta: dict[str, Any], data_in_chans: int) -> dict[str, Any
     channels (``in_chans``, or ``data_in_chans`` where even that is not recorded)."""
     if BUILD_OPTIONS in meta:
         return dict(meta[BUILD_OPTIONS])
-    config = meta["config"]
-    options = dict(config.get("model_options") or {})
-    if config.get("drop_rate") is not None:
-        options["drop_rate"] = config["drop_rate"]
+    options = config_build_options(meta["config"].get("model_options"), meta["config"].get("drop_rate"))
     return {**options, "in_chans": meta.get("in_chans", data_in_chans)}
 
 

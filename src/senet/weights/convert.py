@@ -24,7 +24,6 @@ import difflib
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -35,7 +34,7 @@ from safetensors.torch import load_file as load_safetensors_file
 from senet.data.transforms import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from senet.models.layout import layout_options
 from senet.models.registry import create_model
-from senet.weights.info import WeightsInfo, save_weights_file
+from senet.weights.info import WeightsInfo, floor_resize, save_weights_file
 
 PROJECTS = ("timm", "pretrainedmodels", "torchvision")
 
@@ -81,7 +80,7 @@ def _crop_pct_preprocessing(
 ) -> Preprocessing:
     """A source's test preprocessing stated as a crop fraction, resized as timm and pretrained-models resize:
     the shorter side to ``floor(input_size / crop_pct)``."""
-    resize = math.floor(input_size / crop_pct)
+    resize = floor_resize(input_size, crop_pct)
     return Preprocessing(tuple(mean), tuple(std), input_size, crop_pct, interpolation, resize)
 
 
@@ -513,7 +512,7 @@ def _with_overrides(known: Preprocessing, overrides: dict[str, Any]) -> Preproce
     pretrained-models do (``floor(input_size / crop_fraction)``)."""
     fields = {**known.as_dict(), **overrides}
     if "resize" not in overrides and {"input_size", "crop_fraction"} & set(overrides):
-        fields["resize"] = math.floor(fields["input_size"] / fields["crop_fraction"])
+        fields["resize"] = floor_resize(fields["input_size"], fields["crop_fraction"])
     return Preprocessing.from_dict(fields)
 
 

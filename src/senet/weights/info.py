@@ -26,6 +26,12 @@ FORMAT = "senet-weights/1"
 METADATA_KEY = "senet"
 
 
+def floor_resize(input_size: int, crop_fraction: float) -> int:
+    """The resize of timm and pretrained-models for a crop fraction: the shorter side to
+    ``floor(input_size / crop_fraction)`` (not rounded: 224 / 0.95 is 235)."""
+    return math.floor(input_size / crop_fraction)
+
+
 @dataclass
 class WeightsInfo:
     """What a weights file records besides its tensors (see the module doc)."""
@@ -70,7 +76,7 @@ class WeightsInfo:
             try:
                 recorded = {
                     **recorded,
-                    "resize": math.floor(recorded["input_size"] / recorded["crop_fraction"]),
+                    "resize": floor_resize(recorded["input_size"], recorded["crop_fraction"]),
                 }
             except (KeyError, TypeError, ZeroDivisionError):
                 pass  # Preprocessing.from_dict names what is wrong

@@ -41,6 +41,9 @@ class Dist:
         return values
 
 
+ONE_PROCESS = Dist()  # a process that works alone (evaluation outside a run)
+
+
 # -- set-up -------------------------------------------------------------------------------------------
 
 

@@ -43,8 +43,8 @@ from senet.detection.config import RESUME_RULES, DetectionConfig
 from senet.detection.data import CategoryMap, CocoDetection, coco_datasets, collate
 from senet.detection.metrics import METRICS, coco_evaluate
 from senet.detection.model import build_detector, detector_from_options
-from senet.runtime import Dist, autocast, progress_bar, setup_device
-from senet.train.control import RunControl
+from senet.runtime import ONE_PROCESS, Dist, autocast, progress_bar, setup_device
+from senet.train.control import RunControl, stoppable
 from senet.train.feed import HostFeeder
 from senet.train.lifecycle import RunResult, Task, fit, val_shard
 from senet.train.meters import Meter
@@ -58,7 +58,6 @@ from senet.weights.checkpoint import (
 )
 
 TASK = "detection"  # the ``task`` of a detection checkpoint: classification tools refuse it, and vice versa
-_ONE_PROCESS = Dist()  # a process that evaluates alone
 
 
 def lr_factor(config: DetectionConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -111,7 +110,7 @@ def evaluate(
     device: torch.device,
     *,
     amp: bool = False,
-    ctx: Dist = _ONE_PROCESS,
+    ctx: Dist = ONE_PROCESS,
     prefix: str = "val",
     log_interval: int = 0,
     control: RunControl | None = None,
@@ -126,12 +125,8 @@ def evaluate(
     model.eval()
     predictions: dict[int, dict[str, torch.Tensor]] = {}
     skipped = 0
-    polls = control.min_over_ranks(len(loader)) if control is not None else 0
-    for index, (images, targets, missing) in enumerate(
-        progress_bar(loader, prefix, log_interval, ctx.is_main)
-    ):
-        if index < polls:
-            control.check_stop()  # type: ignore[union-attr]
+    batches = progress_bar(loader, prefix, log_interval, ctx.is_main)
+    for images, targets, missing in stoppable(batches, len(loader), control):
         skipped += missing
         if not images:
             continue

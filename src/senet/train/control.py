@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
+from typing import Iterable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from senet.weights import checkpoint
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+T = TypeVar("T")
 FAULT_ENV = "SENET_FAULT"  # test hook: "SIGTERM@step=3" signals this process after optimizer step 3,
 # "SIGKILL@save=2" kills it inside the second checkpoint save, between the tensor file and its JSON;
 # SENET_FAULT_RANK=1 limits it to one rank of a torchrun job, and a worker group that torchrun restarts
@@ -186,3 +188,14 @@ class _Fault:
 
     def disarm(self) -> None:
         checkpoint.before_commit = None
+
+
+def stoppable(batches: Iterable[T], count: int, control: RunControl | None) -> Iterator[T]:
+    """``batches`` (``count`` of them on this rank) with ``control``'s stop check before each one that every
+    rank has: ranks' shards may differ by a batch, so they agree on stopping only over the batches all of them
+    have (every rank must iterate, even over no batch)."""
+    polls = control.min_over_ranks(count) if control is not None else 0
+    for index, batch in enumerate(batches):
+        if index < polls:
+            control.check_stop()  # type: ignore[union-attr]
+        yield batch

@@ -18,14 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from senet.data import build_data, build_loader
-from senet.runtime import Dist, autocast, progress_bar, resolve_device
+from senet.runtime import ONE_PROCESS, Dist, autocast, progress_bar, resolve_device
 from senet.train.config import TrainConfig
-from senet.train.control import RunControl
+from senet.train.control import RunControl, stoppable
 from senet.train.feed import to_device
 from senet.train.meters import TopkMeter, topk_hits
 from senet.weights.pretrained import load_pretrained
-
-_ONE_PROCESS = Dist()  # a process that evaluates alone
 
 
 def _scores(
@@ -55,7 +53,7 @@ def evaluate(
     *,
     amp: bool = False,
     channels_last: bool = False,
-    ctx: Dist = _ONE_PROCESS,
+    ctx: Dist = ONE_PROCESS,
     prefix: str = "val",
     log_interval: int = 0,
     control: RunControl | None = None,
@@ -68,13 +66,8 @@ def evaluate(
     """
     model.eval()
     meter = TopkMeter(device)
-    # Ranks' shards may differ by a batch: they agree on stopping only over the batches all of them have.
-    polls = control.min_over_ranks(len(loader)) if control is not None else 0
-    for index, (images, targets, skipped) in enumerate(
-        progress_bar(loader, f"{prefix}", log_interval, ctx.is_main)
-    ):
-        if index < polls:
-            control.check_stop()  # type: ignore[union-attr]
+    batches = progress_bar(loader, f"{prefix}", log_interval, ctx.is_main)
+    for images, targets, skipped in stoppable(batches, len(loader), control):
         meter.skipped += skipped
         if targets.numel() == 0:
             continue

@@ -3,8 +3,10 @@
     PYTHONPATH=src python benchmarks/gpu_profile.py --device cuda            # AMP + channels_last, batch 256
     PYTHONPATH=src python benchmarks/gpu_profile.py --device cpu --size 32 --batch 4   # a smoke run
 
-torch.profiler over a few steps after warm-up; prints one Markdown table per model (device time per step of
-its top kernels, and the total), which is what docs/benchmarks-gpu.md cites where a target is missed.
+``senet bench --mode train``'s step (``senet.analysis.benchmark.prepare_step``; AMP and channels_last on
+CUDA, as gpu_proof.sh benches it) under torch.profiler over a few steps after warm-up; prints one Markdown
+table per model (device time per step of its top kernels, and the total), which is what
+docs/benchmarks-gpu.md cites where a target is missed.
 """
 
 from __future__ import annotations
@@ -14,31 +16,17 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import senet
+from senet.analysis.benchmark import BenchSettings, prepare_step
 
 
 def profile_step(name: str, args: argparse.Namespace) -> list[tuple[str, float, int]]:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    model = senet.create_model(name).to(device)
-    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    if cuda:
-        model, images = (
-            model.to(memory_format=torch.channels_last),
-            images.contiguous(memory_format=torch.channels_last),
-        )
-    targets = torch.randint(0, 1000, (args.batch,), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scaler = torch.amp.GradScaler(enabled=cuda)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-            loss = torch.nn.functional.cross_entropy(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
+    # senet bench's training step, as gpu_proof.sh times it (--amp --channels-last on CUDA)
+    settings = BenchSettings(
+        batch=args.batch, size=args.size, mode="train", device=args.device, amp=cuda, channels_last=cuda
+    )
+    step = prepare_step(name, settings)
     for _ in range(3):
         step()
     activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]

@@ -12,13 +12,16 @@ import io
 import logging
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from senet.data import build_data, build_loader, device_pipeline, pack_folder
 from senet.data.device_pipeline import (
@@ -160,6 +163,22 @@ def test_channels_last_output(root: Path) -> None:
     assert images.shape == (4, 3, SIZE, SIZE) and images.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_cutout_on_the_batch_is_cutouts_erase_and_keeps_channels_last() -> None:
+    """One pass over the batch zeroes what Cutout's ``F.erase(..., v=0)`` zeroes image by image (None: no
+    square), and a channels-last batch stays channels-last (the model's layout, no copy back)."""
+    torch.manual_seed(0)
+    batch = torch.randn(4, 3, 6, 7).contiguous(memory_format=torch.channels_last)
+    squares = [(1, 2, 3, 3), None, (0, 0, 6, 7), (4, 5, 4, 4)]  # the last runs off the corner, as Cutout's
+    erased = device_pipeline._erase(batch, squares)
+    expected = [
+        image if sq is None else F.erase(image, *sq, v=torch.tensor(0.0))
+        for image, sq in zip(batch, squares, strict=True)
+    ]
+    assert torch.equal(erased, torch.stack(expected))
+    assert erased.is_contiguous(memory_format=torch.channels_last)
+    assert batch.abs().min() > 0  # the input is not erased in place
+
+
 def test_eval_batch_matches_eval_transform(root: Path) -> None:
     spec = _spec(root, eval_crop=20)  # resize the shorter side to round(20 / 0.875) = 23, centre 20 x 20
     _, val, pipeline = device_pipeline_datasets(spec)
@@ -274,6 +293,22 @@ def test_refuses_what_it_cannot_replay(root: Path, cifar10_root: Path) -> None:
         plan_transform(v2.Compose([v2.ToImage(), v2.Resize(16)]))
     with pytest.raises(ValueError, match="RandomHorizontalFlip after Cutout"):
         plan_transform(v2.Compose([v2.ToImage(), v2.CenterCrop(8), Cutout(2), v2.RandomHorizontalFlip()]))
+    # the same two refusals for the device pipeline (an error) and the uint8 batches (None: loaded as it is)
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    for transform, message in (
+        (
+            [v2.ToImage(), v2.CenterCrop(8), to_float, Cutout(2), Cutout(3)],
+            "replays one Cutout per transform",
+        ),
+        (
+            [v2.ToImage(), v2.CenterCrop(8), v2.ToDtype({tv_tensors.Image: torch.float32})],
+            "ToDtype with one dtype",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            plan_transform(v2.Compose(transform))
+        assert convert_on_device(SimpleNamespace(transform=v2.Compose(transform))) is None
+    assert convert_on_device(SimpleNamespace(transform=v2.Compose([v2.ToImage(), to_float, Cutout(2)])))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvjpeg)")

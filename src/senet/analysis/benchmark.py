@@ -141,9 +141,9 @@ def check_input_size(spec: str, size: int) -> None:
             raise ValueError(f"{spec} cannot take {size}x{size} inputs: {reason}") from None
 
 
-def _prepare(spec: str, settings: BenchSettings, onnx_file: Path | None = None) -> Callable[[], None]:
+def prepare_step(spec: str, settings: BenchSettings, onnx_file: Path | None = None) -> Callable[[], None]:
     """A closure running one iteration of ``spec`` under ``settings`` (``onnx_file``: its export, for
-    ``NAME+onnxruntime``)."""
+    ``NAME+onnxruntime``): what ``senet bench`` times, and what ``benchmarks/gpu_profile.py`` profiles."""
     if spec.endswith(ONNXRUNTIME_SUFFIX):
         return _prepare_onnxruntime(spec, settings, onnx_file)
     device = torch.device(settings.device)
@@ -247,7 +247,7 @@ def _peak_memory_child(spec: str, settings: BenchSettings, queue: Any, onnx_file
         baseline = _status_mb("VmRSS")
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # reset the peak (VmHWM) to the current RSS: import-time peaks do not count
-        step = _prepare(spec, settings, onnx_file)
+        step = prepare_step(spec, settings, onnx_file)
         for _ in range(2):
             step()
         queue.put(_status_mb("VmHWM") - baseline)
@@ -263,7 +263,7 @@ def peak_memory_mb(spec: str, settings: BenchSettings, onnx_file: Path | None = 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step = _prepare(spec, settings)
+        step = prepare_step(spec, settings)
         for _ in range(2):
             step()
         _sync(settings.device)
@@ -301,7 +301,7 @@ def benchmark(specs: Sequence[str], settings: BenchSettings) -> list[BenchResult
 
 def _time(specs: Sequence[str], settings: BenchSettings, onnx_files: dict[str, Path]) -> list[BenchResult]:
     """:func:`benchmark`'s measurements, once the models can be built."""
-    steps = [_prepare(spec, settings, onnx_files.get(spec)) for spec in specs]
+    steps = [prepare_step(spec, settings, onnx_files.get(spec)) for spec in specs]
     for step in steps:  # warm-up: allocator, oneDNN primitive caches, compilation
         for _ in range(settings.warmup):
             step()

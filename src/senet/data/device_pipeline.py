@@ -93,6 +93,7 @@ _DEVICE_MODES = ("RGB", "L")
 _GEOMETRIC = (v2.RandomResizedCrop, v2.Resize, v2.CenterCrop, v2.RandomHorizontalFlip)
 _POINTWISE = (v2.ToDtype, v2.Normalize)  # the same for every pixel: pixel selection commutes with them
 _BATCHED = (v2.ToDtype, v2.Normalize, Cutout)  # applied to the stacked batch, in the transform's order
+_RANDOM = (v2.RandomResizedCrop, v2.RandomHorizontalFlip, Cutout)  # the steps that draw: one of each kind
 _NO_OPS = (v2.ToImage, v2.ToPureTensor)  # decode_jpeg already gives a plain uint8 (C, H, W) tensor
 
 
@@ -117,7 +118,7 @@ class DevicePlan:
 
     @property
     def random(self) -> bool:
-        return any(isinstance(s, (v2.RandomResizedCrop, v2.RandomHorizontalFlip, Cutout)) for s in self.steps)
+        return any(isinstance(s, _RANDOM) for s in self.steps)
 
     def draw(self, height: int, width: int) -> dict[str, Any]:
         """The random parameters for an image of ``height`` x ``width``, drawn exactly as the CPU transform
@@ -174,13 +175,10 @@ def plan_transform(transform: Any) -> DevicePlan:
             )
         if isinstance(step, _NO_OPS):
             continue
-        if isinstance(step, (v2.RandomResizedCrop, v2.RandomHorizontalFlip, Cutout)):
-            if type(step) in seen:
-                raise ValueError(f"the device pipeline replays one {name} per transform; use the CPU loader")
-            seen.add(type(step))
+        problem = _unreplayable(step, seen)
+        if problem:
+            raise ValueError(problem)
         if isinstance(step, _BATCHED):
-            if isinstance(step, v2.ToDtype) and not isinstance(step.dtype, torch.dtype):
-                raise ValueError("the device pipeline replays ToDtype with one dtype; use the CPU loader")
             batched.append(step)
             continue
         if not isinstance(step, _GEOMETRIC):
@@ -212,6 +210,18 @@ def plan_transform(transform: Any) -> DevicePlan:
     if batch_flip:
         geometry.pop()
     return DevicePlan(steps, tuple(geometry), batch_flip, tuple(batched), fixed)
+
+
+def _unreplayable(step: nn.Module, seen: set[type]) -> str | None:
+    """Why the device cannot replay ``step`` of a transform, or None: a second random step of one kind
+    (``seen``: the kinds met so far, ``step``'s added), or a ToDtype with a dtype per input type."""
+    if isinstance(step, _RANDOM):
+        if type(step) in seen:
+            return f"the device pipeline replays one {type(step).__name__} per transform; use the CPU loader"
+        seen.add(type(step))
+    if isinstance(step, v2.ToDtype) and not isinstance(step.dtype, torch.dtype):
+        return "the device pipeline replays ToDtype with one dtype; use the CPU loader"
+    return None
 
 
 def _moves_before_pointwise(step: nn.Module, batched: list[nn.Module], least: int) -> bool:
@@ -616,7 +626,8 @@ def _erase(batch: torch.Tensor, squares: list[tuple[int, int, int, int] | None])
     in_rows = (rows >= top[:, None]) & (rows < (top + height)[:, None])
     in_cols = (cols >= left[:, None]) & (cols < (left + width)[:, None])
     inside = in_rows[:, None, :, None] & in_cols[:, None, None, :]
-    return batch.masked_fill(inside, 0)
+    # masked_fill would return a contiguous tensor: keep the batch's layout (channels_last)
+    return batch.clone(memory_format=torch.preserve_format).masked_fill_(inside, 0)
 
 
 # ------------------------------------------------------------------------ the CPU loader on a GPU: uint8
@@ -654,9 +665,8 @@ def _split_at_conversion(transform: Any) -> tuple[tuple[nn.Module, ...], tuple[n
     after = tuple(step for step in steps[first:] if not isinstance(step, v2.ToPureTensor))
     if not all(isinstance(step, _BATCHED) for step in after):
         return None
-    if sum(isinstance(step, Cutout) for step in after) > 1:
-        return None
-    if any(isinstance(step, v2.ToDtype) and not isinstance(step.dtype, torch.dtype) for step in after):
+    seen: set[type] = set()
+    if any(_unreplayable(step, seen) for step in after):
         return None
     return tuple(steps[:first]), after
 
@@ -710,13 +720,10 @@ class ConvertOnDevice(_BatchConversion):
         if not len(batch):
             return torch.empty(0, device=device), targets, batch.num_skipped
         images = batch.images.to(device, non_blocking=True)
-        if (
-            channels_last
-        ):  # before the conversion: the float ops keep the layout, and uint8 is cheaper to move
-            images = images.contiguous(memory_format=torch.channels_last)
-        images = self._convert(self.steps, images, batch.squares)
+        # Before the conversion, uint8 is cheaper to move; the float ops and _erase keep the layout.
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        images = self._convert(self.steps, images, batch.squares)
         return images, targets, batch.num_skipped
 
 

@@ -1,5 +1,5 @@
 """Files that readers see whole or not at all: atomic writes (temporary file, fsync, rename,
-fsync of the folder).
+fsync of the folder); and the one line a reader's error gives the user.
 
 Every file senet writes (checkpoints, weights files, shards and their index, exports, detection outputs) goes
 through :func:`atomic_write`, so a kill or a full disk mid-write leaves the previous file, never a torn one.
@@ -62,3 +62,10 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (libraries' messages can run over many lines), or its type's name
+    when it has none: what senet's one-line errors quote of a cause."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from senet.fileio import first_line
 from senet.layers.squeeze_excite import SqueezeExcite
 
 WHERE_MODES = ("residual", "conv")
@@ -266,7 +267,7 @@ def _trace(model: nn.Module, keep_whole: set[str]) -> fx.Graph:
                 graphs.append(tracer.trace(model))
             except Exception as error:  # fx's tracing errors have no common type (TraceError, TypeError...)
                 inside = [path for path, _ in tracer.module_stack.values() if path]
-                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                message = first_line(error)
                 if inside:
                     fix = (
                         f"pass where=[names] (or a callable) selecting {inside[-1]!r} or a module holding "
@@ -329,7 +330,7 @@ def _propagate_shapes(gm: fx.GraphModule, conv: nn.Conv2d, size: tuple[int, int]
                     ShapeProp(gm).propagate(example)
     except Exception as error:  # any operator may refuse the size
         cause = error.__cause__ or error  # ShapeProp wraps the node's error in its own
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        message = first_line(cause)
         raise ValueError(
             f"add_se: a {shape} input does not go through {label} ({message}); pass the input_size the "
             "network takes"

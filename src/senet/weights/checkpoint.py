@@ -30,7 +30,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from senet.fileio import atomic_write
+from senet.fileio import atomic_write, first_line
 
 FORMAT = "senet-checkpoint/2"
 BEST_NAME = "best.safetensors"
@@ -228,14 +228,9 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file {path} is missing") from None
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise ValueError(
-            f"{path} is corrupt or not a safetensors file ({_first_line(error)}); "
+            f"{path} is corrupt or not a safetensors file ({first_line(error)}); "
             "restore it, or use another checkpoint"
         ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _is(value: Any, kind: type) -> bool:
@@ -281,9 +276,7 @@ def read_checkpoint(meta_path: Path) -> Checkpoint:
     try:
         tensors = load_safetensors_bytes(tensor_path.read_bytes())
     except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise ValueError(
-            f"{tensor_path} is corrupt or not a safetensors file: {_first_line(error)}"
-        ) from None
+        raise ValueError(f"{tensor_path} is corrupt or not a safetensors file: {first_line(error)}") from None
     if "rng.0.torch" not in tensors:
         raise ValueError(f"{tensor_path} is damaged: it holds no RNG state")
     return Checkpoint(meta_path, meta, tensors)

@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors_file
 
 from senet.data.transforms import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from senet.fileio import first_line
 from senet.models.layout import layout_options
 from senet.models.registry import create_model
 from senet.weights.info import WeightsInfo, floor_resize, save_weights_file
@@ -274,7 +275,7 @@ def read_source_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle / zip / safetensors each raise their own types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ValueError(
             f"{path} cannot be read as weights ({first[:200]}); only plain tensor files are read "
             "(safetensors, or torch.save of a state dict, loaded with weights_only=True: nothing in the file "
@@ -494,7 +495,7 @@ def _timm_config_preprocessing(path: Path, model: str) -> tuple[Preprocessing, s
         if preprocessing.in_chans != channels:
             raise ValueError(f"input_size has {channels} channels and mean {preprocessing.mean}")
     except (OSError, ValueError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ValueError(f"{path}: timm's configuration cannot be used ({first})") from None
     return preprocessing, recorded_tag or tag or None
 

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file as save_safetensors_file
 
 from senet.data.transforms import Preprocessing
-from senet.fileio import atomic_write
+from senet.fileio import atomic_write, first_line
 
 FORMAT = "senet-weights/1"
 METADATA_KEY = "senet"
@@ -114,7 +114,7 @@ def read_weights_file(path: str | Path, tensors: bool = True) -> tuple[WeightsIn
             metadata = handle.metadata() or {}
             state = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
     except Exception as error:  # safetensors raises its own error types for corrupt files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ValueError(
             f"{path} is not a readable safetensors file ({first}); restore it, or convert the original again"
         ) from None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from senet.fileio import first_line
 from senet.models.registry import model_info
 from senet.weights.convert import convert_file, file_sha256
 
@@ -104,7 +105,7 @@ def published_weights(name: str) -> Path:
         try:
             _download(entry.url, source, entry.sha256_prefix)
         except Exception as error:  # URLError, HTTPError, a hash mismatch (RuntimeError), a full disk...
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise FileNotFoundError(f"could not fetch {entry.url} ({first}); {manual}") from None
     digest = file_sha256(source)
     if not digest.startswith(entry.sha256_prefix):

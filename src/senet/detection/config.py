@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from senet.detection.model import DETECTOR_OPTIONS
 from senet.models.registry import model_info
-from senet.train.config import check_number, option, shared_field
-from senet.train.rundir import ResumeRules
+from senet.train.config import (
+    SHARED_RANGES,
+    Range,
+    check_number,
+    check_ranges,
+    config_from_dict,
+    option,
+    shared_field,
+)
+from senet.train.rundir import RUN_CONTROL_FIELDS, ResumeRules
 
 SCHEDULES = {
     "1x": 12,
@@ -170,13 +178,7 @@ class DetectionConfig:
             self._check_ints(name)
         if not self.min_size:
             raise ValueError("min_size must give at least one shorter side, e.g. 800")
-        for name, kind, ok, text in _RANGES:
-            value = getattr(self, name)
-            if value is None and name in _OPTIONAL:
-                continue
-            check_number(name, value, kind)
-            if not ok(self, value):
-                raise ValueError(f"{name} must be {text}, got {value!r}")
+        check_ranges(self, _RANGES, _OPTIONAL)
 
     def _resolve_schedule(self) -> None:
         if self.schedule is not None and self.schedule not in SCHEDULES:
@@ -248,28 +250,17 @@ class DetectionConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DetectionConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := sorted(set(values) - known):
-            raise ValueError(
-                f"unknown detection config fields {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        return config_from_dict(cls, values, "detection config")
 
 
-# (field, type, valid(config, value), the valid range in words); _OPTIONAL ones may also be None.
-_RANGES: tuple[tuple[str, type, Callable[[Any, Any], bool], str], ...] = (
+# The rows of check_ranges (senet.train.config) besides SHARED_RANGES; _OPTIONAL ones may also be None.
+_RANGES: tuple[Range, ...] = (
     ("frozen_stages", int, lambda c, v: v >= -1, ">= -1 (-1: nothing frozen; or None: 1 with --pretrained)"),
     ("flip_prob", float, lambda c, v: 0 <= v <= 1, "in [0, 1]"),
-    ("workers", int, lambda c, v: v >= 0, ">= 0"),
     ("max_size", int, lambda c, v: v >= max(c.min_size), "an integer >= every --min-size"),
     ("fpn_channels", int, lambda c, v: v >= 1, ">= 1"),
     ("box_head_size", int, lambda c, v: v >= 1, ">= 1"),
-    ("batch_size", int, lambda c, v: v >= 1, ">= 1"),
-    ("lr", float, lambda c, v: v > 0, "> 0"),
     ("lr_reference_batch", int, lambda c, v: v >= 1, ">= 1"),
-    ("momentum", float, lambda c, v: 0 <= v < 1, "in [0, 1)"),
-    ("weight_decay", float, lambda c, v: v >= 0, ">= 0"),
-    ("gamma", float, lambda c, v: v > 0, "> 0"),
     (
         "warmup_iters",
         int,
@@ -277,11 +268,7 @@ _RANGES: tuple[tuple[str, type, Callable[[Any, Any], bool], str], ...] = (
         ">= 0 (0: no warm-up; or None: 500, at most a fifth of the run)",
     ),
     ("warmup_factor", float, lambda c, v: 0 < v <= 1, "in (0, 1]"),
-    ("seed", int, lambda c, v: v >= 0, ">= 0"),
-    ("log_interval", int, lambda c, v: v >= 0, ">= 0 (0: no progress lines)"),
-    ("save_every_steps", int, lambda c, v: v >= 0, ">= 0 (0: at epoch ends only)"),
-    ("save_every_minutes", float, lambda c, v: v >= 0, ">= 0 (0: off)"),
-    ("keep", int, lambda c, v: v >= 1, ">= 1"),
+    *SHARED_RANGES,
 )
 _OPTIONAL = {"frozen_stages", "warmup_iters"}
 
@@ -315,5 +302,5 @@ RESUME_RULES = ResumeRules(
         "warmup_iters",
         "warmup_factor",
     ),
-    control=("device", "workers", "output", "log_interval", "save_every_steps", "save_every_minutes", "keep"),
+    control=RUN_CONTROL_FIELDS,
 )

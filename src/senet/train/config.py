@@ -11,7 +11,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection, TypeVar
 
 import torch
 
@@ -36,6 +36,27 @@ SHARED_FIELDS: dict[str, tuple[Any, str]] = {
     "save_every_minutes": (0.0, "also checkpoint when this many minutes passed since the last save (0: off)"),
     "keep": (2, "checkpoints kept in the run directory: the newest N"),
 }
+
+# A row of check_ranges: (field, type, valid(config, value), the valid range in words, in which a field's
+# name in braces, e.g. {epochs}, stands for the config's value of it).
+Range = tuple[str, type, Callable[[Any, Any], bool], str]
+
+# The valid ranges of the shared fields, and of the fields that both tasks check alike.
+SHARED_RANGES: tuple[Range, ...] = (
+    ("batch_size", int, lambda c, v: v >= 1, ">= 1"),
+    ("workers", int, lambda c, v: v >= 0, ">= 0"),
+    ("lr", float, lambda c, v: v > 0, "> 0"),
+    ("momentum", float, lambda c, v: 0 <= v < 1, "in [0, 1)"),
+    ("weight_decay", float, lambda c, v: v >= 0, ">= 0"),
+    ("gamma", float, lambda c, v: v > 0, "> 0"),
+    ("seed", int, lambda c, v: v >= 0, ">= 0"),
+    ("log_interval", int, lambda c, v: v >= 0, ">= 0 (0: no progress lines)"),
+    ("save_every_steps", int, lambda c, v: v >= 0, ">= 0 (0: at epoch ends only)"),
+    ("save_every_minutes", float, lambda c, v: v >= 0, ">= 0 (0: off)"),
+    ("keep", int, lambda c, v: v >= 1, ">= 1"),
+)
+
+_Config = TypeVar("_Config")
 
 
 def option(default: Any, help: str, **flag: Any) -> Any:
@@ -156,13 +177,7 @@ class TrainConfig:
         for name in _SWITCHES:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name, kind, low, high, text in _RANGES:
-            value = getattr(self, name)
-            if value is None and name in _OPTIONAL:
-                continue
-            check_number(name, value, kind)
-            if (low is not None and not low(value)) or (high is not None and not high(self, value)):
-                raise ValueError(f"{name} must be {text.format(epochs=self.epochs)}, got {value!r}")
+        check_ranges(self, _RANGES, _OPTIONAL)
         given = _epochs_text(self.milestones)
         steps = zip(self.milestones, self.milestones[1:], strict=False)
         if any(m <= 0 for m in self.milestones) or any(later <= earlier for earlier, later in steps):
@@ -181,11 +196,28 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config fields {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return config_from_dict(cls, values, "config")
+
+
+def config_from_dict(cls: type[_Config], values: dict[str, Any], what: str) -> _Config:
+    """The config dataclass ``cls`` of ``values``; a name it has no field of is refused as an unknown
+    ``what`` field."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if unknown := sorted(set(values) - known):
+        raise ValueError(f"unknown {what} fields {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def check_ranges(config: Any, ranges: tuple[Range, ...], optional: Collection[str] = ()) -> None:
+    """Each field of ``ranges`` must be a finite number of its type within its range (a field named in
+    ``optional`` may also be None); the first that is not is refused, naming its valid range."""
+    for name, kind, valid, text in ranges:
+        value = getattr(config, name)
+        if value is None and name in optional:
+            continue
+        check_number(name, value, kind)
+        if not valid(config, value):
+            raise ValueError(f"{name} must be {text.format_map(vars(config))}, got {value!r}")
 
 
 def check_number(name: str, value: Any, kind: type) -> None:
@@ -201,30 +233,20 @@ def _epochs_text(epochs: tuple[float, ...]) -> str:
     return ",".join(f"{m:g}" for m in epochs) or "none"
 
 
-# (field, type, lower-bound test, upper-bound test given the config, the valid range in words).
-# Fields named in _OPTIONAL may also be None ("from the model" / "from the data" / "as is").
-_RANGES: tuple[tuple[str, type, Any, Any, str], ...] = (
-    ("epochs", int, lambda v: v >= 1, None, ">= 1"),
-    ("batch_size", int, lambda v: v >= 1, None, ">= 1"),
-    ("image_size", int, lambda v: v >= 1, None, ">= 1 (or None: the dataset's)"),
-    ("eval_crop", int, lambda v: v >= 1, None, ">= 1 (or None: the dataset's)"),
-    ("cutout", int, lambda v: v >= 0, None, ">= 0 (0: off)"),
-    ("workers", int, lambda v: v >= 0, None, ">= 0"),
-    ("lr", float, lambda v: v > 0, None, "> 0"),
-    ("lr_reference_batch", int, lambda v: v >= 1, None, ">= 1 (or None: --lr as is)"),
-    ("momentum", float, lambda v: v >= 0, lambda c, v: v < 1, "in [0, 1)"),
-    ("weight_decay", float, lambda v: v >= 0, None, ">= 0"),
-    ("step_epochs", int, lambda v: v >= 1, None, ">= 1"),
-    ("gamma", float, lambda v: v > 0, None, "> 0"),
-    ("warmup_epochs", float, lambda v: v >= 0, lambda c, v: v <= c.epochs, "in [0, epochs={epochs}]"),
-    ("label_smoothing", float, lambda v: v >= 0, lambda c, v: v < 1, "in [0, 1)"),
-    ("drop_rate", float, lambda v: v >= 0, lambda c, v: v < 1, "in [0, 1) (or None: the model's)"),
-    ("freeze_bn_epochs", int, lambda v: v >= 0, lambda c, v: v <= c.epochs, "in [0, epochs={epochs}]"),
-    ("seed", int, lambda v: v >= 0, None, ">= 0"),
-    ("log_interval", int, lambda v: v >= 0, None, ">= 0 (0: no progress lines)"),
-    ("save_every_steps", int, lambda v: v >= 0, None, ">= 0 (0: at epoch ends only)"),
-    ("save_every_minutes", float, lambda v: v >= 0, None, ">= 0 (0: off)"),
-    ("keep", int, lambda v: v >= 1, None, ">= 1"),
+# The rows of check_ranges besides SHARED_RANGES; epochs first, as the later ones are bounded by it. Fields
+# named in _OPTIONAL may also be None ("from the model" / "from the data" / "as is").
+_RANGES: tuple[Range, ...] = (
+    ("epochs", int, lambda c, v: v >= 1, ">= 1"),
+    ("image_size", int, lambda c, v: v >= 1, ">= 1 (or None: the dataset's)"),
+    ("eval_crop", int, lambda c, v: v >= 1, ">= 1 (or None: the dataset's)"),
+    ("cutout", int, lambda c, v: v >= 0, ">= 0 (0: off)"),
+    ("lr_reference_batch", int, lambda c, v: v >= 1, ">= 1 (or None: --lr as is)"),
+    ("step_epochs", int, lambda c, v: v >= 1, ">= 1"),
+    ("warmup_epochs", float, lambda c, v: 0 <= v <= c.epochs, "in [0, epochs={epochs}]"),
+    ("label_smoothing", float, lambda c, v: 0 <= v < 1, "in [0, 1)"),
+    ("drop_rate", float, lambda c, v: 0 <= v < 1, "in [0, 1) (or None: the model's)"),
+    ("freeze_bn_epochs", int, lambda c, v: 0 <= v <= c.epochs, "in [0, epochs={epochs}]"),
+    *SHARED_RANGES,
 )
 _SWITCHES = ("download", "balanced_sampling", "strict_data", "nesterov", "amp", "channels_last", "compile")
 _OPTIONAL = {"image_size", "eval_crop", "lr_reference_batch", "drop_rate"}

@@ -73,18 +73,17 @@ SCHEDULE_FIELDS = (
     "warmup_epochs",
     "freeze_bn_epochs",
 )
-# Run control: may change freely on resume.
-_CONTROL_FIELDS = (
+# Run control: may change freely on resume. RUN_CONTROL_FIELDS: every task's (senet.detection.config too).
+RUN_CONTROL_FIELDS = (
     "device",
     "workers",
-    "loader",
     "output",
     "log_interval",
     "save_every_steps",
     "save_every_minutes",
     "keep",
-    "compile",
 )
+_CONTROL_FIELDS = (*RUN_CONTROL_FIELDS, "loader", "compile")
 
 
 @dataclass(frozen=True)

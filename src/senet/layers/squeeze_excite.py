@@ -170,14 +170,7 @@ class SqueezeExcite(nn.Module):
         if not self._fused_backward(x) and kernels is None:
             out = torch.addcmul(residual, x, self.gates(x))
             return activation(out) if activation is not None else out
-        relu = _is_plain_relu(activation)
-        dtype = _operator_dtype(x)
-        x, residual = x.to(dtype), residual.to(dtype)
-        if kernels is not None:
-            out = ops.se_inference(kernels, x, residual, self._fc_weights(dtype), self.gate, relu)
-        else:
-            out = ops.se_scale(x, residual, *self._fc_weights(dtype), self.gate, relu)[0]
-        return activation(out) if activation is not None and not relu else out
+        return self._fused_scale_and_add(x, residual, activation, kernels)
 
     def norm_scale_and_add(
         self, c: torch.Tensor, norm: nn.Module, residual: torch.Tensor, activation: nn.Module | None = None
@@ -189,25 +182,34 @@ class SqueezeExcite(nn.Module):
         every norm when the block itself is hooked (:meth:`scale_and_add`)."""
         if _has_hooks(self):
             return self.scale_and_add(norm(c), residual, activation)
-        kernels = self._inference_kernels(c) if _is_plain_eval_norm(norm) else None
-        if kernels is not None:  # an eval BatchNorm is a per-channel affine the kernels apply on the way
-            relu = _is_plain_relu(activation)
-            dtype = _operator_dtype(c)
-            affine = _eval_norm_affine(norm)
-            weights = self._fc_weights(dtype)
-            out = ops.se_inference(kernels, c.to(dtype), residual.to(dtype), weights, self.gate, relu, affine)
-            return activation(out) if activation is not None and not relu else out
-        if not self._fuses_norm(c, norm):
-            return self.scale_and_add(norm(c), residual, activation)
+        # an eval BatchNorm is a per-channel affine the kernels apply on the way
+        kernels = self._inference_kernels(c) if _is_plain_batch_norm(norm) and not norm.training else None
+        if kernels is not None or self._fuses_norm(c, norm):
+            return self._fused_scale_and_add(c, residual, activation, kernels, norm)
+        return self.scale_and_add(norm(c), residual, activation)
+
+    def _fused_scale_and_add(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor,
+        activation: nn.Module | None,
+        kernels: Any | None,
+        norm: nn.BatchNorm2d | None = None,
+    ) -> torch.Tensor:
+        """``activation(residual + y * gates(y))`` on a fused path, ``y = x`` or ``y = norm(x)``: the Triton
+        kernels in inference (``kernels`` given; an eval BatchNorm as its affine), else the SE operator in
+        training (a BatchNorm in training mode computed by it). A plain ReLU is fused, other activations are
+        called on the result."""
         relu = _is_plain_relu(activation)
-        dtype = _operator_dtype(c)  # the BatchNorm keeps its fp32 parameters and statistics, as cuDNN's does
-        weights = (norm.weight, norm.bias, norm.eps, *self._fc_weights(dtype))
-        out, mean, invstd, *_ = ops.se_norm_scale(c.to(dtype), residual.to(dtype), *weights, self.gate, relu)
-        norm.num_batches_tracked.add_(1)
-        count = c.numel() // c.shape[1]
-        ops.update_running_stats(
-            norm.running_mean, norm.running_var, mean, invstd, norm.eps, count, norm.momentum
-        )
+        dtype = _operator_dtype(x)  # a BatchNorm keeps its fp32 parameters and statistics, as cuDNN's does
+        x, residual, weights = x.to(dtype), residual.to(dtype), self._fc_weights(dtype)
+        if kernels is not None:
+            affine = _eval_norm_affine(norm) if norm is not None else None
+            out = ops.se_inference(kernels, x, residual, weights, self.gate, relu, affine)
+        elif norm is not None:
+            out = _norm_scale_training(norm, x, residual, weights, self.gate, relu)
+        else:
+            out = ops.se_scale(x, residual, *weights, self.gate, relu)[0]
         return activation(out) if activation is not None and not relu else out
 
     def _fuses_norm(self, c: torch.Tensor, norm: nn.Module) -> bool:
@@ -218,11 +220,9 @@ class SqueezeExcite(nn.Module):
             # native_batch_norm refuses an empty batch (nn.BatchNorm2d passes it through), and one value per
             # channel must reach nn.BatchNorm2d's own error rather than a zero variance
             and c.numel() > c.shape[1]
-            and type(norm) is nn.BatchNorm2d
-            and not _has_hooks(norm)
+            and _is_plain_batch_norm(norm)
             and norm.training
             and norm.affine
-            and norm.track_running_stats
             and norm.momentum is not None
             and (
                 self.recompute_norm
@@ -294,14 +294,10 @@ def _is_plain_relu(module: nn.Module | None) -> bool:
     return type(module) is nn.ReLU and not _has_hooks(module)
 
 
-def _is_plain_eval_norm(norm: nn.Module) -> bool:
-    """An ``nn.BatchNorm2d`` that normalises with its running statistics, unhooked: a per-channel affine."""
-    return (
-        type(norm) is nn.BatchNorm2d
-        and not norm.training
-        and norm.track_running_stats
-        and not _has_hooks(norm)
-    )
+def _is_plain_batch_norm(norm: nn.Module) -> bool:
+    """Exactly ``nn.BatchNorm2d``, unhooked, keeping running statistics: a norm a fused path may compute
+    itself (in eval mode a per-channel affine; in training :meth:`SqueezeExcite._fuses_norm` asks more)."""
+    return type(norm) is nn.BatchNorm2d and not _has_hooks(norm) and norm.track_running_stats
 
 
 def _eval_norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,6 +308,27 @@ def _eval_norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]
         a = a * norm.weight.to(dtype)
     b = -norm.running_mean.to(dtype) * a
     return a, b + norm.bias.to(dtype) if norm.bias is not None else b
+
+
+def _norm_scale_training(
+    norm: nn.BatchNorm2d,
+    c: torch.Tensor,
+    residual: torch.Tensor,
+    weights: list[torch.Tensor | None],
+    gate: str,
+    relu: bool,
+) -> torch.Tensor:
+    """The SE operator with the BatchNorm in training (``senet::se_norm_scale``), and the BatchNorm's
+    running statistics updated from the batch ones, as ``nn.BatchNorm2d`` does."""
+    out, mean, invstd, *_ = ops.se_norm_scale(
+        c, residual, norm.weight, norm.bias, norm.eps, *weights, gate, relu
+    )
+    norm.num_batches_tracked.add_(1)
+    count = c.numel() // c.shape[1]
+    ops.update_running_stats(
+        norm.running_mean, norm.running_var, mean, invstd, norm.eps, count, norm.momentum
+    )
+    return out
 
 
 def _is_plain_fc(module: nn.Module) -> bool:

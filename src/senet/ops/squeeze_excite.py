@@ -126,9 +126,14 @@ def se_scale(
 
 
 def _scale_triton(kernels, x, residual, w1, b1, w2, b2, gate, relu):
-    z = (kernels.channel_sums(x)[0] / (x.shape[2] * x.shape[3])).to(x.dtype)
+    z = _channel_means(kernels, x).to(x.dtype)
     hidden, gates = excitation(z, w1, b1, w2, b2, gate)
     return kernels.scale(x, residual, gates, None, relu), z, hidden, gates
+
+
+def _channel_means(kernels, x: Tensor) -> Tensor:
+    """The squeeze in fp32: per (n, c) means, from one pass of the kernels over x."""
+    return kernels.channel_sums(x)[0] / (x.shape[2] * x.shape[3])
 
 
 def _small_outputs(x: Tensor, w1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -238,13 +243,13 @@ def se_inference(
 ) -> Tensor:
     """Inference through the Triton kernels (no autograd): ``relu?(residual + y * s(y))`` with ``y = x``, or
     ``y = a * x + b`` for ``norm = (a, b)``, an eval-mode BatchNorm's per-channel affine. Two passes over
-    memory, the squeeze's and the output's, where the plain ops make four (five with the BatchNorm)."""
-    means = kernels.channel_sums(x)[0] / (x.shape[2] * x.shape[3])
-    z = means if norm is None else means * norm[0] + norm[1]
-    gates = excitation(z.to(x.dtype), *weights, gate)[1].float()
+    memory, the squeeze's and the output's, where the plain ops make four (five with the BatchNorm): the
+    training operators' forward, less what only backward needs."""
     if norm is None:
-        return kernels.scale(x, residual, gates, None, relu)
-    return kernels.scale(x, residual, norm[0] * gates, norm[1] * gates, relu)
+        return _scale_triton(kernels, x, residual, *weights, gate, relu)[0]
+    return _affine_scale_triton(
+        kernels, x, residual, _channel_means(kernels, x), *norm, *weights, gate, relu
+    )[0]
 
 
 # ----------------------------------------------------------------------------------------- se_norm_scale
@@ -288,12 +293,20 @@ def _norm_scale_triton(kernels, c, residual, bn_weight, bn_bias, eps, w1, b1, w2
     var = ((squares - sums * sums / hw).sum(0) + hw * (row_mean - mean).square().sum(0)) / (n * hw)
     invstd = torch.rsqrt(var + eps)
     a, b = _norm_affine(bn_weight, bn_bias, mean, invstd)
-    z = (row_mean * a + b).to(c.dtype)  # the squeeze of y = a * c + b, from c's per-sample means
-    hidden, gates = excitation(z, w1, b1, w2, b2, gate)
-    s = gates.float()
-    out = kernels.scale(c, residual, a * s, b * s, relu)
+    out, z, hidden, gates = _affine_scale_triton(
+        kernels, c, residual, row_mean, a, b, w1, b1, w2, b2, gate, relu
+    )
     stats_dtype = mean.dtype if c.dtype in (torch.float16, torch.bfloat16) else c.dtype
     return out, mean.to(stats_dtype), invstd.to(stats_dtype), z, hidden, gates
+
+
+def _affine_scale_triton(kernels, c, residual, row_mean, a, b, w1, b1, w2, b2, gate, relu):
+    """``relu?(residual + y * s(y))`` for ``y = a * c + b`` per channel, from c's per-sample means: y is
+    never written, the kernels apply the affine on the way. Returns the output, z, hidden and s."""
+    z = (row_mean * a + b).to(c.dtype)  # the squeeze of y
+    hidden, gates = excitation(z, w1, b1, w2, b2, gate)
+    s = gates.float()
+    return kernels.scale(c, residual, a * s, b * s, relu), z, hidden, gates
 
 
 def _norm_affine(bn_weight: Tensor, bn_bias: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:

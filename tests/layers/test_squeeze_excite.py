@@ -379,3 +379,36 @@ def test_one_value_per_channel_is_refused_as_batchnorm_refuses_it(fused_norm_cal
     assert torch.equal(norm.running_var, running_var) and fused_norm_calls[0] == 0
     se.norm_scale_and_add(torch.randn(2, 4, 1, 1), norm, torch.randn(2, 4, 1, 1))  # two values: fused
     assert fused_norm_calls[0] == 1
+
+
+@pytest.mark.parametrize("missing", ["weight", "bias"])
+def test_an_affine_batchnorm_without_its_weight_or_bias_is_called_as_it_is(missing, fused_norm_calls):
+    """nn.BatchNorm2d computes without a weight (or bias) set to None; the fused operator takes both tensors,
+    so such a norm must run as itself, not fail inside the fused path."""
+    se = SqueezeExcite(4, reduction=2, recompute_norm=True)
+    norm = torch.nn.BatchNorm2d(4)
+    setattr(norm, missing, None)
+    c, residual = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    out = se.norm_scale_and_add(c, norm, residual, torch.nn.ReLU())
+    running_mean, running_var = torch.zeros(4), torch.ones(4)
+    y = F.batch_norm(c, running_mean, running_var, norm.weight, norm.bias, training=True)
+    torch.testing.assert_close(out, torch.relu(residual + y * se.gates(y)))
+    torch.testing.assert_close(norm.running_mean, running_mean)
+    torch.testing.assert_close(norm.running_var, running_var)
+    assert fused_norm_calls[0] == 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_batchnorm_dtype_pytorch_refuses_for_the_input_is_refused_on_the_fused_path(
+    training, fused_norm_calls
+):
+    """float64 statistics with fp32 input: nn.BatchNorm2d raises, so must the block (not compute a result)."""
+    se = SqueezeExcite(4, reduction=2, recompute_norm=True).train(training)
+    norm = torch.nn.BatchNorm2d(4).double().train(training)
+    c, residual = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    with pytest.raises(RuntimeError) as plain:
+        norm(c)
+    with torch.set_grad_enabled(training), pytest.raises(RuntimeError) as fused:
+        se.norm_scale_and_add(c, norm, residual, torch.nn.ReLU())
+    assert str(fused.value) == str(plain.value) and fused_norm_calls[0] == 0
+    assert torch.equal(norm.running_mean, torch.zeros(4, dtype=torch.float64))

@@ -178,12 +178,14 @@ class SqueezeExcite(nn.Module):
         """``activation(residual + y * gates(y))`` with ``y = norm(c)``: in training, without keeping y.
 
         Only a plain ``nn.BatchNorm2d`` without hooks is fused: a SyncBatchNorm (its statistics span the DDP
-        ranks), a FrozenBatchNorm2d, a subclass or a hooked norm is called as it is, then SE as usual; so is
-        every norm when the block itself is hooked (:meth:`scale_and_add`)."""
+        ranks), a FrozenBatchNorm2d, a subclass, a hooked norm or one whose dtype BatchNorm refuses for c's
+        is called as it is, then SE as usual; so is every norm when the block itself is hooked
+        (:meth:`scale_and_add`)."""
         if _has_hooks(self):
             return self.scale_and_add(norm(c), residual, activation)
         # an eval BatchNorm is a per-channel affine the kernels apply on the way
-        kernels = self._inference_kernels(c) if _is_plain_batch_norm(norm) and not norm.training else None
+        eval_norm = not norm.training and isinstance(c, torch.Tensor) and _is_plain_batch_norm(norm, c)
+        kernels = self._inference_kernels(c) if eval_norm else None
         if kernels is not None or self._fuses_norm(c, norm):
             return self._fused_scale_and_add(c, residual, activation, kernels, norm)
         return self.scale_and_add(norm(c), residual, activation)
@@ -220,9 +222,11 @@ class SqueezeExcite(nn.Module):
             # native_batch_norm refuses an empty batch (nn.BatchNorm2d passes it through), and one value per
             # channel must reach nn.BatchNorm2d's own error rather than a zero variance
             and c.numel() > c.shape[1]
-            and _is_plain_batch_norm(norm)
+            and _is_plain_batch_norm(norm, c)
             and norm.training
-            and norm.affine
+            # the operator takes both tensors (a user may have set an affine BatchNorm's weight to None)
+            and isinstance(norm.weight, torch.Tensor)
+            and isinstance(norm.bias, torch.Tensor)
             and norm.momentum is not None
             and (
                 self.recompute_norm
@@ -294,15 +298,31 @@ def _is_plain_relu(module: nn.Module | None) -> bool:
     return type(module) is nn.ReLU and not _has_hooks(module)
 
 
-def _is_plain_batch_norm(norm: nn.Module) -> bool:
-    """Exactly ``nn.BatchNorm2d``, unhooked, keeping running statistics: a norm a fused path may compute
-    itself (in eval mode a per-channel affine; in training :meth:`SqueezeExcite._fuses_norm` asks more)."""
-    return type(norm) is nn.BatchNorm2d and not _has_hooks(norm) and norm.track_running_stats
+def _is_plain_batch_norm(norm: nn.Module, c: torch.Tensor) -> bool:
+    """Exactly ``nn.BatchNorm2d``, unhooked, keeping running statistics, and taking ``c`` as it is: a norm a
+    fused path may compute itself (in eval mode a per-channel affine; in training
+    :meth:`SqueezeExcite._fuses_norm` asks more)."""
+    return (
+        type(norm) is nn.BatchNorm2d
+        and not _has_hooks(norm)
+        and norm.track_running_stats
+        and _batch_norm_takes(norm, c.dtype)
+    )
+
+
+def _batch_norm_takes(norm: nn.BatchNorm2d, dtype: torch.dtype) -> bool:
+    """Whether ``nn.BatchNorm2d`` itself computes on input of ``dtype``: its tensors in that dtype, or in fp32
+    for fp16/bf16 input (as AMP runs it). Elsewhere (say float64 statistics and fp32 input) PyTorch refuses
+    the mix, and so must the fused paths: the norm is called as it is and its own error comes through."""
+    tensors = (norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    dtypes = {t.dtype for t in tensors if isinstance(t, torch.Tensor)}
+    return dtypes <= {dtype} or (dtypes == {torch.float32} and dtype in (torch.float16, torch.bfloat16))
 
 
 def _eval_norm_affine(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a, b)`` with ``norm(c) = a * c + b`` per channel, in fp32 (or float64), as BatchNorm computes it."""
-    dtype = torch.promote_types(norm.running_var.dtype, torch.float32)
+    """``(a, b)`` with ``norm(c) = a * c + b`` per channel, in fp32 as BatchNorm computes it (the kernels take
+    fp16, bf16 and fp32, so the norm's tensors are in one of those: :func:`_batch_norm_takes`)."""
+    dtype = torch.float32
     a = torch.rsqrt(norm.running_var.to(dtype) + norm.eps)
     if norm.weight is not None:
         a = a * norm.weight.to(dtype)

@@ -412,3 +412,27 @@ def test_a_batchnorm_dtype_pytorch_refuses_for_the_input_is_refused_on_the_fused
         se.norm_scale_and_add(c, norm, residual, torch.nn.ReLU())
     assert str(fused.value) == str(plain.value) and fused_norm_calls[0] == 0
     assert torch.equal(norm.running_mean, torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_input_in_another_dtype_than_the_block_is_refused_on_every_path(training):
+    """The plain excitation refuses float64 input into an fp32 block; the fused training path must not cast
+    the block's weights and compute a result instead."""
+    se = SqueezeExcite(8, reduction=2).train(training)
+    norm = torch.nn.BatchNorm2d(8).double().train(training)
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64, requires_grad=training)
+    with pytest.raises(RuntimeError) as plain:
+        se.gates(x)
+    with torch.set_grad_enabled(training):
+        for path in (
+            lambda: se(x),
+            lambda: se.scale_and_add(x, x),
+            lambda: se.norm_scale_and_add(x, norm, x),
+        ):
+            with pytest.raises(RuntimeError) as fused:
+                path()
+            assert str(fused.value) == str(plain.value)
+    x = x.detach().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts both: every path computes
+        out, gates = se.scale_and_add(x, x), se.gates(x)
+    torch.testing.assert_close(out.float(), x + x * gates.float(), rtol=2e-2, atol=2e-2)

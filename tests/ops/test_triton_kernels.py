@@ -414,3 +414,28 @@ def test_a_batchnorm_dtype_pytorch_refuses_stays_off_the_kernels(
     with torch.set_grad_enabled(training):
         half = se.half().norm_scale_and_add(c.half(), norm.float(), residual.half(), torch.nn.ReLU())
     assert half.dtype == torch.float16 and launches
+
+
+def test_inference_of_input_in_another_dtype_than_the_block_stays_off_the_kernels(
+    monkeypatch, triton_on_this_device
+):
+    """fp16 input into an fp32 block without autocast: the plain ops refuse it, so the kernels must not cast
+    the block's weights and compute; under autocast they run (it casts both)."""
+    from senet import SqueezeExcite
+
+    launches = []
+    original = triton_on_this_device._launch
+    monkeypatch.setattr(
+        triton_on_this_device, "_launch", lambda k, *a, **c: launches.append(k) or original(k, *a, **c)
+    )
+    se = SqueezeExcite(4, reduction=2).to(DEVICE).eval()
+    x = torch.randn(3, 4, 5, 5, device=DEVICE, dtype=torch.float16)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError) as plain:
+            se.gates(x)
+        with pytest.raises(RuntimeError) as fused:
+            se.scale_and_add(x, x)
+        assert str(fused.value) == str(plain.value) and not launches
+        with torch.autocast(DEVICE, dtype=torch.float16):
+            out = se.scale_and_add(x, x)
+    assert out.dtype == torch.float16 and launches

@@ -248,7 +248,7 @@ class SqueezeExcite(nn.Module):
             and self.training
             and torch.is_grad_enabled()
             and isinstance(x, torch.Tensor)  # not a torch.fx proxy being traced
-            and self._may_fuse()
+            and self._may_fuse(x)
         )
 
     def _inference_kernels(self, x: torch.Tensor) -> Any | None:
@@ -265,12 +265,26 @@ class SqueezeExcite(nn.Module):
         kernels = ops.triton_kernels(
             x
         )  # None on CPU: the cheap test first, the module walk only where it counts
-        return kernels if kernels is not None and self._may_fuse() else None
+        return kernels if kernels is not None and self._may_fuse(x) else None
 
-    def _may_fuse(self) -> bool:
+    def _may_fuse(self, x: torch.Tensor) -> bool:
         """Whether a fused path computes what the plain ops would: the excitation as built, the block not
-        removed, and nobody waiting for its gates."""
-        return self._plain_excitation() and not self.removed and not self._gates_hooks
+        removed, nobody waiting for its gates, and dtypes the plain ops take."""
+        return (
+            self._plain_excitation()
+            and not self.removed
+            and not self._gates_hooks
+            and self._plain_ops_take(x.dtype, _autocasting(x))
+        )
+
+    def _plain_ops_take(self, dtype: torch.dtype, autocasting: bool) -> bool:
+        """Whether the plain excitation runs on input of ``dtype``: with the FC weights in that dtype, or
+        under autocast (which casts both to its dtype, float64 excepted). Elsewhere (say float64 input into
+        an fp32 block) the plain ops raise, and so must the fused paths rather than cast the weights."""
+        weights = {w.dtype for w in self._fc_weights() if w is not None}
+        if autocasting:
+            return dtype != torch.float64 and torch.float64 not in weights
+        return weights == {dtype}
 
     def _plain_excitation(self) -> bool:
         """Whether ``fc1 -> relu -> fc2`` are still the modules this block built, unhooked: only then may a
@@ -287,10 +301,12 @@ class SqueezeExcite(nn.Module):
 def _operator_dtype(x: torch.Tensor) -> torch.dtype:
     """The SE operator's dtype: under autocast the autocast dtype (fp16 or bf16, as the user chose), as the
     convolutions around it run; otherwise x's. The layer casts, not a fixed-dtype autocast rule of the op."""
+    return torch.get_autocast_dtype(x.device.type) if _autocasting(x) else x.dtype
+
+
+def _autocasting(x: torch.Tensor) -> bool:
     device = x.device.type
-    if device == "meta" or not torch.is_autocast_enabled(device):  # meta: autocast has no such device
-        return x.dtype
-    return torch.get_autocast_dtype(device)
+    return device != "meta" and torch.is_autocast_enabled(device)  # meta: autocast has no such device
 
 
 def _is_plain_relu(module: nn.Module | None) -> bool:

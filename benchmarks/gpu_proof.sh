@@ -21,7 +21,14 @@ if [ "$PART" = smoke ]; then
 else
   DEVICE=cuda SIZE=224 BATCH=256 BIG=64 REPEATS=10 PIPELINE="--device cuda --shards"
 fi
-run() { echo; echo "\$ $*"; "$@"; }
+# each command's wall time follows it, so a part that nears its 5 minutes shows which step to move
+run() {
+  echo
+  echo "\$ $*"
+  local start=$SECONDS
+  "$@"
+  echo "($((SECONDS - start)) s)"
+}
 bench() { run "$PY" -m senet bench --device "$DEVICE" --size "$SIZE" --repeats "$REPEATS" "$@"; }
 amp() { if [ "$DEVICE" = cuda ]; then echo --amp --channels-last; fi; }
 
@@ -33,7 +40,7 @@ part1() {
     # against the PyTorch path, eager and compiled fullgraph, included) and the SE layer's tests; the
     # ahead-of-time compile test is for machines without a GPU
     run "$PY" -m pytest -q -p no:cacheprovider tests/ops tests/layers/test_squeeze_excite.py \
-      --deselect tests/ops/test_triton_aot.py
+      --deselect tests/ops/test_triton_aot.py --durations=5
   fi
   # shellcheck disable=SC2046
   bench --mode train --batch "$BATCH" $(amp) --models "$MODELS" --vs timm:seresnet50
@@ -66,3 +73,4 @@ smoke) part1 && part2 ;;
   exit 2
   ;;
 esac
+echo "($PART in all: $SECONDS s)"

@@ -53,6 +53,23 @@ def test_unknown_studies_plain_models_and_bad_grids_are_refused():
     ]
 
 
+def test_a_grid_reads_booleans_as_the_model_opt_flag_reads_them():
+    """Build options by their declared type, training options by the config's field type; numbers and words of
+    other options stay what they are."""
+    assert ablation.parse_grid(
+        ["se_bias=off,Yes", "amp=0,true", "se_recompute_norm=None,on", "se_reduction=1,2"]
+    ) == [
+        ("se_bias", [False, True], True),
+        ("amp", [False, True], False),
+        ("se_recompute_norm", [None, True], True),
+        ("se_reduction", [1, 2], True),
+    ]
+    with pytest.raises(
+        ValueError, match=r"^--grid se_bias='maybe': se_bias is true or false; write true/false"
+    ):
+        ablation.parse_grid(["se_bias=on,maybe"])
+
+
 def test_welch_p_is_the_students_t_test_for_equal_sizes_and_spreads():
     # t = (2 - 5) / sqrt(1/3 + 1/3) = -3.674 with 4 degrees of freedom: two-sided p = 0.0213 (t tables)
     assert ablation.welch_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.0213, abs=5e-4)

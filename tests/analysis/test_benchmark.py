@@ -27,6 +27,16 @@ def test_spec_options_reach_the_builder_and_bad_sources_are_named():
         build_benchmark_model("keras:resnet50")
 
 
+@pytest.mark.parametrize(
+    "spelling, bias", [("off", False), ("No", False), ("0", False), ("on", True), ("TRUE", True)]
+)
+def test_a_boolean_spec_option_reads_as_the_model_opt_flag_reads_it(spelling, bias):
+    model = build_benchmark_model(f"se_resnet20_cifar@se_bias={spelling}", num_classes=10)
+    assert (model.layer1[0].se.fc1.bias is not None) == bias
+    with pytest.raises(ValueError, match=r"se_bias='maybe': se_bias is true or false; write true/false"):
+        build_benchmark_model("se_resnet20_cifar@se_bias=maybe", num_classes=10)
+
+
 @pytest.mark.parametrize("mode", ["infer", "train"])
 def test_benchmark_reports_every_figure_with_ratios_to_the_first(mode):
     results = benchmark(

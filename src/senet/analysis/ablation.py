@@ -22,7 +22,7 @@ from typing import Any
 from senet.analysis.complexity import count_macs, count_params
 from senet.analysis.paper_ablations import STUDIES, PaperRow
 from senet.models.registry import create_model, list_models, model_info
-from senet.train.config import TrainConfig, parse_model_options
+from senet.train.config import TrainConfig, boolean_fields, boolean_model_options, parse_model_options
 from senet.train.engine import build_run_data
 from senet.train.engine import train as train_run
 from senet.train.plot import pyplot, save_figure
@@ -348,17 +348,23 @@ def _plot(report: StudyReport, output: Path) -> Path:
 
 def parse_grid(items: Sequence[str]) -> list[tuple[str, list[Any], bool]]:
     """``KEY=V1,V2`` -> (key, values, is_build_option): a TrainConfig field is a training option, anything
-    else a build option of the model (values parsed as Python literals where they are ones)."""
+    else a build option of the model (values parsed as Python literals where they are ones, a boolean's as
+    ``--model-opt`` takes them: true/false, yes/no, on/off, 1/0)."""
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    booleans = boolean_model_options() | boolean_fields(TrainConfig)
     grid = []
     for item in items:
         key, sep, values = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key or not values.strip():
             raise ValueError(f"--grid {item!r}: use KEY=V1,V2 (e.g. lr=0.05,0.1 or se_reduction=4,8)")
-        parsed = [parse_model_options([f"x={v.strip()}"])["x"] for v in values.split(",") if v.strip()]
+        try:
+            pairs = [f"{key}={v.strip()}" for v in values.split(",") if v.strip()]
+            parsed = [parse_model_options([pair], booleans)[key] for pair in pairs]
+        except ValueError as error:
+            raise ValueError(f"--grid {str(error).removeprefix('--model-opt ')}") from None
         if key in ("model", "model_options", "output", "seed", "data"):
             raise ValueError(f"--grid {key}: a study varies build and training options, not {key}")
         grid.append((key, parsed, key not in fields))

@@ -9,7 +9,7 @@ import functools
 import inspect
 import typing
 
-from senet.train.config import parse_model_options
+from senet.train.config import boolean_model_options, parse_model_options
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -94,57 +94,20 @@ epoch_list = comma_separated(float, "epochs", "82,123 or 0.5,1.5")  # "" clears 
 ints = comma_separated(int, "integers", "2,3")
 
 
-_TRUE_WORDS = ("true", "yes", "on", "1")
-_FALSE_WORDS = ("false", "no", "off", "0")
-
-
-def options_flag(booleans: typing.Callable[[], frozenset[str]]) -> typing.Callable[[str], str]:
-    """An argparse type for ``KEY=VALUE`` build options: checked now (one line), and a boolean option, decided
-    by its declared type (``booleans()``), written as people write it (true/false, yes/no, on/off, 1/0, any
-    case) becomes ``KEY=True`` / ``KEY=False``; every other value is left as given (``se_reduction=1`` is
+def options_flag(booleans: typing.Callable[[], typing.Collection[str]]) -> typing.Callable[[str], str]:
+    """An argparse type for ``KEY=VALUE`` build options: checked now (one line), a boolean option (decided by
+    its declared type, ``booleans()``) written as people write it becomes ``KEY=True`` / ``KEY=False``
+    (:func:`senet.train.config.boolean_value`); every other value is left as given (``se_reduction=1`` is
     1)."""
 
     def parse(text: str) -> str:
         try:
-            ((key, value),) = parse_model_options([text]).items()
+            ((key, value),) = parse_model_options([text], booleans()).items()
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error).removeprefix("--model-opt ")) from None
-        if key not in booleans() or value is None or isinstance(value, bool):
-            return text  # None ("automatic", where the option allows it) is the family's to check
-        word = str(value).lower() if isinstance(value, (str, int)) else None
-        if word not in _TRUE_WORDS + _FALSE_WORDS:
-            raise argparse.ArgumentTypeError(
-                f"{key}={value!r}: {key} is true or false; write true/false, yes/no, on/off or 1/0 (any case)"
-            )
-        return f"{key}={word in _TRUE_WORDS}"
+        return f"{key}={value}" if isinstance(value, bool) else text
 
     return parse
-
-
-def _is_boolean(hint: typing.Any) -> bool:
-    """``bool`` or ``bool | None`` (an option whose None means "automatic")."""
-    return hint is bool or set(typing.get_args(hint)) == {bool, type(None)}
-
-
-@functools.cache
-def _boolean_model_options() -> frozenset[str]:
-    """Build options that every place declaring them types as a boolean: the families' constructors (each
-    registered builder's return type), the SE options (``se_`` + :class:`senet.layers.SEConfig` fields), the
-    backbone options and ``torchvision:NAME``'s own (add_se)."""
-    from senet.layers.squeeze_excite import SEConfig
-    from senet.models.features import apply_backbone_options
-    from senet.models.registry import list_models, model_info
-    from senet.models.torchvision_models import build_torchvision
-
-    declared: dict[str, list[typing.Any]] = {}
-    families = {typing.get_type_hints(model_info(name).builder).get("return") for name in list_models()}
-    functions = [f.__init__ for f in families if f is not None] + [apply_backbone_options, build_torchvision]
-    for function in functions:
-        for key, hint in typing.get_type_hints(function).items():
-            declared.setdefault(key, []).append(hint)
-    for key, hint in typing.get_type_hints(SEConfig).items():
-        declared.setdefault(f"se_{key}", []).append(hint)
-    return frozenset(key for key, hints in declared.items() if all(_is_boolean(h) for h in hints))
 
 
 @functools.cache
@@ -158,7 +121,7 @@ def _boolean_detector_options() -> frozenset[str]:
     return frozenset(key for key in DETECTOR_OPTIONS if isinstance(parameters[key].default, bool))
 
 
-model_option = options_flag(_boolean_model_options)
+model_option = options_flag(boolean_model_options)
 detector_option = options_flag(_boolean_detector_options)
 
 

@@ -32,7 +32,7 @@ def add_ablate(commands: typing.Any) -> None:
         action="append",
         default=[],
         metavar="KEY=V1,V2",
-        help="also sweep a build or training option, e.g. lr=0.05,0.1 or se_bias=True,False; repeatable",
+        help="also sweep a build or training option, e.g. lr=0.05,0.1 or se_bias=off,on; repeatable",
     )
     ablate.add_argument(
         "--preset",

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, TypeVar
 
 import torch
 
-from senet.models.registry import create_model, model_info
+from senet.layers.squeeze_excite import SEConfig
+from senet.models.features import apply_backbone_options
+from senet.models.registry import create_model, list_models, model_info
+from senet.models.torchvision_models import build_torchvision
 
 Schedule = str  # "step" | "multistep" | "cosine"
 
@@ -383,11 +388,13 @@ def check_model_options(config: TrainConfig) -> None:
         raise ValueError(f"{config.model} cannot be built with {given}: {error}") from None
 
 
-def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
+def parse_model_options(pairs: list[str] | None, booleans: Collection[str] | None = None) -> dict[str, Any]:
     """``["se_reduction=8", "se_stages=(1,2)"]`` -> ``{"se_reduction": 8, "se_stages": (1, 2)}``.
 
     A value is a Python literal or a bare word (``se_gate=tanh``); anything else (``widths=(4,8``) is refused
-    rather than passed on as a string."""
+    rather than passed on as a string. An option in ``booleans`` (default: :func:`boolean_model_options`) is
+    written as people write it: true/false, yes/no, on/off or 1/0 in any case (:func:`boolean_value`)."""
+    booleans = boolean_model_options() if booleans is None else booleans
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, text = pair.partition("=")
@@ -407,7 +414,49 @@ def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
                     "(8, 0.5, (1, 2), 'avg') nor a bare word (tanh)"
                 ) from None
             options[key] = text  # a bare word such as se_gate=tanh
+        if key in booleans and options[key] is not None:  # None: "automatic", where the option allows it
+            options[key] = boolean_value(key, options[key])
     return options
 
 
 _BARE_WORD = re.compile(r"[A-Za-z_][\w.\-]*")
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def boolean_value(key: str, value: Any) -> bool:
+    """``value`` of the boolean option ``key``: a bool, or true/false, yes/no, on/off, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).lower() if isinstance(value, (str, int)) else None
+    if word not in _TRUE_WORDS + _FALSE_WORDS:
+        raise ValueError(
+            f"{key}={value!r}: {key} is true or false; write true/false, yes/no, on/off or 1/0 (any case)"
+        )
+    return word in _TRUE_WORDS
+
+
+def _is_boolean(hint: Any) -> bool:
+    """``bool`` or ``bool | None`` (an option whose None means "automatic")."""
+    return hint is bool or set(typing.get_args(hint)) == {bool, type(None)}
+
+
+@functools.cache
+def boolean_model_options() -> frozenset[str]:
+    """Build options that every place declaring them types as a boolean: the families' constructors (each
+    registered builder's return type), the SE options (``se_`` + :class:`senet.layers.SEConfig` fields), the
+    backbone options and ``torchvision:NAME``'s own (add_se)."""
+    declared: dict[str, list[Any]] = {}
+    families = {typing.get_type_hints(model_info(name).builder).get("return") for name in list_models()}
+    functions = [f.__init__ for f in families if f is not None] + [apply_backbone_options, build_torchvision]
+    for function in functions:
+        for key, hint in typing.get_type_hints(function).items():
+            declared.setdefault(key, []).append(hint)
+    for key, hint in typing.get_type_hints(SEConfig).items():
+        declared.setdefault(f"se_{key}", []).append(hint)
+    return frozenset(key for key, hints in declared.items() if all(_is_boolean(h) for h in hints))
+
+
+def boolean_fields(config_type: type) -> frozenset[str]:
+    """A config dataclass's fields typed ``bool`` (or ``bool | None``)."""
+    return frozenset(key for key, hint in typing.get_type_hints(config_type).items() if _is_boolean(hint))

@@ -5,6 +5,8 @@
 #                                        # senet train end to end with --loader gpu and cpu; where the time goes
 #   bash benchmarks/gpu_proof.sh part2   # fp32 and compiled training; AMP inference at batch 256 (eager,
 #                                        # optimize_for_inference); batch 1 (eager, CUDA graphs); ResNeXt, SENet-154
+#   bash benchmarks/gpu_proof.sh part2a  # part2 in halves, for a machine where part2 nears its 5 minutes:
+#   bash benchmarks/gpu_proof.sh part2b  # (a) fp32, compiled, batch-256 inference; (b) batch 1, ResNeXt, SENet-154
 #   bash benchmarks/gpu_proof.sh smoke   # every command of both parts at toy sizes on the CPU (make bench runs it)
 # Runs from a clone without installing (PYTHONPATH=src); timm is needed for the --vs rows. Every table times its
 # models interleaved in one process and prints Markdown: copy the tables into docs/benchmarks-gpu.md with the date.
@@ -48,7 +50,7 @@ part1() {
   run "$PY" benchmarks/gpu_profile.py --device "$DEVICE" --size "$SIZE" --batch "$BATCH"
 }
 
-part2() {
+part2a() {
   bench --mode train --batch "$BATCH" --models "$MODELS" --vs timm:seresnet50
   # shellcheck disable=SC2046
   bench --mode train --batch "$BATCH" $(amp) --compile --no-memory --models "resnet50,se_resnet50"
@@ -56,6 +58,9 @@ part2() {
   bench --mode infer --batch "$BATCH" $(amp) --models "$MODELS" --vs timm:seresnet50
   # shellcheck disable=SC2046
   bench --mode infer --batch "$BATCH" $(amp) --optimize --models "resnet50,se_resnet50"
+}
+
+part2b() {
   bench --mode infer --batch 1 --models "resnet50,se_resnet50" --vs timm:seresnet50
   bench --mode infer --batch 1 --optimize --models "resnet50,se_resnet50"
   # shellcheck disable=SC2046
@@ -66,10 +71,12 @@ part2() {
 
 case "$PART" in
 part1) part1 ;;
-part2) part2 ;;
-smoke) part1 && part2 ;;
+part2) part2a && part2b ;;
+part2a) part2a ;;
+part2b) part2b ;;
+smoke) part1 && part2a && part2b ;;
 *)
-  echo "usage: $0 part1|part2|smoke" >&2
+  echo "usage: $0 part1|part2|part2a|part2b|smoke" >&2
   exit 2
   ;;
 esac
